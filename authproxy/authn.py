@@ -1,0 +1,107 @@
+"""The authenticator protocol, Authorization parsing, and the scheme chain."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import Unauthenticated
+from .identity import Identity
+
+# Longest Authorization value we look at. nginx forwards up to its header buffer (8 kB by
+# default, more if raised); anything longer is refused as a credential, not as a request.
+MAX_AUTHORIZATION = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The Authorization header split into its scheme (lower case) and the rest."""
+
+    scheme: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """What an authenticator may look at: the credentials and who is asking."""
+
+    credentials: Credentials
+    client: str
+
+
+class Authenticator(Protocol):
+    """One scheme. ``authenticate`` returns an Identity or raises; it never returns None."""
+
+    scheme: str  # the lower-case auth-scheme token it handles, e.g. "basic"
+
+    def challenge(self, realm: str) -> str:
+        """The bare challenge for this scheme, e.g. ``Basic realm="x", charset="UTF-8"``."""
+        ...
+
+    async def authenticate(self, request: AuthRequest) -> Identity:
+        """Raise Unauthenticated (or KeysUnavailable) when the credentials do not pass."""
+        ...
+
+    def not_ready(self) -> str | None:
+        """None when this scheme can decide; otherwise what is missing, for /readyz."""
+        ...
+
+
+def parse_authorization(values: Sequence[str]) -> Credentials:
+    """Split the request's Authorization header(s); raise Unauthenticated when unusable.
+
+    Two headers, even identical, are refused: a proxy and a client disagreeing about who is
+    asking is not something to guess about.
+    """
+    if not values:
+        raise Unauthenticated("missing")
+    if len(values) > 1:
+        raise Unauthenticated("duplicate_authorization")
+    value = values[0]
+    if len(value) > MAX_AUTHORIZATION:
+        raise Unauthenticated("oversize_authorization")
+    scheme, _, rest = value.strip(" \t").partition(" ")
+    if not scheme:
+        raise Unauthenticated("missing")
+    return Credentials(scheme=scheme.lower(), value=rest.lstrip(" \t"))
+
+
+class SchemeChain:
+    """The enabled authenticators, by scheme name, in challenge order."""
+
+    def __init__(self, authenticators: Sequence[Authenticator]) -> None:
+        self.authenticators = tuple(authenticators)
+        self._by_scheme = {a.scheme: a for a in self.authenticators}
+
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        return tuple(a.scheme for a in self.authenticators)
+
+    def challenges(
+        self, realm: str, schemes: Sequence[str] | None = None
+    ) -> list[tuple[str, str]]:
+        """(scheme, bare challenge) for the given (default: all) enabled schemes, in order."""
+        return [
+            (a.scheme, a.challenge(realm))
+            for a in self.authenticators
+            if schemes is None or a.scheme in schemes
+        ]
+
+    async def authenticate(self, request: AuthRequest, allowed: Sequence[str]) -> Identity:
+        """Hand the request to the authenticator of its scheme, if that scheme is allowed."""
+        authenticator = self._by_scheme.get(request.credentials.scheme)
+        if authenticator is None:
+            raise Unauthenticated("unknown_scheme")
+        if authenticator.scheme not in allowed:
+            raise Unauthenticated("scheme_not_allowed", scheme=authenticator.scheme)
+        return await authenticator.authenticate(request)
+
+    def not_ready(self) -> dict[str, str]:
+        """What each scheme still lacks, by scheme; empty when every scheme can decide."""
+        missing = {}
+        for a in self.authenticators:
+            reason = a.not_ready()
+            if reason:
+                missing[a.scheme] = reason
+        return missing

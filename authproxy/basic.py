@@ -1,0 +1,155 @@
+"""Basic (RFC 7617): decode as nginx does, look up, verify off-loop, remember successes."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+
+from cachetools import TTLCache
+
+from .authn import AuthRequest
+from .config import BasicConfig
+from .errors import Unauthenticated
+from .identity import Identity
+from .lockout import FailureTracker
+from .metrics import Metrics
+from .users import PasswordHash, PasswordMismatch
+from .userstore import UserStore
+
+CACHE_SIZE = 50_000  # remembered (user, password) pairs; each is ~200 bytes
+MAX_PENDING = 256  # verifications queued or running before further ones are refused
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+# Verifies a JWT given as the Basic password (jwt.accept_in_basic); None when disabled.
+TokenVerifier = Callable[[str], Awaitable[Identity]]
+
+
+def decode_basic(value: str) -> tuple[str, bytes]:
+    """Decode Basic credentials into (user-id, password bytes); raise Unauthenticated.
+
+    Strict base64 (standard alphabet, correct padding, nothing after it), split at the first
+    colon, a non-empty UTF-8 user-id, and no control characters in either part.
+    """
+    try:
+        raw = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise Unauthenticated("malformed", scheme="basic") from None
+    user_bytes, colon, password = raw.partition(b":")
+    if not colon or not user_bytes or _CONTROL.search(raw):
+        raise Unauthenticated("malformed", scheme="basic")
+    try:
+        return user_bytes.decode("utf-8"), password
+    except UnicodeDecodeError:
+        raise Unauthenticated("malformed", scheme="basic") from None
+
+
+class BasicAuthenticator:
+    """The Basic scheme against a :class:`UserStore`.
+
+    Order of checks, each cheaper than the next: a cache hit (HMAC + dict lookup) answers at
+    once, even for a banned user or address, so a flood against an account does not lock out
+    its owner's already-verified password; then bans, which refuse without hashing; then one
+    hash verification in the executor, shared by concurrent identical requests. Unknown users
+    verify against the table's dummy hash, so they cost what a wrong password costs.
+    """
+
+    scheme = "basic"
+
+    def __init__(
+        self,
+        store: UserStore,
+        config: BasicConfig,
+        executor: Executor,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        token_verifier: TokenVerifier | None = None,
+    ) -> None:
+        self.store = store
+        self._executor = executor
+        self._metrics = metrics
+        self._token_verifier = token_verifier
+        self._secret = os.urandom(32)
+        self._cache: TTLCache[bytes, PasswordHash] | None = (
+            TTLCache(CACHE_SIZE, ttl=config.cache_ttl, timer=clock) if config.cache_ttl else None
+        )
+        self._inflight: dict[bytes, asyncio.Future[None]] = {}
+        self._lockout = FailureTracker(
+            config.max_failures, config.failure_window, config.ban_time, clock
+        )
+        metrics.bans_in_force.set_function(self._lockout.bans_in_force)
+
+    def challenge(self, realm: str) -> str:
+        return f'Basic realm="{realm}", charset="UTF-8"'
+
+    def not_ready(self) -> str | None:
+        return None  # the store never exists without a loaded table
+
+    async def authenticate(self, request: AuthRequest) -> Identity:
+        user, password = decode_basic(request.credentials.value)
+        if self._token_verifier is not None and _JWT_SHAPE.fullmatch(password):
+            return await self._authenticate_token(user, password)
+        snapshot = self.store.snapshot
+        entry = snapshot.table.get(user)
+        key = hmac.digest(self._secret, user.encode() + b"\0" + password, hashlib.sha256)
+        if self._cache is not None and entry is not None and self._cache.get(key) is entry:
+            self._metrics.cache.labels("basic", "hit").inc()
+            return self._identity(user)
+        self._metrics.cache.labels("basic", "miss").inc()
+        if self._lockout.is_banned(user, request.client):
+            raise Unauthenticated("banned", scheme="basic")
+        try:
+            await self._verify_shared(key, entry or snapshot.table.dummy, password)
+        except PasswordMismatch:
+            self._lockout.record_failure(user, request.client)
+            raise Unauthenticated("bad_password", scheme="basic", user=user) from None
+        if entry is None:
+            self._lockout.record_failure(user, request.client)
+            raise Unauthenticated("unknown_user", scheme="basic")
+        if self._cache is not None:
+            self._cache[key] = entry
+        return self._identity(user)
+
+    def _identity(self, user: str) -> Identity:
+        return Identity(
+            user=user, method="basic", subject=user,
+            groups=self.store.snapshot.groups.get(user, frozenset()),
+        )
+
+    async def _verify_shared(self, key: bytes, hashed: PasswordHash, password: bytes) -> None:
+        """Verify once for all concurrent requests with the same credentials."""
+        future = self._inflight.get(key)
+        if future is None:
+            if len(self._inflight) >= MAX_PENDING:
+                raise Unauthenticated("overloaded", scheme="basic")
+            future = asyncio.ensure_future(self._verify(hashed, password))
+            self._inflight[key] = future
+            future.add_done_callback(lambda _: self._inflight.pop(key, None))
+        # shield: one waiter going away (client disconnect) must not cancel the others' result
+        await asyncio.shield(future)
+
+    async def _verify(self, hashed: PasswordHash, password: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            await loop.run_in_executor(self._executor, hashed.verify, password)
+        finally:
+            self._metrics.hash_seconds.labels(hashed.scheme).observe(time.perf_counter() - started)
+
+    async def _authenticate_token(self, user: str, password: bytes) -> Identity:
+        assert self._token_verifier is not None
+        try:
+            token = password.decode("ascii")
+        except UnicodeDecodeError:
+            raise Unauthenticated("malformed", scheme="basic") from None
+        identity = await self._token_verifier(token)
+        if user not in ("*", identity.user):
+            raise Unauthenticated("token_user_mismatch", scheme="bearer")
+        return identity

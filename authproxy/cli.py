@@ -1,0 +1,137 @@
+"""The command line: a thin layer over config, the server and the user file."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError
+from .users import UserFileError, UserTable
+
+EXIT_CONFIG = 2
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("AUTHPROXY_CONFIG") or None
+    return load_config(path, listen=getattr(args, "listen", None))
+
+
+def _config_problems(args: argparse.Namespace) -> tuple[Config | None, list[str]]:
+    """The config, and every problem with it and the files it names."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return None, exc.problems
+    problems = []
+    if config.basic.users_file:
+        from .groups import load_groups
+
+        try:
+            UserTable.load(config.basic.users_file)
+            if config.basic.groups_file:
+                load_groups(config.basic.groups_file)
+        except UserFileError as exc:
+            problems.append(str(exc))
+    return config, problems
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config, problems = _config_problems(args)
+    if problems or config is None:
+        return _report(problems)
+    if config.worker_count != 1:
+        return _report(["server.workers: only 1 worker is supported in this version"])
+    from .logs import setup_logging
+    from .server import serve
+
+    setup_logging(config.log)
+    return serve(config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    _, problems = _config_problems(args)
+    if problems:
+        return _report(problems)
+    print("configuration OK")
+    return 0
+
+
+def _report(problems: Sequence[str]) -> int:
+    print("authproxy: configuration problems:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _read_password(args: argparse.Namespace) -> bytes:
+    if args.password_stdin:
+        data = sys.stdin.buffer.read()
+        return data[:-1] if data.endswith(b"\n") else data
+    first = getpass.getpass("New password: ")
+    if getpass.getpass("Re-type new password: ") != first:
+        raise ValueError("passwords do not match")
+    return first.encode()
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from .userfile import add_user, delete_user, list_users
+
+    try:
+        if args.action == "list":
+            for user in list_users(args.file):
+                print(user)
+        elif args.action == "delete":
+            if not delete_user(args.file, args.user):
+                print(f"authproxy: user {args.user!r} not found", file=sys.stderr)
+                return 1
+            print(f"Deleting password for user {args.user}")
+        else:
+            replaced = add_user(args.file, args.user, _read_password(args), args.scheme)
+            verb = "Updating" if replaced else "Adding"
+            print(f"{verb} password for user {args.user}")
+    except (OSError, ValueError, UserFileError) as exc:
+        print(f"authproxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authproxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the decision service")
+    serve.add_argument("--config", help="TOML config file (default: $AUTHPROXY_CONFIG)")
+    serve.add_argument("--listen", action="append", metavar="ADDR",
+                       help="HOST:PORT, [V6]:PORT or unix:/path; repeatable; replaces server.listen")
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate the config and the files it names")
+    check.add_argument("--config", help="TOML config file (default: $AUTHPROXY_CONFIG)")
+    check.set_defaults(func=cmd_check_config)
+
+    user = commands.add_parser("user", help="manage an htpasswd file")
+    actions = user.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a user or replace its password")
+    add.add_argument("file")
+    add.add_argument("user")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input (one trailing newline dropped)")
+    add.add_argument("--scheme", choices=["bcrypt", "argon2id"], default="bcrypt")
+    delete = actions.add_parser("delete", help="remove a user")
+    delete.add_argument("file")
+    delete.add_argument("user")
+    listing = actions.add_parser("list", help="list the users")
+    listing.add_argument("file")
+    user.set_defaults(func=cmd_user)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

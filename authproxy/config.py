@@ -1,0 +1,379 @@
+"""Configuration: a TOML file, ``AUTHPROXY_<SECTION>_<KEY>`` overrides, validated once.
+
+``load_config()`` is the only reader of the config file and the environment. It collects every
+problem it finds and raises one :class:`ConfigError` listing them all; code downstream trusts
+the returned :class:`Config` and never re-checks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+ENV_PREFIX = "AUTHPROXY_"
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+_HEADER_SAFE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One socket to listen on: TCP ``host:port`` or a unix socket ``path``."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def is_unix(self) -> bool:
+        return bool(self.path)
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``unix:/path``; raise ValueError if it is neither."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path.startswith("/"):
+            raise ValueError(f"{text!r}: a unix socket path must be absolute")
+        return ListenAddress(path=path)
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError(f"{text!r} is not HOST:PORT, [V6]:PORT or unix:/path")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: port out of range")
+    if match.group(1):
+        ipaddress.IPv6Address(host)
+    return ListenAddress(host=host, port=port)
+
+
+def _meta(doc: str, check: Callable[[Any], str | None] | None = None) -> dict[str, Any]:
+    return {"doc": doc, "check": check}
+
+
+def _positive(value: int) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _header_safe(value: str) -> str | None:
+    if _HEADER_SAFE.fullmatch(value):
+        return None
+    return 'must be printable ASCII without " or \\'
+
+
+def _check_listen(values: tuple[str, ...]) -> str | None:
+    if not values:
+        return "needs at least one address"
+    for value in values:
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _check_networks(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return f"{value!r} is not an IP network"
+    return None
+
+
+def _check_workers(value: str) -> str | None:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return None
+    return 'must be a whole number of at least 1, or "auto"'
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _check_algorithms(values: tuple[str, ...]) -> str | None:
+    if not values:
+        return "needs at least one algorithm"
+    bad = [v for v in values if v not in ASYMMETRIC_ALGORITHMS]
+    if bad:
+        return f"unsupported {bad}; allowed: {', '.join(ASYMMETRIC_ALGORITHMS)}"
+    return None
+
+
+def _check_url(value: str) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost"):
+        return None  # key material over plain HTTP is only acceptable on loopback
+    return "must be an https:// URL (http:// only on loopback)"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: tuple[str, ...] = field(
+        default=("127.0.0.1:9180",),
+        metadata=_meta("addresses to listen on: HOST:PORT, [V6]:PORT or unix:/path", _check_listen),
+    )
+    workers: str = field(
+        default="1", metadata=_meta('processes sharing the sockets, or "auto"', _check_workers)
+    )
+    realm: str = field(default="authproxy", metadata=_meta("realm in challenges", _header_safe))
+    trusted_proxies: tuple[str, ...] = field(
+        default=("127.0.0.1/32", "::1/128"),
+        metadata=_meta("peers whose X-Real-IP / X-Forwarded-For is believed", _check_networks),
+    )
+    allow_preflight: bool = field(
+        default=False, metadata=_meta("let CORS preflights through without credentials")
+    )
+    nginx_cache_hint: bool = field(
+        default=False, metadata=_meta("emit X-Accel-Expires on 200 so nginx may cache")
+    )
+
+    @property
+    def listen_addresses(self) -> tuple[ListenAddress, ...]:
+        return tuple(parse_listen(a) for a in self.listen)
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = field(
+        default="info", metadata=_meta("log level", _one_of("debug", "info", "warning", "error"))
+    )
+    format: str = field(default="json", metadata=_meta("log format", _one_of("json", "text")))
+
+
+@dataclass(frozen=True, slots=True)
+class BasicConfig:
+    users_file: str = field(default="", metadata=_meta("htpasswd file; empty disables Basic"))
+    groups_file: str = field(default="", metadata=_meta("AuthGroupFile-style groups, optional"))
+    cache_ttl: int = field(
+        default=300, metadata=_meta("seconds a verified password is remembered", _non_negative)
+    )
+    max_failures: int = field(
+        default=10, metadata=_meta("failures per user or address before a ban", _positive)
+    )
+    failure_window: int = field(
+        default=60, metadata=_meta("seconds over which failures are counted", _positive)
+    )
+    ban_time: int = field(
+        default=300, metadata=_meta("seconds a user or address is refused", _non_negative)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    jwks_endpoint: str = field(
+        default="", metadata=_meta("URL of the JWK Set; empty disables it", _check_url)
+    )
+    jwks_file: str = field(default="", metadata=_meta("a static JWK Set file"))
+    jwks_ssl_ca_certificate: str = field(
+        default="", metadata=_meta("CA bundle for the endpoint's TLS; system CAs if empty")
+    )
+    jwks_update_interval: int = field(
+        default=300, metadata=_meta("seconds between background refreshes", _positive)
+    )
+    jwks_max_stale: int = field(
+        default=86400, metadata=_meta("seconds a set may go unrefreshed", _positive)
+    )
+    jwks_username_field: str = field(default="sub", metadata=_meta("claim naming the user"))
+    jwks_require_audience: tuple[str, ...] = field(
+        default=(), metadata=_meta("token aud must contain one of these, if set")
+    )
+    issuer: str = field(default="", metadata=_meta("token iss must equal this, if set"))
+    algorithms: tuple[str, ...] = field(
+        default=ASYMMETRIC_ALGORITHMS, metadata=_meta("accepted JWS algorithms", _check_algorithms)
+    )
+    leeway: int = field(default=60, metadata=_meta("seconds of clock skew", _non_negative))
+    accept_in_basic: bool = field(
+        default=False, metadata=_meta("also accept a JWT as the Basic password")
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.jwks_endpoint or self.jwks_file or self.issuer)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    users: tuple[str, ...] = field(
+        default=(), metadata=_meta("identities allowed to call /api/v2/*")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    basic: BasicConfig = field(default_factory=BasicConfig)
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    source: str = ""  # the file it came from, for messages; "" when built in code
+
+    @property
+    def worker_count(self) -> int:
+        if self.server.workers == "auto":
+            return os.cpu_count() or 1
+        return int(self.server.workers)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "log": LogConfig,
+    "basic": BasicConfig,
+    "jwt": JwtConfig,
+    "admin": AdminConfig,
+}
+
+
+def _coerce(kind: str, value: Any, from_env: bool) -> Any:
+    """Turn a TOML or environment value into the field's type; raise ValueError if it is not."""
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_env and isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be true or false")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        raise ValueError("must be a whole number")
+    if kind == "str":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # workers = 2 is as natural as workers = "auto"
+        if isinstance(value, str):
+            return value
+        raise ValueError("must be a string")
+    if from_env and isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise ValueError("must be a list of strings")
+
+
+def _field_kind(f: dataclasses.Field[Any]) -> str:
+    type_name = str(f.type)
+    return "list" if type_name.startswith("tuple") else type_name
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    listen: Sequence[str] | None = None,
+) -> Config:
+    """Read ``path`` (TOML), apply environment overrides and ``listen``; return a valid Config.
+
+    Raises ConfigError listing every problem found, never just the first.
+    """
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    for name, value in data.items():
+        if name not in SECTIONS:
+            problems.append(f"unknown section [{name}]")
+        elif not isinstance(value, dict):
+            problems.append(f"[{name}] must be a table")
+
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        table = data.get(section) if isinstance(data.get(section), dict) else {}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in table:
+            if key not in fields:
+                problems.append(f"{section}.{key}: unknown key")
+        env_prefix = f"{ENV_PREFIX}{section.upper()}_"
+        for env_name in environ:
+            if env_name.startswith(env_prefix) and env_name[len(env_prefix):].lower() not in fields:
+                problems.append(f"{env_name}: unknown key {section}.{env_name[len(env_prefix):]}")
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            env_name = env_prefix + name.upper()
+            raw, from_env = table.get(name), False
+            if env_name in environ:
+                raw, from_env = environ[env_name], True
+            if section == "server" and name == "listen" and listen:
+                raw, from_env = list(listen), False
+            if raw is None:
+                continue
+            where = env_name if from_env else f"{section}.{name}"
+            try:
+                value = _coerce(_field_kind(f), raw, from_env)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            check = f.metadata.get("check")
+            message = check(value) if check else None
+            if message:
+                problems.append(f"{where}: {message}")
+                continue
+            values[name] = value
+        sections[section] = cls(**values)
+
+    config = Config(**sections, source=path or "")
+    problems.extend(_cross_checks(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _cross_checks(config: Config) -> list[str]:
+    problems = []
+    if not config.basic.users_file and not config.jwt.enabled:
+        problems.append(
+            "no authentication scheme configured: set basic.users_file and/or "
+            "jwt.jwks_endpoint, jwt.jwks_file or jwt.issuer (authproxy never runs open)"
+        )
+    for key in ("users_file", "groups_file"):
+        value = getattr(config.basic, key)
+        if value and not os.path.isfile(value):
+            problems.append(f"basic.{key}: {value}: no such file")
+    for key in ("jwks_file", "jwks_ssl_ca_certificate"):
+        value = getattr(config.jwt, key)
+        if value and not os.path.isfile(value):
+            problems.append(f"jwt.{key}: {value}: no such file")
+    if config.jwt.accept_in_basic and not config.jwt.enabled:
+        problems.append("jwt.accept_in_basic needs a JWT key source")
+    if config.basic.groups_file and not config.basic.users_file:
+        problems.append("basic.groups_file needs basic.users_file")
+    return problems

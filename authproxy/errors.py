@@ -1,0 +1,71 @@
+"""One exception tree. Nothing here knows HTTP: handlers.py maps these to statuses.
+
+A denial carries a *reason* (a short fixed token for logs and metric labels) and never any
+secret or exception text that could echo client input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AuthProxyError(Exception):
+    """Root of authproxy's errors; never raised itself."""
+
+
+class ConfigError(AuthProxyError):
+    """The configuration has problems; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class NotMyScheme(AuthProxyError):
+    """An authenticator does not handle this Authorization scheme; the chain tries the next."""
+
+
+class Unauthenticated(AuthProxyError):
+    """No valid credentials: a 401 with a challenge.
+
+    ``reason`` is a fixed token for logs and metrics (``missing``, ``bad_password``...).
+    ``scheme`` names the scheme the credentials claimed, if any; ``bearer_error`` and
+    ``bearer_description`` are the RFC 6750 error attributes when a bearer token was presented.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        scheme: str = "",
+        user: str = "",
+        bearer_error: str = "",
+        bearer_description: str = "",
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.scheme = scheme
+        self.user = user
+        self.bearer_error = bearer_error
+        self.bearer_description = bearer_description
+
+
+class Forbidden(AuthProxyError):
+    """Authenticated, but the location's policy refuses: a 403.
+
+    ``missing_scope`` is set when a required scope was missing (RFC 6750 insufficient_scope).
+    """
+
+    def __init__(self, reason: str, *, missing_scope: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.missing_scope = missing_scope
+
+
+class KeysUnavailable(AuthProxyError):
+    """A bearer token arrived and no usable signing key set is loaded: a 503."""
+
+    def __init__(self, reason: str = "no_keys", retry_after: int = 30) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after

@@ -1,0 +1,33 @@
+"""Groups of Basic users: Apache ``AuthGroupFile`` format, ``group: user1 user2`` a line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from .users import UserFileError
+
+
+def load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozenset[str]]:
+    """Read a groups file into ``user -> groups``; raise UserFileError naming file and line.
+
+    A group may span several lines (Apache allows it); blank lines and ``#`` comments are
+    skipped.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserFileError(os.fspath(path), None, f"cannot read: {exc}") from None
+    members: dict[str, set[str]] = {}
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        group, colon, users = text.partition(":")
+        group = group.strip()
+        if not colon or not group or any(c.isspace() for c in group):
+            raise UserFileError(os.fspath(path), lineno, "expected 'group: user1 user2'")
+        for user in users.split():
+            members.setdefault(user, set()).add(group)
+    return {user: frozenset(groups) for user, groups in members.items()}

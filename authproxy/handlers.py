@@ -1,0 +1,247 @@
+"""The only place where outcomes become 200/401/403/503."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .authn import AuthRequest, SchemeChain, parse_authorization
+from .config import Config
+from .errors import Forbidden, KeysUnavailable, Unauthenticated
+from .identity import Identity
+from .logs import DecisionLog
+from .metrics import Metrics
+from .policy import PolicyCache
+
+log = logging.getLogger("authproxy.handlers")
+
+_UNSAFE_HEADER_VALUE = re.compile(r"[\x00-\x1f\x7f]")
+_NO_STORE = {"Cache-Control": "no-store"}
+_EMPTY_IDENTITY = dict.fromkeys(Identity("", "").headers(), "")
+
+# RFC 6750 error_description values: fixed, printable ASCII without '"' or '\'.
+BEARER_DESCRIPTIONS = {
+    "invalid_request": "The request is missing a valid bearer token",
+    "invalid_token": "The access token is invalid",
+}
+
+
+class Decider:
+    """Turns a request to /auth into a decision, logs it and counts it."""
+
+    def __init__(
+        self,
+        config: Config,
+        chain: SchemeChain,
+        metrics: Metrics,
+        decisions: DecisionLog,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.chain = chain
+        self.metrics = metrics
+        self.decisions = decisions
+        self.policies = PolicyCache()
+        self._realm = config.server.realm
+        self._trusted = config.server.trusted_networks
+        self._wall_clock = wall_clock
+
+    # -- the request ---------------------------------------------------------------------
+
+    def client_address(self, request: web.BaseRequest) -> str:
+        """The client's address: forwarded headers are believed only from a trusted proxy."""
+        peer = request.remote or ""
+        if peer and not self._is_trusted(peer):
+            return peer
+        real_ip = request.headers.get("X-Real-IP", "").strip()
+        if real_ip and _is_ip(real_ip):
+            return real_ip
+        # Walk X-Forwarded-For from the right, past our own proxies, to the first stranger.
+        hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if not _is_ip(hop):
+                break
+            if not self._is_trusted(hop):
+                return hop
+        return peer or "unix"
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    @staticmethod
+    def original(request: web.BaseRequest) -> tuple[str, str]:
+        """The method and URI of the request being decided (nginx, Traefik/Caddy, Envoy)."""
+        headers = request.headers
+        method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method")
+        uri = headers.get("X-Original-URI") or headers.get("X-Forwarded-Uri")
+        if uri is None:
+            # Envoy ext_authz sends the original path under the /auth prefix.
+            uri = request.path_qs[len("/auth"):] or "/"
+        return method or request.method, uri
+
+    def _is_preflight(self, request: web.BaseRequest, method: str) -> bool:
+        return (
+            self.config.server.allow_preflight
+            and method.upper() == "OPTIONS"
+            and "Origin" in request.headers
+            and "Access-Control-Request-Method" in request.headers
+        )
+
+    # -- the decision --------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        method, uri = self.original(request)
+        fields: dict[str, Any] = {
+            "client": self.client_address(request), "method": method, "uri": uri.split("?")[0],
+            "scheme": "",
+        }
+        try:
+            response = await self._decide(request, method, fields)
+        except KeysUnavailable as exc:
+            response = web.Response(
+                status=503, text="503 Service Unavailable\n",
+                headers={"Retry-After": str(exc.retry_after), **_NO_STORE},
+            )
+            fields.update(status=503, outcome="unavailable", reason=exc.reason)
+        except Exception as exc:
+            # Fail closed. The class and frames go to the log; the message may hold input.
+            log.error("decision failed", extra={
+                "event": "decision_error", "exception": type(exc).__name__,
+                "frames": traceback.format_tb(exc.__traceback__, limit=-4),
+            })
+            response = self._challenge(Unauthenticated("internal_error"), self.chain.schemes)
+            fields.update(status=401, outcome="deny", reason="internal_error")
+        if request.body_exists:
+            # We never read a body; do not keep the connection to drain one we ignored.
+            response.force_close()
+        elapsed = time.perf_counter() - started
+        fields["latency_ms"] = round(elapsed * 1000, 3)
+        self.metrics.decisions.labels(fields["scheme"], fields["outcome"], fields["reason"]).inc()
+        self.metrics.decision_seconds.labels(fields["outcome"]).observe(elapsed)
+        self.decisions.write(fields)
+        return response
+
+    async def _decide(
+        self, request: web.Request, method: str, fields: dict[str, Any]
+    ) -> web.Response:
+        if self._is_preflight(request, method):
+            fields.update(status=200, outcome="allow", reason="preflight")
+            return self._allow(None)
+        policy = self.policies.get(request.query_string)
+        allowed = policy.allowed_schemes(self.chain.schemes)
+        try:
+            credentials = parse_authorization(request.headers.getall("Authorization", []))
+            if credentials.scheme in self.chain.schemes:  # never a client's word as a label
+                fields["scheme"] = credentials.scheme
+            identity = await self.chain.authenticate(
+                AuthRequest(credentials, fields["client"]), allowed
+            )
+            fields.update(scheme=identity.method, user=identity.user)
+            policy.check(identity)
+            response = self._allow(identity)
+        except Forbidden as exc:
+            fields.update(status=403, outcome="deny", reason=exc.reason)
+            return self._forbid(exc, fields["scheme"])
+        except Unauthenticated as exc:
+            fields.update(status=401, outcome="deny", reason=exc.reason)
+            fields.pop("user", None)
+            if exc.user:
+                fields["user"] = exc.user
+            return self._challenge(exc, allowed)
+        fields.update(status=200, outcome="allow", reason="ok")
+        return response
+
+    def _allow(self, identity: Identity | None) -> web.Response:
+        headers = identity.headers() if identity else _EMPTY_IDENTITY
+        if any(_UNSAFE_HEADER_VALUE.search(v) for v in headers.values()):
+            raise Unauthenticated("unsafe_identity")
+        response = web.Response(status=200, headers=headers)
+        if self.config.server.nginx_cache_hint and identity is not None:
+            response.headers["X-Accel-Expires"] = str(self._cache_seconds(identity))
+        else:
+            response.headers.update(_NO_STORE)
+        return response
+
+    def _cache_seconds(self, identity: Identity) -> int:
+        """How long nginx may cache this 200: never past a token's exp or the Basic cache TTL."""
+        limit = self.config.basic.cache_ttl
+        if identity.expires_at is not None:
+            limit = int(identity.expires_at - self._wall_clock())
+        return max(0, limit)
+
+    def challenge_header(self, schemes: tuple[str, ...] | list[str], exc: Unauthenticated) -> str:
+        """All challenges on one line: nginx before 1.23 forwards only the first line."""
+        parts = []
+        for scheme, challenge in self.chain.challenges(self._realm, schemes):
+            if scheme == "bearer" and exc.bearer_error:
+                description = exc.bearer_description or BEARER_DESCRIPTIONS[exc.bearer_error]
+                challenge += f', error="{exc.bearer_error}", error_description="{description}"'
+            parts.append(challenge)
+        return ", ".join(parts)
+
+    def _challenge(self, exc: Unauthenticated, schemes: tuple[str, ...]) -> web.Response:
+        if not schemes:  # a location whose scheme= names nothing enabled: still challenge
+            schemes = self.chain.schemes
+        return web.Response(
+            status=401, text="401 Unauthorized\n",
+            headers={"WWW-Authenticate": self.challenge_header(schemes, exc), **_NO_STORE},
+        )
+
+    def _forbid(self, exc: Forbidden, scheme: str) -> web.Response:
+        headers = dict(_NO_STORE)
+        if exc.missing_scope and scheme == "bearer":
+            headers["WWW-Authenticate"] = (
+                f'Bearer realm="{self._realm}", error="insufficient_scope", scope="{exc.missing_scope}"'
+            )
+        return web.Response(status=403, text="403 Forbidden\n", headers=headers)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def refuse_unparseable(decider: Decider) -> web.Response:
+    """The answer to a request aiohttp's parser refused (control characters, a header line
+    past its limit): a 401 like any bad credential, since nginx turns a 400 into a 500."""
+    decider.metrics.parse_errors.inc()
+    decider.metrics.decisions.labels("", "deny", "unparseable_request").inc()
+    decider.decisions.write({"status": 401, "outcome": "deny", "reason": "unparseable_request"})
+    response = decider._challenge(Unauthenticated("unparseable_request"), decider.chain.schemes)
+    response.force_close()
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"}, headers=_NO_STORE)
+
+
+def readyz_handler(chain: SchemeChain) -> Callable[[web.Request], Any]:
+    async def readyz(request: web.Request) -> web.Response:
+        missing = chain.not_ready()
+        status = 503 if missing else 200
+        return web.json_response({"ready": not missing, "missing": missing}, status=status,
+                                 headers=_NO_STORE)
+    return readyz
+
+
+def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Any]:
+    async def exposition(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return exposition

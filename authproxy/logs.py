@@ -1,0 +1,93 @@
+"""Structured logs: JSON (or key=value text) lines, one per decision, never a secret.
+
+Decisions go through :class:`DecisionLog`, which formats one line and batches the writes of
+one event-loop turn into a single ``write()``: at tens of thousands of decisions a second the
+``logging`` machinery per record would cost more than the decision itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+from .config import LogConfig
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' ="\\') or not text.isprintable():
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def format_line(fields: dict[str, Any], fmt: str) -> str:
+    """One log line: a JSON object, or ``key=value`` pairs with values quoted when needed."""
+    if fmt == "json":
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self.fmt = fmt
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields.update((k, v) for k, v in vars(record).items() if k not in _RESERVED)
+        if record.exc_info and record.exc_info[0] is not None:
+            # The class name only: an exception's text may quote the input that caused it.
+            fields["exception"] = record.exc_info[0].__name__
+        return format_line(fields, self.fmt)
+
+
+def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
+    """Route authproxy's and aiohttp's loggers to one handler in the configured format."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_Formatter(config.format))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.level.upper())
+    # aiohttp's access log would repeat every decision without its reason; ours replaces it.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class DecisionLog:
+    """One line per decision, written in batches per event-loop turn."""
+
+    def __init__(self, config: LogConfig, stream: TextIO | None = None) -> None:
+        self.enabled = logging.getLevelName(config.level.upper()) <= logging.INFO
+        self._fmt = config.format
+        self._stream = stream
+        self._pending: list[str] = []
+
+    def write(self, fields: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        line = format_line({"time": _iso(time.time()), "level": "info", "event": "decision",
+                            **fields}, self._fmt)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            stream = self._stream or sys.stderr
+            stream.write("\n".join(self._pending) + "\n")
+            stream.flush()
+            self._pending.clear()

@@ -1,0 +1,134 @@
+"""Running the app: sockets, signals, graceful stop, and the HTTP layer's edge cases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from .app import DECIDER, RELOADERS, create_app
+from .config import Config
+from .handlers import Decider, refuse_unparseable
+
+log = logging.getLogger("authproxy.server")
+
+SHUTDOWN_TIMEOUT = 10.0  # seconds in-flight decisions get to finish after SIGTERM
+# nginx forwards whatever header size its large_client_header_buffers allow; the credential is
+# judged (and refused, past MAX_AUTHORIZATION) by us rather than the request by the parser.
+MAX_FIELD_SIZE = 1 << 20
+MAX_LINE_SIZE = 1 << 16
+UNIX_SOCKET_MODE = 0o666  # restrict access with the directory's permissions
+
+
+class _ParseErrorsDenied(RequestHandler):
+    """aiohttp answers a request its parser refuses with its own 400, which nginx turns into a
+    500 for the client; this handler answers 401 with our challenge instead."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        decider: Decider | None = getattr(self._manager, "decider", None)
+        if status == 400 and decider is not None and request.writer.output_size == 0:
+            log.info("request refused by the HTTP parser", extra={
+                "event": "parse_error", "exception": type(exc).__name__ if exc else "",
+            })
+            return refuse_unparseable(decider)
+        return super().handle_error(request, status, exc, message)
+
+
+class _Server(web.Server):
+    decider: Decider
+
+    def __call__(self) -> RequestHandler:
+        return _ParseErrorsDenied(self, loop=self._loop, **self._kwargs)
+
+
+class AuthRunner(web.AppRunner):
+    """An AppRunner whose connections answer parse errors with a 401 (see above)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no public hook for the protocol class; _Server adds no state, only
+        # the factory method, so re-classing the instance it built is safe.
+        server.__class__ = _Server
+        server.decider = self.app[DECIDER]  # type: ignore[attr-defined]
+        return server
+
+
+def make_runner(app: web.Application) -> AuthRunner:
+    return AuthRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        max_field_size=MAX_FIELD_SIZE,
+        max_line_size=MAX_LINE_SIZE,
+    )
+
+
+async def start_sites(runner: AuthRunner, config: Config) -> list[web.BaseSite]:
+    sites: list[web.BaseSite] = []
+    for address in config.server.listen_addresses:
+        site: web.BaseSite
+        if address.is_unix:
+            site = web.UnixSite(runner, address.path)
+        else:
+            site = web.TCPSite(runner, address.host, address.port)
+        await site.start()
+        if address.is_unix:
+            os.chmod(address.path, UNIX_SOCKET_MODE)
+        sites.append(site)
+    return sites
+
+
+async def run(config: Config) -> int:
+    """Serve until SIGTERM or SIGINT; reload file-backed state on SIGHUP. Returns 0."""
+    app = create_app(config)
+    runner = make_runner(app)
+    await runner.setup()
+    try:
+        await start_sites(runner, config)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[Any]] = set()
+
+        def on_sighup() -> None:
+            for reload in app[RELOADERS]:
+                task = asyncio.ensure_future(reload("sighup"))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        log.info("serving", extra={
+            "event": "start", "listen": [str(a) for a in config.server.listen_addresses],
+            "schemes": list(app[DECIDER].chain.schemes),
+        })
+        await stop.wait()
+        log.info("stopping: draining in-flight requests", extra={"event": "stop"})
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def serve(config: Config) -> int:
+    """Run the event loop (uvloop where installed) around :func:`run`."""
+    loop_factory: Any = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(run(config))
+
