@@ -99,7 +99,7 @@ class BasicAuthenticator:
         snapshot = self.store.snapshot
         entry = snapshot.table.get(user)
         key = hmac.digest(self._secret, user.encode() + b"\0" + password, hashlib.sha256)
-        if self._cache is not None and entry is not None and self._cache.get(key) is entry:
+        if self._cache is not None and entry is not None and self._cache.get(key) == entry:
             self._metrics.cache.labels("basic", "hit").inc()
             return self._identity(user)
         self._metrics.cache.labels("basic", "miss").inc()

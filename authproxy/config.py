@@ -271,9 +271,11 @@ def _coerce(kind: str, value: Any, from_env: bool) -> Any:
         if from_env and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             return int(value)
         raise ValueError("must be a whole number")
-    if kind == "str":
+    if kind == "str|int":  # workers = 2 is as natural as workers = "auto"
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)  # workers = 2 is as natural as workers = "auto"
+            return str(value)
+        kind = "str"
+    if kind == "str":
         if isinstance(value, str):
             return value
         raise ValueError("must be a string")
@@ -285,6 +287,8 @@ def _coerce(kind: str, value: Any, from_env: bool) -> Any:
 
 
 def _field_kind(f: dataclasses.Field[Any]) -> str:
+    if f.name == "workers":
+        return "str|int"
     type_name = str(f.type)
     return "list" if type_name.startswith("tuple") else type_name
 

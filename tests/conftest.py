@@ -1,0 +1,60 @@
+"""Shared factories: user files and configs made the way an operator would make them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+
+from authproxy.config import Config, load_config
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    return "[" + ", ".join(toml_value(v) for v in value) + "]"
+
+
+def toml_text(sections: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def bcrypt_hash(password: str, cost: int = 4) -> str:
+    """A $2y$ hash as Apache's htpasswd -B writes it (cost 4 keeps tests fast)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode().replace("$2b$", "$2y$", 1)
+
+
+@pytest.fixture
+def htpasswd(tmp_path: Path) -> Callable[..., Path]:
+    """write(name="users", **{user: password}) -> path of a bcrypt htpasswd file."""
+
+    def write(name: str = "users.htpasswd", **users: str) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in users.items()))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """make_config({"basic": {...}, ...}) -> Config, through a real TOML file and load_config."""
+
+    def make(sections: dict[str, dict[str, Any]], environ: dict[str, str] | None = None) -> Config:
+        path = tmp_path / "authproxy.toml"
+        path.write_text(toml_text(sections))
+        return load_config(str(path), environ=environ or {})
+
+    return make

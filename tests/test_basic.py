@@ -1,0 +1,309 @@
+"""Basic against an htpasswd table, through the real app (startup, handlers, cleanup)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import pytest
+
+from authproxy.app import METRICS, USER_STORE, create_app
+
+from .conftest import bcrypt_hash
+
+CHALLENGE = 'Basic realm="authproxy", charset="UTF-8"'
+IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
+                    "X-Auth-Scopes")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def basic(user: str | bytes, password: str | bytes) -> str:
+    raw = (user if isinstance(user, bytes) else user.encode()) + b":" + (
+        password if isinstance(password, bytes) else password.encode())
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def hashes_verified(app) -> float:
+    value = app[METRICS].registry.get_sample_value(
+        "authproxy_password_hash_seconds_count", {"scheme": "bcrypt"})
+    return value or 0.0
+
+
+@pytest.fixture
+def users(htpasswd, tmp_path: Path) -> Path:
+    path = htpasswd(alice="wonderland", bob="builder", **{"zoë": "müller"})
+    (tmp_path / "groups").write_text("admins: alice\nstaff: alice bob\n")
+    return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def app_for(make_config, users, tmp_path, clock):
+    def build(server=None, **basic_overrides):
+        sections = {"basic": {"users_file": str(users), "groups_file": str(tmp_path / "groups"),
+                              **basic_overrides}}
+        if server:
+            sections["server"] = server
+        return create_app(make_config(sections), clock=clock)
+    return build
+
+
+@pytest.fixture
+async def client(aiohttp_client, app_for):
+    return await aiohttp_client(app_for())
+
+
+async def test_no_credentials_gets_challenge(client, capsys) -> None:
+    resp = await client.get("/auth")
+    assert resp.status == 401
+    assert resp.headers.getall("WWW-Authenticate") == [CHALLENGE]
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert '"reason":"missing"' in capsys.readouterr().err
+
+
+async def test_valid_credentials_get_every_identity_header(client) -> None:
+    resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland")})
+    assert resp.status == 200
+    assert {h: resp.headers[h] for h in IDENTITY_HEADERS} == {
+        "X-Auth-User": "alice", "X-Auth-Method": "basic", "X-Auth-Subject": "alice",
+        "X-Auth-Groups": "admins,staff", "X-Auth-Scopes": ""}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("path", ["/auth", "/auth/", "/auth/envoy/style/path?x=1"])
+async def test_any_method_and_subpath(client, method: str, path: str) -> None:
+    ok = await client.request(method, path, headers={"Authorization": basic("bob", "builder")})
+    assert ok.status == 200
+    denied = await client.request(method, path)
+    assert denied.status == 401
+
+
+async def test_scheme_name_is_case_insensitive_and_spaces_tolerated(client) -> None:
+    value = basic("alice", "wonderland").replace("Basic ", "bAsIc   ")
+    assert (await client.get("/auth", headers={"Authorization": value})).status == 200
+
+
+async def test_non_ascii_user_sent_as_utf8(client) -> None:
+    resp = await client.get("/auth", headers={"Authorization": basic("zoë", "müller")})
+    assert resp.status == 200
+    raw = dict(resp.raw_headers)
+    assert raw[b"X-Auth-User"] == "zoë".encode()
+
+
+BAD_CREDENTIALS = {
+    "not_base64": "Basic !!!not-base64!!!",
+    "bad_padding": "Basic " + base64.b64encode(b"alice:wonderland").decode().rstrip("="),
+    "urlsafe_alphabet": "Basic " + base64.urlsafe_b64encode(b"alice:wonder>?land").decode(),
+    "no_colon": "Basic " + base64.b64encode(b"alicewonderland").decode(),
+    "empty_user": basic("", "wonderland"),
+    "nul_in_password": basic("alice", b"wonder\x00land"),
+    "control_in_user": basic(b"ali\x01ce", "wonderland"),
+    "not_utf8_user": basic(b"\xff\xfe", "wonderland"),
+    "scheme_only": "Basic",
+    "unknown_scheme": "Digest username=alice",
+    "bearer_not_enabled": "Bearer abc.def.ghi",
+    "empty_value": "",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CREDENTIALS))
+async def test_bad_credentials_are_401_and_logged(client, capsys, name: str) -> None:
+    resp = await client.get("/auth", headers={"Authorization": BAD_CREDENTIALS[name]})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == CHALLENGE
+    log = capsys.readouterr().err
+    assert '"outcome":"deny"' in log and "wonderland" not in log
+
+
+async def test_two_authorization_headers_even_identical(client) -> None:
+    value = basic("alice", "wonderland")
+    resp = await client.get("/auth", headers=[("Authorization", value), ("Authorization", value)])
+    assert resp.status == 401
+
+
+async def test_wrong_password_and_unknown_user_cost_one_hash_each(client) -> None:
+    app = client.app
+    before = hashes_verified(app)
+    assert (await client.get("/auth", headers={"Authorization": basic("alice", "x")})).status == 401
+    assert (await client.get("/auth", headers={"Authorization": basic("eve", "x")})).status == 401
+    # the unknown user was checked against a dummy hash of the same kind (bcrypt)
+    assert hashes_verified(app) == before + 2
+
+
+async def test_verified_password_is_cached_until_ttl(client, clock) -> None:
+    app, auth = client.app, {"Authorization": basic("alice", "wonderland")}
+    assert (await client.get("/auth", headers=auth)).status == 200
+    verified = hashes_verified(app)
+    for _ in range(5):
+        assert (await client.get("/auth", headers=auth)).status == 200
+    assert hashes_verified(app) == verified
+    clock.now += 301  # past basic.cache_ttl (300)
+    assert (await client.get("/auth", headers=auth)).status == 200
+    assert hashes_verified(app) == verified + 1
+
+
+async def test_wrong_password_is_never_cached(client) -> None:
+    app, auth = client.app, {"Authorization": basic("alice", "nope")}
+    for _ in range(3):
+        assert (await client.get("/auth", headers=auth)).status == 401
+    assert hashes_verified(app) == 3
+
+
+async def test_concurrent_identical_checks_share_one_verification(client) -> None:
+    auth = {"Authorization": basic("bob", "builder")}
+    responses = await asyncio.gather(*(client.get("/auth", headers=auth) for _ in range(20)))
+    assert [r.status for r in responses] == [200] * 20
+    assert hashes_verified(client.app) == 1
+
+
+async def test_long_passwords_against_bcrypt_follow_apache(aiohttp_client, make_config,
+                                                           htpasswd) -> None:
+    password = "p" * 72
+    users = htpasswd(name="long.htpasswd", carol=password)
+    client = await aiohttp_client(create_app(make_config({"basic": {"users_file": str(users)}})))
+    # bcrypt (and Apache) read only the first 72 bytes; longer input is never a 500
+    same_prefix = await client.get("/auth", headers={"Authorization": basic("carol", password + "xyz")})
+    assert same_prefix.status == 200
+    other = await client.get("/auth", headers={"Authorization": basic("carol", "q" * 100)})
+    assert other.status == 401
+
+
+async def test_reload_forgets_changed_user_and_keeps_others(client, users) -> None:
+    alice, bob = basic("alice", "wonderland"), basic("bob", "builder")
+    assert (await client.get("/auth", headers={"Authorization": alice})).status == 200
+    assert (await client.get("/auth", headers={"Authorization": bob})).status == 200
+    text = users.read_text().splitlines()
+    text[0] = "alice:" + bcrypt_hash("looking-glass")
+    users.write_text("\n".join(text) + "\n")
+    assert await client.app[USER_STORE].reload("test") is True
+    verified = hashes_verified(client.app)
+    assert (await client.get("/auth", headers={"Authorization": alice})).status == 401
+    assert (await client.get("/auth", headers={
+        "Authorization": basic("alice", "looking-glass")})).status == 200
+    assert (await client.get("/auth", headers={"Authorization": bob})).status == 200
+    # bob's remembered password survived the reload: only alice's two checks hashed
+    assert hashes_verified(client.app) == verified + 2
+
+
+async def test_broken_reload_keeps_old_table_and_readiness(client, users, caplog) -> None:
+    users.write_text("alice:plaintext-is-never-accepted\n")
+    assert await client.app[USER_STORE].reload("test") is False
+    assert (await client.get("/auth", headers={
+        "Authorization": basic("bob", "builder")})).status == 200
+    assert (await client.get("/readyz")).status == 200
+    [record] = [r for r in caplog.records if getattr(r, "event", "") == "users_reload"]
+    assert record.outcome == "error" and "users.htpasswd:1" in record.error
+    assert "plaintext-is-never-accepted" not in str(vars(record))
+    value = client.app[METRICS].registry.get_sample_value(
+        "authproxy_user_table_reloads_total", {"outcome": "error"})
+    assert value == 1
+
+
+async def test_file_change_is_noticed_without_a_signal(client, users) -> None:
+    users.write_text(users.read_text() + "dave:" + bcrypt_hash("d") + "\n")
+    registry = client.app[METRICS].registry
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not registry.get_sample_value("authproxy_user_table_reloads_total", {"outcome": "ok"}):
+        assert loop.time() < deadline, "the watcher never reloaded the changed file"
+        await asyncio.sleep(0.05)
+    assert (await client.get("/auth", headers={"Authorization": basic("dave", "d")})).status == 200
+
+
+async def test_brute_force_bans_user_and_address_without_hashing(aiohttp_client, app_for,
+                                                                  clock) -> None:
+    client = await aiohttp_client(app_for(max_failures=3, failure_window=60, ban_time=300))
+    app = client.app
+    for _ in range(3):
+        resp = await client.get("/auth", headers={"Authorization": basic("alice", "guess"),
+                                                  "X-Real-IP": "203.0.113.9"})
+        assert resp.status == 401
+    verified = hashes_verified(app)
+    # the right password, for the banned user, from another address: refused, nothing hashed
+    resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland"),
+                                              "X-Real-IP": "198.51.100.1"})
+    assert resp.status == 401
+    # another user from the banned address: refused too
+    resp = await client.get("/auth", headers={"Authorization": basic("bob", "builder"),
+                                              "X-Real-IP": "203.0.113.9"})
+    assert resp.status == 401
+    assert hashes_verified(app) == verified
+    banned = app[METRICS].registry.get_sample_value("authproxy_bans_in_force")
+    assert banned == 2
+    clock.now += 301
+    resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland"),
+                                              "X-Real-IP": "198.51.100.1"})
+    assert resp.status == 200
+
+
+async def test_failures_outside_the_window_do_not_add_up(aiohttp_client, app_for, clock) -> None:
+    client = await aiohttp_client(app_for(max_failures=3, failure_window=60))
+    for _ in range(2):
+        await client.get("/auth", headers={"Authorization": basic("alice", "guess")})
+    clock.now += 61
+    await client.get("/auth", headers={"Authorization": basic("alice", "guess")})
+    resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland")})
+    assert resp.status == 200
+
+
+async def test_ban_does_not_lock_out_a_cached_password(aiohttp_client, app_for) -> None:
+    client = await aiohttp_client(app_for(max_failures=3))
+    good = {"Authorization": basic("alice", "wonderland"), "X-Real-IP": "198.51.100.7"}
+    assert (await client.get("/auth", headers=good)).status == 200
+    for _ in range(10):
+        await client.get("/auth", headers={"Authorization": basic("alice", "guess"),
+                                           "X-Real-IP": "203.0.113.66"})
+    assert (await client.get("/auth", headers=good)).status == 200
+
+
+async def test_forwarded_address_ignored_from_untrusted_peer(aiohttp_client, app_for) -> None:
+    client = await aiohttp_client(app_for(max_failures=3, server={"trusted_proxies": ["10.0.0.0/8"]}))
+    for i in range(3):  # a spoofed X-Real-IP per attempt must not dodge the per-address count
+        await client.get("/auth", headers={"Authorization": basic(f"user{i}", "guess"),
+                                           "X-Real-IP": f"203.0.113.{i}"})
+    resp = await client.get("/auth", headers={"Authorization": basic("bob", "builder")})
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize(("query", "user", "status"), [
+    ("group=admins", "alice", 200), ("group=admins", "bob", 403),
+    ("group=nobody,staff", "bob", 200), ("user=bob", "alice", 403), ("user=alice,bob", "bob", 200),
+    ("scope=read", "alice", 403), ("scheme=basic", "alice", 200),
+])
+async def test_location_policy(client, query: str, user: str, status: int) -> None:
+    password = {"alice": "wonderland", "bob": "builder"}[user]
+    resp = await client.get(f"/auth?{query}", headers={"Authorization": basic(user, password)})
+    assert resp.status == status
+
+
+async def test_preflight_needs_opt_in(aiohttp_client, app_for, client) -> None:
+    preflight = {"X-Original-Method": "OPTIONS", "Origin": "https://app.example",
+                 "Access-Control-Request-Method": "POST"}
+    assert (await client.get("/auth", headers=preflight)).status == 401
+    opted_in = await aiohttp_client(app_for(server={"allow_preflight": True}))
+    resp = await opted_in.get("/auth", headers=preflight)
+    assert resp.status == 200 and resp.headers["X-Auth-User"] == ""
+    no_origin = {k: v for k, v in preflight.items() if k != "Origin"}
+    assert (await opted_in.get("/auth", headers=no_origin)).status == 401
+
+
+async def test_health_readiness_and_metrics(client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and (await ready.json())["ready"] is True
+    await client.get("/auth", headers={"Authorization": basic("alice", "wonderland")})
+    text = await (await client.get("/metrics")).text()
+    assert 'authproxy_decisions_total{outcome="allow",reason="ok",scheme="basic"} 1.0' in text
+    assert "alice" not in text

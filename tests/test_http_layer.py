@@ -1,0 +1,108 @@
+"""The HTTP layer is part of the contract: what nginx forwards must get a 401, never a 400.
+
+These tests run the production runner (AuthRunner) on real sockets and speak raw HTTP/1.1,
+since well-behaved clients refuse to send what nginx 1.22 happily forwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+from pathlib import Path
+
+import pytest
+
+from authproxy.app import METRICS, create_app
+from authproxy.server import make_runner, start_sites
+
+CHALLENGE = b'WWW-Authenticate: Basic realm="authproxy", charset="UTF-8"'
+GOOD = "Basic " + base64.b64encode(b"alice:wonderland").decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def server(make_config, htpasswd, tmp_path: Path):
+    port = free_port()
+    sock = tmp_path / "authproxy.sock"
+    config = make_config({
+        "server": {"listen": [f"127.0.0.1:{port}", f"[::1]:{port}", f"unix:{sock}"]},
+        "basic": {"users_file": str(htpasswd(alice="wonderland"))},
+    })
+    app = create_app(config)
+    runner = make_runner(app)
+    await runner.setup()
+    await start_sites(runner, config)
+    yield {"port": port, "sock": str(sock), "app": app}
+    await runner.cleanup()
+
+
+async def exchange(server, raw: bytes, *, family: str = "ipv4", timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return the response head (status line and headers)."""
+    if family == "unix":
+        reader, writer = await asyncio.open_unix_connection(server["sock"])
+    else:
+        host = "::1" if family == "ipv6" else "127.0.0.1"
+        reader, writer = await asyncio.open_connection(host, server["port"])
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    finally:
+        writer.close()
+
+
+def request(*headers: bytes, method: bytes = b"GET") -> bytes:
+    return method + b" /auth HTTP/1.1\r\nHost: authproxy\r\n" + b"".join(
+        h + b"\r\n" for h in headers) + b"\r\n"
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "unix"])
+async def test_listens_on_tcp_v4_v6_and_unix(server, family: str) -> None:
+    head = await exchange(server, request(b"Authorization: " + GOOD.encode()), family=family)
+    assert head.startswith(b"HTTP/1.1 200") and b"X-Auth-User: alice" in head
+
+
+@pytest.mark.parametrize("header", [
+    b"Authorization: Basic \x01YWxpY2U6d29uZGVybGFuZA==",
+    b"Authorization: Basic YWxp\x7fY2U=",
+    b"X-Original-URI: /a\x00b",
+    b"Authorization: Basic " + b"A" * (2 << 20),  # past even our generous line limit
+])
+async def test_parser_refusals_become_401_with_challenge(server, header: bytes) -> None:
+    head = await exchange(server, request(header))
+    assert head.startswith(b"HTTP/1.1 401") or head.startswith(b"HTTP/1.0 401"), head[:40]
+    assert CHALLENGE in head
+    assert server["app"][METRICS].registry.get_sample_value(
+        "authproxy_http_parse_errors_total") == 1
+
+
+async def test_obs_text_reaches_the_handler_and_is_refused(server) -> None:
+    head = await exchange(server, request(b"Authorization: Basic \xff\xfe"))
+    assert head.startswith(b"HTTP/1.1 401") and CHALLENGE in head
+
+
+async def test_64k_authorization_is_refused_as_a_credential(server) -> None:
+    head = await exchange(server, request(b"Authorization: Basic " + b"QUFB" * 16384))
+    assert head.startswith(b"HTTP/1.1 401") and CHALLENGE in head
+    assert not server["app"][METRICS].registry.get_sample_value(
+        "authproxy_http_parse_errors_total")
+
+
+async def test_announced_body_is_never_waited_for(server) -> None:
+    # A body of 1 MB is announced and never sent: the decision must not wait for it.
+    raw = request(b"Authorization: " + GOOD.encode(), b"Content-Length: 1048576", method=b"POST")
+    head = await exchange(server, raw, timeout=3)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"Connection: close" in head  # no lingering to drain a body we ignore
+
+
+async def test_chunked_request_without_body_does_not_hang(server) -> None:
+    raw = request(b"Authorization: " + GOOD.encode(), b"Transfer-Encoding: chunked")
+    head = await exchange(server, raw, timeout=3)
+    assert head.startswith(b"HTTP/1.1 200")
