@@ -100,6 +100,16 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_certs(args: argparse.Namespace) -> int:
+    from .devcerts import write_dev_certs
+
+    paths = write_dev_certs(args.dir, args.name or ())
+    print(f"wrote {paths['cert']} and {paths['key']} (for nginx: ssl_certificate / ssl_certificate_key)")
+    print(f"CA certificate: {paths['ca']}")
+    print(f"trust it for curl with: curl --cacert {paths['ca']} https://localhost/...")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authproxy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
@@ -129,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="list the users")
     listing.add_argument("file")
     user.set_defaults(func=cmd_user)
+
+    certs = commands.add_parser("dev-certs", help="write a local CA and server certificate (trustme)")
+    certs.add_argument("dir")
+    certs.add_argument("--name", action="append",
+                       help="a DNS name or IP for the certificate; repeatable (default: localhost)")
+    certs.set_defaults(func=cmd_dev_certs)
     return parser
 
 

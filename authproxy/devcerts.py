@@ -1,0 +1,30 @@
+"""``authproxy dev-certs``: a local CA and a server certificate for trying TLS on a laptop."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import trustme
+
+DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def write_dev_certs(directory: str | os.PathLike[str], names: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``ca.pem``, ``server.pem`` (certificate chain) and ``server.key`` (mode 0600).
+
+    Returns the paths by role. A new CA each call: these are for local testing only.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA(organization_name="authproxy dev CA")
+    cert = ca.issue_cert(*(names or DEFAULT_NAMES))
+    paths = {"ca": out / "ca.pem", "cert": out / "server.pem", "key": out / "server.key"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    os.chmod(paths["key"], 0o600)
+    with open(paths["cert"], "wb") as fh:
+        for blob in cert.cert_chain_pems:
+            fh.write(blob.bytes())
+    return paths
