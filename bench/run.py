@@ -1,0 +1,228 @@
+"""Benchmarks, run by hand (`make bench`): wrk through a real nginx, and direct.
+
+Every figure is the median of interleaved rounds, and the targets are ratios of figures taken
+in the same run: this machine is small and shared, absolute numbers drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream authproxy {{ server 127.0.0.1:{authproxy}; keepalive 64; }}
+    upstream authproxy_nolockout {{ server 127.0.0.1:{nolockout}; keepalive 64; }}
+    upstream bare {{ server 127.0.0.1:{bare}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{nginx};
+        root {tmp}/www;
+        location /authproxy/ {{ auth_request /_authproxy; }}
+        location /nolockout/ {{ auth_request /_nolockout; }}
+        location /bare/ {{ auth_request /_bare; }}
+        location /nginx-basic/ {{ auth_basic "bench"; auth_basic_user_file {tmp}/users; }}
+        location = /_authproxy {{ internal; proxy_pass http://authproxy/auth; include {tmp}/auth-common.conf; }}
+        location = /_nolockout {{ internal; proxy_pass http://authproxy_nolockout/auth; include {tmp}/auth-common.conf; }}
+        location = /_bare {{ internal; proxy_pass http://bare/auth; include {tmp}/auth-common.conf; }}
+    }}
+}}
+"""
+AUTH_COMMON = """
+proxy_pass_request_body off;
+proxy_set_header Content-Length "";
+proxy_set_header X-Original-URI $request_uri;
+proxy_set_header X-Real-IP $remote_addr;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, deadline: float = 15.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+@dataclass
+class Result:
+    rps: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+
+    @property
+    def median_rps(self) -> float:
+        return statistics.median(self.rps)
+
+    @property
+    def median_p99(self) -> float:
+        return statistics.median(self.p99_ms)
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, seconds: int, connections: int, auth: str = "",
+        script: str = "") -> tuple[float, float]:
+    """Run wrk once; return (requests/s, p99 latency in ms)."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if auth:
+        cmd += ["-H", f"Authorization: {auth}"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if failed:
+        raise RuntimeError(f"{url}: {failed.group(1)} responses were not 2xx:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    return rps, (_ms(*p99.groups()) if p99 else float("nan"))
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)  # noqa: S603
+    try:
+        wait_for_port(port)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def authproxy_config(tmp: Path, name: str, port: int, **basic_extra: int) -> Path:
+    extra = "".join(f"{k} = {v}\n" for k, v in basic_extra.items())
+    path = tmp / f"{name}.toml"
+    path.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\n'
+        f'[basic]\nusers_file = "{tmp}/users"\n{extra}'
+        f'[log]\nformat = "json"\n'
+    )
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args(argv)
+    for tool in ("wrk", "htpasswd", NGINX):
+        if not shutil.which(tool):
+            sys.exit(f"bench needs {tool} (make bench installs it)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="authproxy-bench-"))
+    tmp.chmod(0o755)  # nginx's workers drop root privileges and must read www/ and users
+    (tmp / "www" / "authproxy").mkdir(parents=True)
+    for loc in ("authproxy", "nolockout", "bare", "nginx-basic"):
+        (tmp / "www" / loc).mkdir(parents=True, exist_ok=True)
+        (tmp / "www" / loc / "index.html").write_text("ok\n")
+    subprocess.run(["htpasswd", "-cbB", "-C", "10", str(tmp / "users"), "alice", "wonderland"],
+                   check=True, capture_output=True)
+    ports = {k: free_port() for k in ("authproxy", "nolockout", "bare", "nginx")}
+    (tmp / "auth-common.conf").write_text(AUTH_COMMON)
+    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, **ports))
+    py = sys.executable
+    good = basic("alice", "wonderland")
+    base = f"http://127.0.0.1:{ports['nginx']}"
+    s, c = args.seconds, args.connections
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(started([py, str(HERE / "bare.py"), str(ports["bare"])],
+                                    ports["bare"], tmp / "bare.log"))
+        for name, extra in (("authproxy", {}), ("nolockout", {"max_failures": 10**9})):
+            conf = authproxy_config(tmp, name, ports[name], **extra)
+            stack.enter_context(started([py, "-m", "authproxy", "serve", "--config", str(conf)],
+                                        ports[name], tmp / f"{name}.log"))
+        stack.enter_context(started([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
+                                    ports["nginx"], tmp / "nginx.log"))
+        wrk(f"{base}/authproxy/index.html", 1, c, good)  # warm the cache and connections
+
+        results: dict[str, Result] = {}
+        scenarios = {
+            "nginx -> bare aiohttp 200": (f"{base}/bare/index.html", good),
+            "nginx -> authproxy, cached Basic": (f"{base}/authproxy/index.html", good),
+            "nginx auth_basic, bcrypt cost 10": (f"{base}/nginx-basic/index.html", good),
+            "direct: bare aiohttp 200": (f"http://127.0.0.1:{ports['bare']}/auth", good),
+            "direct: authproxy, cached Basic": (f"http://127.0.0.1:{ports['authproxy']}/auth", good),
+        }
+        for round_no in range(args.rounds):
+            for name, (url, auth) in scenarios.items():
+                rps, p99 = wrk(url, s, c, auth)
+                results.setdefault(name, Result()).rps.append(rps)
+                results[name].p99_ms.append(p99)
+                print(f"round {round_no + 1}: {name}: {rps:,.0f} req/s, p99 {p99:.2f} ms",
+                      file=sys.stderr)
+            for label, target in (("flood, lockout on", "authproxy"),
+                                  ("flood, lockout off", "nolockout")):
+                flood = subprocess.Popen(  # noqa: S603
+                    ["wrk", "-t1", f"-c{c // 2}", f"-d{s + 2}s", "-s", str(HERE / "flood.lua"),
+                     f"{base}/{target}/index.html"], stdout=subprocess.DEVNULL)
+                time.sleep(1)  # let the flood reach full speed before measuring under it
+                rps, p99 = wrk(f"{base}/{target}/index.html", s, c // 2, good)
+                flood.wait()
+                name = f"cached Basic under a wrong-password {label}"
+                results.setdefault(name, Result()).rps.append(rps)
+                results[name].p99_ms.append(p99)
+                print(f"round {round_no + 1}: {name}: {rps:,.0f} req/s, p99 {p99:.2f} ms",
+                      file=sys.stderr)
+
+    bare = results["nginx -> bare aiohttp 200"].median_rps
+    cached = results["nginx -> authproxy, cached Basic"].median_rps
+    nginx_basic = results["nginx auth_basic, bcrypt cost 10"].median_rps
+    print(f"\n{args.rounds} interleaved rounds, wrk -t1 -c{c} -d{s:g}s, medians; "
+          f"{os.cpu_count()} cores\n")
+    print("| scenario | req/s | p99 ms |\n|---|---:|---:|")
+    for name, result in results.items():
+        print(f"| {name} | {result.median_rps:,.0f} | {result.median_p99:.2f} |")
+    print(f"\n(a) cached Basic / bare aiohttp behind nginx: {cached / bare:.2f} (target >= 0.85)")
+    print(f"(b) cached Basic / nginx auth_basic bcrypt-10: {cached / nginx_basic:,.0f}x "
+          "(target >= 500x)")
+    for label in ("lockout on", "lockout off"):
+        p99 = results[f"cached Basic under a wrong-password flood, {label}"].median_p99
+        print(f"(c) p99 of cached decisions under a flood, {label}: {p99:.2f} ms (target < 5 ms)")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

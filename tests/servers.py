@@ -1,0 +1,529 @@
+"""Real servers for tests and benchmarks: TLS files, authproxy, nginx and an echo upstream.
+
+Everything listens on 127.0.0.1 (or a unix socket) on ports from :func:`free_port`, and is
+waited for by polling with a deadline, never by a fixed sleep. nginx configurations include
+the snippets in the repository's ``nginx/`` directory verbatim, so what is tested is what
+operators install; only ``authproxy-upstream.conf`` is rendered, to put in the address.
+
+The context managers (``start_authproxy``, ``start_nginx``, ``start_echo_upstream``) work
+anywhere; the pytest fixtures at the end wrap them. A test module imports the fixtures it uses:
+``from .servers import echo_upstream, tls_files``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+REPO = Path(__file__).resolve().parent.parent
+NGINX_DIR = REPO / "nginx"
+NGINX = "/usr/sbin/nginx"
+DEADLINE = 20.0  # seconds a server gets to start or to stop
+_POLL_INTERVAL = 0.02
+_UPSTREAM_SERVER = re.compile(r"^(\s*server\s+)127\.0\.0\.1:9180;", re.MULTILINE)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    deadline: float = DEADLINE,
+) -> None:
+    """Poll ``ready`` until it returns True; raise if ``process`` exits or time runs out."""
+    end = time.monotonic() + deadline
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before it was ready")
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} not ready within {deadline} s")
+        time.sleep(_POLL_INTERVAL)
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """PEM files of a local CA and a server certificate for localhost and 127.0.0.1."""
+
+    ca_cert: Path
+    server_cert: Path  # the chain nginx serves, leaf first
+    server_key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context trusting only the local CA."""
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (mode 0600) into ``directory``."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca_cert))
+    files.server_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    files.server_key.touch(mode=0o600)
+    leaf.private_key_pem.write_to_path(str(files.server_key))
+    return files
+
+
+# -- authproxy ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Authproxy:
+    """A running ``authproxy serve`` process."""
+
+    process: subprocess.Popen[bytes]
+    listen: tuple[str, ...]
+    log_path: Path  # its stdout and stderr
+
+    @property
+    def tcp_address(self) -> str:
+        """The first ``HOST:PORT`` it listens on."""
+        for address in self.listen:
+            if not address.startswith("unix:"):
+                return address
+        raise ValueError("authproxy listens on no TCP address")
+
+    @property
+    def unix_path(self) -> str:
+        """The first unix socket it listens on."""
+        for address in self.listen:
+            if address.startswith("unix:"):
+                return address[len("unix:"):]
+        raise ValueError("authproxy listens on no unix socket")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def http_status(address: str, path: str, timeout: float = 2.0) -> int | None:
+    """The status of ``GET path`` over plain HTTP/1.0 to ``HOST:PORT`` or ``unix:/path``;
+    None when nothing answers."""
+    family, target = (
+        (socket.AF_UNIX, address[len("unix:"):])
+        if address.startswith("unix:")
+        else (socket.AF_INET, _host_port(address))
+    )
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(target)
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+            head = sock.recv(64)
+    except OSError:
+        return None
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
+    return int(match.group(1)) if match else None
+
+
+def _healthy(address: str) -> bool:
+    return http_status(address, "/healthz") == 200
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@contextmanager
+def start_authproxy(
+    config_text: str,
+    listen: Sequence[str],
+    directory: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[Authproxy]:
+    """Run ``python -m authproxy serve`` with ``config_text`` until the block ends.
+
+    Waits until ``/healthz`` answers 200 on every address in ``listen``. At the end sends
+    SIGTERM and asserts a clean exit (status 0). AUTHPROXY_* variables of this process are
+    not inherited; pass overrides in ``env``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "authproxy.toml"
+    config_path.write_text(config_text, encoding="utf-8")
+    log_path = directory / "authproxy.log"
+    command = [sys.executable, "-m", "authproxy", "serve", "--config", str(config_path)]
+    for address in listen:
+        command += ["--listen", address]
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHPROXY_")}
+    child_env.update(env or {})
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=directory,
+            env=child_env,
+        )
+    handle = Authproxy(process, tuple(listen), log_path)
+    try:
+        for address in listen:
+            wait_until(partial(_healthy, address), f"authproxy on {address}", process)
+        yield handle
+    except BaseException:
+        _stop(process, signal.SIGTERM)
+        raise
+    status = _stop(process, signal.SIGTERM)
+    assert status == 0, f"authproxy exited with {status}:\n{handle.log_text()[-4000:]}"
+
+
+def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> int:
+    """Signal ``process`` and reap it; kill it if it outlives the deadline."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
+# -- nginx -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Nginx:
+    """A running nginx master with one worker, confined to its prefix directory."""
+
+    process: subprocess.Popen[bytes]
+    prefix: Path
+    conf_path: Path
+    error_log: Path
+
+    def error_log_text(self) -> str:
+        return self.error_log.read_text(encoding="utf-8", errors="replace")
+
+
+def render_upstream(address: str) -> str:
+    """The repository's ``authproxy-upstream.conf`` with its server line pointing at
+    ``address`` (``HOST:PORT`` or ``unix:/path``); everything else verbatim."""
+    text = (NGINX_DIR / "authproxy-upstream.conf").read_text(encoding="utf-8")
+    rendered, count = _UPSTREAM_SERVER.subn(lambda m: f"{m.group(1)}{address};", text)
+    if count != 1:
+        raise ValueError("authproxy-upstream.conf no longer has one 'server 127.0.0.1:9180;'")
+    return rendered
+
+
+def nginx_main_conf(http_conf: str, prefix: Path, access_log: bool = True) -> str:
+    """A complete nginx.conf: every path under ``prefix``, ``http_conf`` inside http {}.
+    ``access_log=False`` for benchmarks, where a line per request would be measured too."""
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the tmp dirs
+    temp = prefix / "temp"
+    access = f"{prefix}/access.log" if access_log else "off"
+    return f"""{user}daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+
+events {{
+    worker_connections 256;
+}}
+
+http {{
+    access_log {access};
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+
+{http_conf}
+}}
+"""
+
+
+def write_nginx_conf(http_conf: str, prefix: Path, access_log: bool = True) -> Path:
+    """Write ``prefix/nginx.conf`` (see :func:`nginx_main_conf`) and the directories it names."""
+    (prefix / "temp").mkdir(parents=True, exist_ok=True)
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(nginx_main_conf(http_conf, prefix, access_log), encoding="utf-8")
+    return conf_path
+
+
+def nginx_test_config(conf_path: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``nginx -t`` on ``conf_path``."""
+    if not os.access(NGINX, os.X_OK):
+        raise FileNotFoundError(f"{NGINX} not found: install nginx")
+    return subprocess.run(  # noqa: S603 - our own argv, no shell
+        [NGINX, "-t", "-p", str(prefix), "-c", str(conf_path), "-e", str(prefix / "error.log")],
+        capture_output=True, text=True, check=False, timeout=DEADLINE,
+    )
+
+
+@contextmanager
+def start_nginx(
+    http_conf: str, prefix: Path, port: int, access_log: bool = True
+) -> Iterator[Nginx]:
+    """Run nginx with ``http_conf`` as its http {} block until the block ends.
+
+    The configuration must pass ``nginx -t``; the server is ready once ``port`` on 127.0.0.1
+    accepts connections. Stopped with SIGTERM (fast shutdown) at the end.
+    """
+    conf_path = write_nginx_conf(http_conf, prefix, access_log)
+    checked = nginx_test_config(conf_path, prefix)
+    assert checked.returncode == 0, f"nginx -t failed:\n{checked.stderr}"
+    error_log = prefix / "error.log"
+    with (prefix / "nginx.out").open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            [NGINX, "-p", str(prefix), "-c", str(conf_path), "-e", str(error_log)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        )
+    handle = Nginx(process, prefix, conf_path, error_log)
+    try:
+        wait_until(partial(_accepts, port), f"nginx on port {port}", process)
+        yield handle
+    except BaseException:
+        _stop(process, signal.SIGTERM)
+        raise
+    status = _stop(process, signal.SIGTERM)
+    assert status == 0, f"nginx exited with {status}:\n{handle.error_log_text()[-4000:]}"
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(slots=True)
+class ProtectedSite:
+    """nginx serving an app behind authproxy, configured with the repository's snippets."""
+
+    nginx: Nginx
+    port: int
+    tls: TLSFiles | None
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.client_context() if self.tls else None
+
+
+def protected_site_conf(
+    port: int, upstream_conf: Path, app_address: str, tls: TLSFiles | None = None
+) -> str:
+    """An http {} body: ``location /`` open to any valid user and ``location /admin/`` to
+    the group admins, both proxying to ``app_address``; TLS when ``tls`` is given. Large
+    client bodies and header buffers, so tests can send 1 MB bodies and 20 kB headers."""
+    listen = f"127.0.0.1:{port} ssl" if tls else f"127.0.0.1:{port}"
+    certificates = (
+        f"ssl_certificate {tls.server_cert};\n        ssl_certificate_key {tls.server_key};"
+        if tls else ""
+    )
+    return f"""    include {upstream_conf};
+
+    upstream test_app {{
+        server {app_address};
+    }}
+
+    server {{
+        listen {listen};
+        server_name localhost;
+        {certificates}
+        client_max_body_size 2m;
+        large_client_header_buffers 4 64k;
+
+        include {NGINX_DIR}/authproxy-auth.conf;
+
+        location / {{
+            include {NGINX_DIR}/authproxy-protect.conf;
+            proxy_pass http://test_app;
+        }}
+
+        location /admin/ {{
+            set $authproxy_policy "group=admins";
+            include {NGINX_DIR}/authproxy-protect.conf;
+            proxy_pass http://test_app;
+        }}
+    }}
+"""
+
+
+@contextmanager
+def start_protected_site(
+    authproxy_address: str,
+    app_address: str,
+    prefix: Path,
+    tls: TLSFiles | None = None,
+    access_log: bool = True,
+) -> Iterator[ProtectedSite]:
+    """nginx on a free port in front of ``app_address``, asking ``authproxy_address``
+    (``HOST:PORT`` or ``unix:/path``) about every request; see :func:`protected_site_conf`."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    upstream_conf = prefix / "authproxy-upstream.conf"
+    upstream_conf.write_text(render_upstream(authproxy_address), encoding="utf-8")
+    port = free_port()
+    http_conf = protected_site_conf(port, upstream_conf, app_address, tls)
+    with start_nginx(http_conf, prefix, port, access_log) as nginx:
+        yield ProtectedSite(nginx, port, tls)
+
+
+# -- the echo upstream -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EchoedRequest:
+    """What the echo upstream received: one request."""
+
+    method: str
+    path: str
+    version: str
+    headers: tuple[tuple[str, str], ...]  # in arrival order, repeats kept
+    body_length: int
+    body_sha256: str
+    peer: str  # "host:port" of the connection it came on
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "path": self.path, "version": self.version,
+            "headers": [list(h) for h in self.headers], "body_length": self.body_length,
+            "body_sha256": self.body_sha256, "peer": self.peer,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EchoedRequest:
+        return cls(**{**data, "headers": tuple((k, v) for k, v in data["headers"])})
+
+
+@dataclass(slots=True)
+class EchoUpstream:
+    """An HTTP/1.1 server answering every request 200 with the request, as JSON.
+
+    It also keeps every request it received in ``requests``, so that it can stand where
+    authproxy would and show what nginx's auth subrequest carries: requests to ``/auth...``
+    get an empty 200, as authproxy's allow is.
+    """
+
+    port: int
+    requests: list[EchoedRequest] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def record(self, request: EchoedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def received(self, predicate: Callable[[EchoedRequest], bool]) -> list[EchoedRequest]:
+        with self._lock:
+            return [r for r in self.requests if predicate(r)]
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _EchoServer
+
+    def _echo(self) -> None:
+        body = self._read_body()
+        request = EchoedRequest(
+            method=self.command, path=self.path, version=self.request_version,
+            headers=tuple(self.headers.items()), body_length=len(body),
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            peer=f"{self.client_address[0]}:{self.client_address[1]}",
+        )
+        self.server.echo.record(request)
+        # Standing in for authproxy, allow as it does: an empty 200. A body would also stop
+        # nginx reusing the connection, since it never reads an auth response's body.
+        payload = b"" if self.path.startswith("/auth") else json.dumps(request.as_json()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _echo
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _read_chunked(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0], 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailer fields
+                return b"".join(chunks)
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests read requests from EchoUpstream.requests, not from stderr
+
+
+class _EchoServer(ThreadingHTTPServer):
+    daemon_threads = True
+    echo: EchoUpstream
+
+
+@contextmanager
+def start_echo_upstream() -> Iterator[EchoUpstream]:
+    """Run an :class:`EchoUpstream` on a thread of this process until the block ends."""
+    port = free_port()
+    server = _EchoServer(("127.0.0.1", port), _EchoHandler)
+    server.echo = EchoUpstream(port)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"echo-upstream-{port}", daemon=True)
+    thread.start()
+    try:
+        yield server.echo
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(DEADLINE)
+
+
+# -- pytest fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A local CA and a certificate for localhost and 127.0.0.1, as PEM files."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def echo_upstream() -> Iterator[EchoUpstream]:
+    """The echo upstream, for one test module."""
+    with start_echo_upstream() as echo:
+        yield echo
