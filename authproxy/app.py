@@ -6,15 +6,19 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
 
+from .admin import AdminApi
 from .authn import Authenticator, SchemeChain
 from .basic import BasicAuthenticator
+from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .config import Config
 from .handlers import Decider, healthz, metrics_handler, readyz_handler
+from .keysource import KeySource
 from .logs import DecisionLog
 from .metrics import Metrics
 from .userstore import UserStore
@@ -23,6 +27,7 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 DECIDER = web.AppKey("decider", Decider)
 USER_STORE = web.AppKey("user_store", UserStore)
+KEY_SOURCE = web.AppKey("key_source", KeySource)
 # Coroutines run on SIGHUP: each re-reads one file-backed source, keeping the old on failure.
 RELOADERS = web.AppKey("reloaders", list[Callable[[str], Awaitable[bool]]])
 
@@ -45,6 +50,15 @@ def create_app(
                                   thread_name_prefix="authproxy-hash")
     app.cleanup_ctx.append(_executor_ctx(executor))
 
+    bearer = None
+    if config.jwt.enabled:
+        keys = KeySource(config.jwt, metrics, clock=clock, wall_clock=wall_clock)
+        app[KEY_SOURCE] = keys
+        if config.jwt.jwks_file:
+            app[RELOADERS].append(keys.reload_file)
+        app.cleanup_ctx.append(keys.lifetime)
+        bearer = BearerAuthenticator(config.jwt, keys, metrics, clock=clock, wall_clock=wall_clock)
+
     authenticators: list[Authenticator] = []
     if config.basic.users_file:
         store = UserStore(
@@ -54,7 +68,13 @@ def create_app(
         app[USER_STORE] = store
         app[RELOADERS].append(store.reload)
         app.cleanup_ctx.append(_background(store.watch))
-        authenticators.append(BasicAuthenticator(store, config.basic, executor, metrics, clock))
+        token_verifier = bearer.verify if bearer and config.jwt.accept_in_basic else None
+        authenticators.append(BasicAuthenticator(store, config.basic, executor, metrics, clock,
+                                                 token_verifier=token_verifier))
+    elif bearer is not None and config.jwt.accept_in_basic:
+        authenticators.append(TokenInBasicAuthenticator(bearer))
+    if bearer is not None:
+        authenticators.append(bearer)
 
     chain = SchemeChain(authenticators)
     decider = Decider(config, chain, metrics, DecisionLog(config.log), wall_clock)
@@ -64,6 +84,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz_handler(chain))
     app.router.add_get("/metrics", metrics_handler(metrics))
+    AdminApi(decider, app.get(KEY_SOURCE), config.admin.users).add_routes(app)
     return app
 
 
@@ -78,7 +99,7 @@ def _executor_ctx(
 
 
 def _background(
-    run: Callable[[], Awaitable[None]],
+    run: Callable[[], Coroutine[Any, Any, None]],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context owning one long-running task: started with the app, cancelled and
     awaited when it stops."""

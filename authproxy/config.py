@@ -123,7 +123,8 @@ def _check_algorithms(values: tuple[str, ...]) -> str | None:
     return None
 
 
-def _check_url(value: str) -> str | None:
+def check_url(value: str) -> str | None:
+    """None if ``value`` is empty or a URL key material may be fetched from; else why not."""
     if not value:
         return None
     parts = urlsplit(value)
@@ -193,7 +194,7 @@ class BasicConfig:
 @dataclass(frozen=True, slots=True)
 class JwtConfig:
     jwks_endpoint: str = field(
-        default="", metadata=_meta("URL of the JWK Set; empty disables it", _check_url)
+        default="", metadata=_meta("URL of the JWK Set; empty disables it", check_url)
     )
     jwks_file: str = field(default="", metadata=_meta("a static JWK Set file"))
     jwks_ssl_ca_certificate: str = field(
@@ -216,6 +217,14 @@ class JwtConfig:
     leeway: int = field(default=60, metadata=_meta("seconds of clock skew", _non_negative))
     accept_in_basic: bool = field(
         default=False, metadata=_meta("also accept a JWT as the Basic password")
+    )
+    require_typ: str = field(
+        default="",
+        metadata=_meta(
+            'required JOSE header typ: "" accepts any, "at+jwt" demands RFC 9068 access tokens '
+            "(application/at+jwt too, any case)",
+            _one_of("", "at+jwt"),
+        ),
     )
 
     @property
@@ -321,7 +330,8 @@ def load_config(
 
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
-        table = data.get(section) if isinstance(data.get(section), dict) else {}
+        raw_table = data.get(section)
+        table: dict[str, Any] = raw_table if isinstance(raw_table, dict) else {}
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for key in table:
             if key not in fields:
@@ -376,6 +386,10 @@ def _cross_checks(config: Config) -> list[str]:
         value = getattr(config.jwt, key)
         if value and not os.path.isfile(value):
             problems.append(f"jwt.{key}: {value}: no such file")
+    if config.jwt.issuer and not (config.jwt.jwks_endpoint or config.jwt.jwks_file):
+        problem = check_url(config.jwt.issuer)
+        if problem:  # the JWKS is discovered from {issuer}/.well-known/openid-configuration
+            problems.append(f"jwt.issuer: to discover the JWKS from it, it {problem}")
     if config.jwt.accept_in_basic and not config.jwt.enabled:
         problems.append("jwt.accept_in_basic needs a JWT key source")
     if config.basic.groups_file and not config.basic.users_file:

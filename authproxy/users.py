@@ -22,8 +22,8 @@ import bcrypt
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import VerificationError
 from argon2.low_level import hash_secret
-from passlib.handlers.md5_crypt import apr_md5_crypt  # type: ignore[import-untyped]
-from passlib.handlers.sha2_crypt import sha256_crypt, sha512_crypt  # type: ignore[import-untyped]
+from passlib.handlers.md5_crypt import apr_md5_crypt
+from passlib.handlers.sha2_crypt import sha256_crypt, sha512_crypt
 
 from .errors import AuthProxyError
 

@@ -1,0 +1,121 @@
+"""The admin API: ``POST /api/v2/jwks_setup`` (fetch the JWK Set now), ``GET /api/v2/jwks``.
+
+Callers authenticate through the same scheme chain as /auth, with either scheme, and must be
+named in admin.users: no or bad credentials 401 with the challenge, anyone else 403 (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .authn import AuthRequest, parse_authorization
+from .errors import Forbidden, KeysUnavailable, Unauthenticated
+from .handlers import Decider
+from .identity import Identity
+from .jwks import JwksError
+from .keysource import KeySource
+
+log = logging.getLogger("authproxy.admin")
+
+_NO_STORE = {"Cache-Control": "no-store"}
+Action = Callable[[Identity], Awaitable[web.Response]]
+
+
+def iso_time(ts: float | None) -> str | None:
+    """RFC 3339 UTC for an epoch time; None stays None."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class AdminApi:
+    """The /api/v2 handlers. ``keys`` is None when Bearer is not configured."""
+
+    def __init__(self, decider: Decider, keys: KeySource | None, admins: tuple[str, ...]) -> None:
+        self._decider = decider
+        self._keys = keys
+        self._admins = frozenset(admins)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/v2/jwks_setup", self.jwks_setup)
+        app.router.add_get("/api/v2/jwks", self.jwks)
+
+    async def jwks_setup(self, request: web.Request) -> web.Response:
+        return await self._as_admin(request, "jwks_setup", self._jwks_setup)
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        return await self._as_admin(request, "jwks", self._jwks)
+
+    async def _as_admin(self, request: web.Request, action: str, run: Action) -> web.Response:
+        fields: dict[str, Any] = {"event": "admin", "action": action,
+                                  "client": self._decider.client_address(request)}
+        chain = self._decider.chain
+        try:
+            credentials = parse_authorization(request.headers.getall("Authorization", []))
+            identity = await chain.authenticate(AuthRequest(credentials, fields["client"]),
+                                                chain.schemes)
+            fields["user"] = identity.user
+            if identity.user not in self._admins:
+                raise Forbidden("not_admin")
+        except Unauthenticated as exc:
+            log.info("admin request refused", extra={**fields, "status": 401, "reason": exc.reason})
+            return web.json_response(
+                {"error": "unauthenticated"}, status=401,
+                headers={"WWW-Authenticate": self._decider.challenge_header(chain.schemes, exc),
+                         **_NO_STORE},
+            )
+        except Forbidden as exc:
+            log.info("admin request refused", extra={**fields, "status": 403, "reason": exc.reason})
+            return web.json_response({"error": "forbidden"}, status=403, headers=_NO_STORE)
+        except KeysUnavailable as exc:
+            log.info("admin request refused", extra={**fields, "status": 503, "reason": exc.reason})
+            return web.json_response(
+                {"error": "signing keys unavailable"}, status=503,
+                headers={"Retry-After": str(exc.retry_after), **_NO_STORE},
+            )
+        response = await run(identity)
+        log.info("admin request", extra={**fields, "status": response.status})
+        return response
+
+    async def _jwks_setup(self, identity: Identity) -> web.Response:
+        if self._keys is None or self._keys.endpoint is None:
+            return web.json_response(
+                {"error": "not_configured",
+                 "detail": "no jwt.jwks_endpoint (or jwt.issuer to discover one) is configured"},
+                status=409, headers=_NO_STORE,
+            )
+        try:
+            keyset = await self._keys.refresh("admin")
+        except JwksError as exc:
+            kept = self._keys.endpoint.keyset
+            return web.json_response({
+                "error": exc.reason, "detail": exc.detail,
+                "kept_kids": kept.kids if kept else [],
+            }, status=502, headers=_NO_STORE)
+        return web.json_response({
+            "keys": len(keyset.keys), "kids": keyset.kids, "skipped": keyset.skipped,
+            "fetched_at": iso_time(self._keys.endpoint.fetched_at),
+        }, headers=_NO_STORE)
+
+    async def _jwks(self, identity: Identity) -> web.Response:
+        if self._keys is None:
+            return web.json_response({"sources": [], "ready": False}, headers=_NO_STORE)
+        keys = self._keys
+        sources = [{
+            "source": s.name, "location": s.location,
+            "kids": s.keyset.kids if s.keyset else [], "keys": s.key_count(),
+            "skipped": s.keyset.skipped if s.keyset else 0,
+            "fetched_at": iso_time(s.fetched_at),
+            "age_seconds": None if s.loaded_at is None else keys.age(s),
+            "trusted": keys.trusted(s), "last_error": s.last_error,
+            "last_error_at": iso_time(s.last_error_at), "consecutive_failures": s.failures,
+            "next_fetch_in": keys.next_fetch_in() if s is keys.endpoint else None,
+        } for s in keys.states]
+        return web.json_response(
+            {"sources": sources, "ready": self._keys.not_ready() is None}, headers=_NO_STORE
+        )

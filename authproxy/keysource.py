@@ -1,0 +1,263 @@
+"""The live key sets and their freshness: scheduled refresh, backoff, refresh on an unknown kid.
+
+State changes in one place, on the event loop: a fetched document is parsed into a whole
+:class:`KeySet` and then swapped in; a failed fetch keeps the last good set until it is older
+than ``jwks_max_stale``, after which tokens get 503 and /readyz says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+
+from aiohttp import web
+from cachetools import TTLCache
+
+from .config import JwtConfig
+from .errors import KeysUnavailable
+from .jwks import JwksError, KeySet, SourceState, VerifyKey, parse_jwks
+from .jwksfetch import JwksClient, discovery_url, read_file, redact_url, tls_context
+from .metrics import Metrics
+
+log = logging.getLogger("authproxy.jwks")
+
+MAX_AGE_FLOOR = 60  # a server's max-age cannot make us fetch more often than this...
+MISS_REFRESH_INTERVAL = 60  # ...nor can unknown kids: one miss-triggered fetch per this long
+BACKOFF_FIRST = 1.0  # seconds before the first retry; doubled per failure up to the interval
+UNKNOWN_KID_CHARS = 1 << 20  # characters of unknown kids remembered, so hostile kids stay cheap
+
+
+class KeySource:
+    """The endpoint's and the file's key sets, kept fresh. Run it with :meth:`lifetime`."""
+
+    def __init__(
+        self,
+        config: JwtConfig,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.client = JwksClient(tls_context(config.jwks_ssl_ca_certificate))
+        self._jwks_url = config.jwks_endpoint  # or discovered from the issuer
+        self.endpoint: SourceState | None = None
+        if config.jwks_endpoint or not config.jwks_file:
+            where = config.jwks_endpoint or discovery_url(config.issuer)
+            self.endpoint = SourceState("endpoint", redact_url(where))
+        self.file = SourceState("file", config.jwks_file) if config.jwks_file else None
+        self.states = tuple(s for s in (self.endpoint, self.file) if s is not None)
+        self._miss_interval = min(config.jwks_update_interval, MISS_REFRESH_INTERVAL)
+        self._last_miss_refresh = -math.inf
+        self._unknown_kids: TTLCache[str, int] = TTLCache(
+            UNKNOWN_KID_CHARS, ttl=self._miss_interval, timer=clock, getsizeof=lambda n: n
+        )
+        self._inflight: asyncio.Future[KeySet] | None = None
+        self._next_due = -math.inf
+        self._wake = asyncio.Event()
+        for state in self.states:
+            metrics.jwks_age.labels(state.name).set_function(partial(self.age, state))
+            metrics.jwks_keys.labels(state.name).set_function(state.key_count)
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: open the HTTP client, load the file and fetch once (so a healthy start
+        serves no 503), then refresh in the background until the app stops."""
+        async with self.client:
+            if self.file is not None:
+                await self.reload_file("startup")
+            task = None
+            if self.endpoint is not None:
+                with contextlib.suppress(JwksError):
+                    await self.refresh("startup")
+                task = asyncio.create_task(self._run())
+            try:
+                yield
+            finally:
+                for pending in (task, self._inflight):
+                    if pending is not None and not pending.done():
+                        pending.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await pending
+
+    async def _run(self) -> None:
+        while True:
+            delay = self._next_due - self._clock()
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                continue
+            with contextlib.suppress(JwksError):
+                await self.refresh("scheduled")
+
+    def wake(self) -> None:
+        """Make the refresh loop look at the clock again (after tests move it, for one)."""
+        self._wake.set()
+
+    # -- lookups (no I/O) --------------------------------------------------------------------
+
+    def trusted(self, state: SourceState) -> bool:
+        """True while the state's set may verify tokens: loaded, and not stale."""
+        if state.keyset is None or state.loaded_at is None:
+            return False
+        return state is not self.endpoint or (
+            self._clock() - state.loaded_at <= self.config.jwks_max_stale
+        )
+
+    def _trusted_sets(self) -> list[KeySet]:
+        return [s.keyset for s in self.states if s.keyset is not None and self.trusted(s)]
+
+    def candidates(self, kid: str | None, alg: str) -> tuple[VerifyKey, ...]:
+        """Trusted keys that may verify a token with this kid and alg, endpoint keys first.
+
+        Raises KeysUnavailable when none fits and some source is not trusted (never loaded, or
+        stale): the missing set might have held the key, so "invalid" would be a guess.
+        """
+        found = tuple(k for ks in self._trusted_sets() for k in ks.candidates(kid, alg))
+        if not found and not all(self.trusted(s) for s in self.states):
+            retry = math.ceil(max(0.0, self._next_due - self._clock()))
+            raise KeysUnavailable("keys_unavailable", retry_after=max(1, min(300, retry)))
+        return found
+
+    def knows_kid(self, kid: str) -> bool:
+        return any(ks.has_kid(kid) for ks in self._trusted_sets())
+
+    def trusts(self, thumbprint: str) -> bool:
+        """True while a key with this thumbprint is in a trusted set (for cached tokens)."""
+        return any(thumbprint in ks.thumbprints for ks in self._trusted_sets())
+
+    # -- refreshing ----------------------------------------------------------------------------
+
+    async def refresh_on_miss(self, kid: str) -> bool:
+        """Refresh for a token whose kid no trusted set has; True if the kid is now known.
+
+        All concurrent misses share one fetch, and misses start at most one fetch per
+        MISS_REFRESH_INTERVAL; a kid still unknown after a fetch is remembered that long, so a
+        flood of made-up kids costs the endpoint one request per interval and fails fast.
+        """
+        if self.endpoint is None or kid in self._unknown_kids:
+            return False
+        if self._inflight is None or self._inflight.done():
+            if self._clock() - self._last_miss_refresh < self._miss_interval:
+                self._unknown_kids[kid] = len(kid) + 64
+                return False
+            self._last_miss_refresh = self._clock()
+        with contextlib.suppress(JwksError):
+            await self.refresh("miss")
+        if self.knows_kid(kid):
+            return True
+        self._unknown_kids[kid] = len(kid) + 64
+        return False
+
+    async def refresh(self, trigger: str) -> KeySet:
+        """Fetch the endpoint's set now, sharing a fetch already under way; return the new set
+        or raise JwksError (the old set stays). No rate limit: callers apply their own."""
+        if self.endpoint is None:
+            raise JwksError("not_configured", "no jwks_endpoint or issuer to fetch from")
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._fetch(self.endpoint, trigger))
+            # retrieved here so that a fetch nobody awaits any more logs nothing
+            self._inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # shield: a waiter going away (client disconnect) must not cancel everyone's fetch
+        return await asyncio.shield(self._inflight)
+
+    async def _fetch(self, state: SourceState, trigger: str) -> KeySet:
+        interval = self.config.jwks_update_interval
+        try:
+            if not self._jwks_url or (trigger == "admin" and not self.config.jwks_endpoint):
+                self._jwks_url = await self.client.discover(self.config.issuer)
+                state.location = redact_url(self._jwks_url)
+            document = await self.client.fetch(self._jwks_url)
+            keyset = parse_jwks(document.body, self.config.algorithms, state.name)
+        except JwksError as exc:
+            self._failed(state, trigger, exc)
+            backoff = BACKOFF_FIRST * 2 ** min(state.failures - 1, 30)
+            self._next_due = self._clock() + min(backoff, interval)
+            raise
+        except Exception as exc:  # a bug must not stop the refresh loop; keep the old set
+            log.exception("JWKS refresh failed unexpectedly", extra={"event": "jwks_fetch"})
+            error = JwksError("internal_error", type(exc).__name__)
+            self._failed(state, trigger, error)
+            self._next_due = self._clock() + interval
+            raise error from None
+        self._install(state, keyset, trigger)
+        self._next_due = self._clock() + self._interval(document.max_age)
+        return keyset
+
+    def _interval(self, max_age: int | None) -> float:
+        """Seconds to the next scheduled fetch: the configured interval, or the server's
+        max-age kept between MAX_AGE_FLOOR (or the interval, if shorter) and half of
+        jwks_max_stale (or the interval, if longer), so that a failed refresh is retried
+        before the set is distrusted."""
+        interval = self.config.jwks_update_interval
+        if max_age is None:
+            return interval
+        floor = min(interval, MAX_AGE_FLOOR)
+        ceiling = max(interval, self.config.jwks_max_stale // 2)
+        return min(max(max_age, floor), ceiling)
+
+    async def reload_file(self, why: str) -> bool:
+        """Re-read jwks_file (SIGHUP); False, keeping the old set, if it yields no key."""
+        if self.file is None:
+            return True
+        try:
+            body = await asyncio.to_thread(read_file, self.config.jwks_file)
+            keyset = parse_jwks(body, self.config.algorithms, "file")
+        except JwksError as exc:
+            self._failed(self.file, why, exc)
+            return False
+        self._install(self.file, keyset, why)
+        return True
+
+    def _install(self, state: SourceState, keyset: KeySet, trigger: str) -> None:
+        state.keyset, state.failures = keyset, 0
+        state.loaded_at, state.fetched_at = self._clock(), self._wall_clock()
+        for kid in keyset.kids:
+            self._unknown_kids.pop(kid, None)
+        self._metrics.jwks_fetches.labels(state.name, trigger, "ok").inc()
+        log.info("JWKS loaded", extra={
+            "event": "jwks_fetch", "source": state.name, "trigger": trigger, "outcome": "ok",
+            "keys": len(keyset.keys), "skipped": keyset.skipped, "kids": keyset.kids,
+        })
+
+    def _failed(self, state: SourceState, trigger: str, exc: JwksError) -> None:
+        state.failures += 1
+        state.last_error, state.last_error_at = exc.detail, self._wall_clock()
+        self._metrics.jwks_fetches.labels(state.name, trigger, exc.reason).inc()
+        log.warning("JWKS fetch failed, keeping the previous set", extra={
+            "event": "jwks_fetch", "source": state.name, "trigger": trigger,
+            "outcome": exc.reason, "error": exc.detail, "failures": state.failures,
+        })
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def age(self, state: SourceState) -> float:
+        """Seconds since the state's set was loaded; +Inf before the first load."""
+        return math.inf if state.loaded_at is None else self._clock() - state.loaded_at
+
+    def next_fetch_in(self) -> float | None:
+        """Seconds until the next scheduled fetch of the endpoint; None without an endpoint."""
+        if self.endpoint is None:
+            return None
+        return max(0.0, self._next_due - self._clock())
+
+    def not_ready(self) -> str | None:
+        """What keeps Bearer from deciding, for /readyz; None when every source is usable."""
+        for state in self.states:
+            if state.keyset is None:
+                why = state.last_error or "not loaded yet"
+                return f"{state.name}: no usable signing key set loaded ({why})"
+            if not self.trusted(state):
+                return f"{state.name}: key set older than jwt.jwks_max_stale"
+        return None

@@ -1,0 +1,67 @@
+"""Fixtures around :mod:`tests.jwks_server`. A test module enables them with
+``pytest_plugins = ["tests.jwks_fixtures"]`` (and imports helpers from ``.jwks_server``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp.test_utils import TestClient, TestServer
+
+from authproxy.app import KEY_SOURCE, create_app
+from authproxy.server import MAX_FIELD_SIZE, MAX_LINE_SIZE
+
+from .jwks_server import FakeClock, JwksServer, StartApp, jwt_section, signing_key
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(tls_ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "jwks-ca.pem"
+    tls_ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+async def jwks_server(tls_ca: trustme.CA, ca_file: Path) -> AsyncIterator[JwksServer]:
+    """A running JWKS server publishing one RS256 key, kid ``k1``."""
+    server = JwksServer(tls_ca, ca_file)
+    server.serve(signing_key("RS256", "k1"))
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def start_app(aiohttp_client: Any, make_config: Any, jwks_server: JwksServer,
+              clock: FakeClock) -> StartApp:
+    """start_app(sections={...}, fetch_timeout=None, **jwt) -> a TestClient of create_app
+    with the fake clock, its [jwt] pointing at ``jwks_server`` plus ``jwt`` overrides."""
+
+    async def start(sections: dict[str, dict[str, Any]] | None = None,
+                    fetch_timeout: float | None = None, **jwt: Any) -> TestClient[Any, Any]:
+        all_sections = dict(sections or {})
+        all_sections["jwt"] = {**jwt_section(jwks_server), **all_sections.get("jwt", {}), **jwt}
+        app = create_app(make_config(all_sections), clock=clock.monotonic,
+                         wall_clock=clock.time)
+        if fetch_timeout is not None and KEY_SOURCE in app:
+            app[KEY_SOURCE].client.timeout = fetch_timeout
+        # the parser limits of `authproxy serve`, so credentials up to them reach the app
+        # (aiohttp's TestServer takes them in start_server only, not in its constructor)
+        server = TestServer(app)
+        await server.start_server(max_field_size=MAX_FIELD_SIZE, max_line_size=MAX_LINE_SIZE)
+        return await aiohttp_client(server)
+
+    return start

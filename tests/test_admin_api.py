@@ -1,0 +1,144 @@
+"""The admin API: POST /api/v2/jwks_setup and GET /api/v2/jwks, for admins of either scheme."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from .jwks_server import (
+    FakeClock,
+    JwksServer,
+    StartApp,
+    basic,
+    bearer,
+    mint,
+    signing_key,
+)
+
+pytest_plugins = ["tests.jwks_fixtures"]
+
+K1 = signing_key("RS256", "k1")
+K2 = signing_key("RS256", "k2")
+
+
+@pytest.fixture
+def admin_app(start_app: StartApp, htpasswd: Any) -> Any:
+    """An app with Basic users root (admin) and bob, Bearer admin 'ops-bot'."""
+
+    async def start(**jwt: Any) -> TestClient[Any, Any]:
+        users = htpasswd(root="rootpw", bob="bobpw")
+        return await start_app({"basic": {"users_file": str(users)},
+                                "admin": {"users": ["root", "ops-bot"]}}, **jwt)
+
+    return start
+
+
+async def setup(client: TestClient[Any, Any], headers: dict[str, str]) -> Any:
+    return await client.post("/api/v2/jwks_setup", headers=headers)
+
+
+ROOT = basic("root", "rootpw")
+
+
+async def test_no_credentials_is_401_with_the_challenge(admin_app: Any) -> None:
+    client = await admin_app()
+    for response in (await setup(client, {}), await client.get("/api/v2/jwks")):
+        assert response.status == 401
+        assert response.headers.getall("WWW-Authenticate") == [
+            'Basic realm="authproxy", charset="UTF-8", Bearer realm="authproxy"'
+        ]
+
+
+async def test_wrong_password_and_bad_token_are_401(admin_app: Any) -> None:
+    client = await admin_app()
+    assert (await setup(client, basic("root", "nope"))).status == 401
+    response = await setup(client, bearer("eyJhbGciOiJub25lIn0.e30."))
+    assert response.status == 401
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+async def test_a_valid_non_admin_is_403(admin_app: Any, clock: FakeClock) -> None:
+    client = await admin_app()
+    assert (await setup(client, basic("bob", "bobpw"))).status == 403
+    assert (await client.get("/api/v2/jwks", headers=bearer(mint(K1, clock.time())))).status == 403
+
+
+async def test_jwks_setup_fetches_now_and_reports_the_new_set(
+    admin_app: Any, jwks_server: JwksServer
+) -> None:
+    client = await admin_app()
+    jwks_server.serve(K1, K2)
+    response = await setup(client, ROOT)
+    assert response.status == 200
+    body = await response.json()
+    assert body["keys"] == 2
+    assert body["kids"] == ["k1", "k2"]
+    assert body["fetched_at"].endswith("Z")
+    assert jwks_server.fetches == 2
+
+
+async def test_jwks_setup_is_not_rate_limited(admin_app: Any, jwks_server: JwksServer) -> None:
+    client = await admin_app()
+    for _ in range(3):
+        assert (await setup(client, ROOT)).status == 200
+    assert jwks_server.fetches == 4
+
+
+async def test_an_admin_may_use_a_bearer_token(
+    admin_app: Any, jwks_server: JwksServer, clock: FakeClock
+) -> None:
+    client = await admin_app()
+    response = await setup(client, bearer(mint(K1, clock.time(), sub="ops-bot")))
+    assert response.status == 200
+
+
+async def test_a_failed_setup_is_502_with_the_reason_and_keeps_the_old_set(
+    admin_app: Any, jwks_server: JwksServer, clock: FakeClock
+) -> None:
+    client = await admin_app()
+    jwks_server.body = b'{"keys": []}'
+    response = await setup(client, ROOT)
+    assert response.status == 502
+    body = await response.json()
+    assert body["error"] == "no_usable_keys"
+    assert body["kept_kids"] == ["k1"]
+    token = mint(K1, clock.time())
+    assert (await client.get("/auth", headers=bearer(token))).status == 200
+
+
+async def test_get_jwks_shows_kids_source_age_and_last_error(
+    admin_app: Any, jwks_server: JwksServer, clock: FakeClock
+) -> None:
+    client = await admin_app()
+    jwks_server.status = 500
+    assert (await setup(client, ROOT)).status == 502
+    clock.advance(30)
+    response = await client.get("/api/v2/jwks", headers=ROOT)
+    assert response.status == 200
+    body = await response.json()
+    assert body["ready"] is True
+    [endpoint] = body["sources"]
+    assert endpoint["source"] == "endpoint"
+    assert endpoint["location"] == jwks_server.url
+    assert endpoint["kids"] == ["k1"]
+    assert endpoint["age_seconds"] == 30
+    assert endpoint["last_error"] == "HTTP status 500"
+    assert endpoint["last_error_at"].endswith("Z")
+    assert endpoint["trusted"] is True
+
+
+async def test_without_an_endpoint_setup_is_409(
+    start_app: StartApp, htpasswd: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [K1.public_jwk]}))
+    client = await start_app({"basic": {"users_file": str(htpasswd(root="rootpw"))},
+                              "admin": {"users": ["root"]}},
+                             jwks_endpoint="", jwks_file=str(path))
+    assert (await setup(client, ROOT)).status == 409
+    body = await (await client.get("/api/v2/jwks", headers=ROOT)).json()
+    assert [s["source"] for s in body["sources"]] == ["file"]
