@@ -72,11 +72,8 @@ class SchemeChain:
 
     def __init__(self, authenticators: Sequence[Authenticator]) -> None:
         self.authenticators = tuple(authenticators)
+        self.schemes = tuple(a.scheme for a in self.authenticators)
         self._by_scheme = {a.scheme: a for a in self.authenticators}
-
-    @property
-    def schemes(self) -> tuple[str, ...]:
-        return tuple(a.scheme for a in self.authenticators)
 
     def challenges(
         self, realm: str, schemes: Sequence[str] | None = None

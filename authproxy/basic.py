@@ -21,7 +21,7 @@ from .identity import Identity
 from .lockout import FailureTracker
 from .metrics import Metrics
 from .users import PasswordHash, PasswordMismatch
-from .userstore import UserStore
+from .userstore import UserSnapshot, UserStore
 
 CACHE_SIZE = 50_000  # remembered (user, password) pairs; each is ~200 bytes
 MAX_PENDING = 256  # verifications queued or running before further ones are refused
@@ -77,7 +77,9 @@ class BasicAuthenticator:
         self._metrics = metrics
         self._token_verifier = token_verifier
         self._secret = os.urandom(32)
-        self._cache: TTLCache[bytes, PasswordHash] | None = (
+        # Values: the hash that verified and the identity built with it; a hit counts only
+        # while that hash and the user's groups are still the current ones.
+        self._cache: TTLCache[bytes, tuple[PasswordHash, Identity]] | None = (
             TTLCache(CACHE_SIZE, ttl=config.cache_ttl, timer=clock) if config.cache_ttl else None
         )
         self._inflight: dict[bytes, asyncio.Future[None]] = {}
@@ -85,6 +87,8 @@ class BasicAuthenticator:
             config.max_failures, config.failure_window, config.ban_time, clock
         )
         metrics.bans_in_force.set_function(self._lockout.bans_in_force)
+        self._cache_hits = metrics.cache.labels("basic", "hit")
+        self._cache_misses = metrics.cache.labels("basic", "miss")
 
     def challenge(self, realm: str) -> str:
         return f'Basic realm="{realm}", charset="UTF-8"'
@@ -93,18 +97,24 @@ class BasicAuthenticator:
         return None  # the store never exists without a loaded table
 
     async def authenticate(self, request: AuthRequest) -> Identity:
-        user, password = decode_basic(request.credentials.value)
+        # The cache is keyed by the exact credentials string, so a hit needs no decoding.
+        # Strict decoding makes it one string per (user, password); a key is only ever
+        # stored after that string decoded and verified.
+        value = request.credentials.value
+        key = hmac.digest(self._secret, value.encode("utf-8", "surrogateescape"), hashlib.sha256)
+        snapshot = self.store.snapshot
+        if self._cache is not None:
+            cached = self._cache.get(key)
+            if cached is not None and self._still_current(cached, snapshot):
+                self._cache_hits.inc()
+                return cached[1]
+        self._cache_misses.inc()
+        user, password = decode_basic(value)
         if self._token_verifier is not None and _JWT_SHAPE.fullmatch(password):
             return await self._authenticate_token(user, password)
-        snapshot = self.store.snapshot
-        entry = snapshot.table.get(user)
-        key = hmac.digest(self._secret, user.encode() + b"\0" + password, hashlib.sha256)
-        if self._cache is not None and entry is not None and self._cache.get(key) == entry:
-            self._metrics.cache.labels("basic", "hit").inc()
-            return self._identity(user)
-        self._metrics.cache.labels("basic", "miss").inc()
         if self._lockout.is_banned(user, request.client):
             raise Unauthenticated("banned", scheme="basic")
+        entry = snapshot.table.get(user)
         try:
             await self._verify_shared(key, entry or snapshot.table.dummy, password)
         except PasswordMismatch:
@@ -113,15 +123,20 @@ class BasicAuthenticator:
         if entry is None:
             self._lockout.record_failure(user, request.client)
             raise Unauthenticated("unknown_user", scheme="basic")
+        identity = Identity(user=user, method="basic", subject=user,
+                            groups=snapshot.groups.get(user, frozenset()))
         if self._cache is not None:
-            self._cache[key] = entry
-        return self._identity(user)
+            self._cache[key] = (entry, identity)
+        return identity
 
-    def _identity(self, user: str) -> Identity:
-        return Identity(
-            user=user, method="basic", subject=user,
-            groups=self.store.snapshot.groups.get(user, frozenset()),
-        )
+    @staticmethod
+    def _still_current(cached: tuple[PasswordHash, Identity], snapshot: UserSnapshot) -> bool:
+        """A remembered success counts only while the user's hash and groups are unchanged
+        (a reload that changes or removes the entry forgets it)."""
+        entry, identity = cached
+        user = identity.user
+        return (snapshot.table.get(user) == entry
+                and identity.groups == snapshot.groups.get(user, frozenset()))
 
     async def _verify_shared(self, key: bytes, hashed: PasswordHash, password: bytes) -> None:
         """Verify once for all concurrent requests with the same credentials."""

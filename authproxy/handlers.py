@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-import re
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from cachetools import LRUCache
 
 from .authn import AuthRequest, SchemeChain, parse_authorization
 from .config import Config
 from .errors import Forbidden, KeysUnavailable, Unauthenticated
-from .identity import Identity
+from .identity import EMPTY_HEADERS, Identity
 from .logs import DecisionLog
 from .metrics import Metrics
 from .policy import PolicyCache
 
 log = logging.getLogger("authproxy.handlers")
 
-_UNSAFE_HEADER_VALUE = re.compile(r"[\x00-\x1f\x7f]")
 _NO_STORE = {"Cache-Control": "no-store"}
-_EMPTY_IDENTITY = dict.fromkeys(Identity("", "").headers(), "")
+# Denials carry no body: nginx never reads the body of an auth answer, so one would cost the
+# kept-alive upstream connection on every 401; the status and challenge say everything.
 
 # RFC 6750 error_description values: fixed, printable ASCII without '"' or '\'.
 BEARER_DESCRIPTIONS = {
@@ -51,6 +52,9 @@ class Decider:
         self.policies = PolicyCache()
         self._realm = config.server.realm
         self._trusted = config.server.trusted_networks
+        # The answer per address string: peers are few (the proxies), but forwarded hops are
+        # client-chosen, so the memo is bounded.
+        self._trusted_cache: LRUCache[str, bool] = LRUCache(4096)
         self._wall_clock = wall_clock
 
     # -- the request ---------------------------------------------------------------------
@@ -64,7 +68,8 @@ class Decider:
         if real_ip and _is_ip(real_ip):
             return real_ip
         # Walk X-Forwarded-For from the right, past our own proxies, to the first stranger.
-        hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")]
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+        hops = [h.strip() for h in forwarded.split(",")]
         for hop in reversed([h for h in hops if h]):
             if not _is_ip(hop):
                 break
@@ -73,11 +78,16 @@ class Decider:
         return peer or "unix"
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self._trusted)
+        trusted = self._trusted_cache.get(address)
+        if trusted is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(ip in net for net in self._trusted)
+            self._trusted_cache[address] = trusted
+        return trusted
 
     @staticmethod
     def original(request: web.BaseRequest) -> tuple[str, str]:
@@ -111,7 +121,7 @@ class Decider:
             response = await self._decide(request, method, fields)
         except KeysUnavailable as exc:
             response = web.Response(
-                status=503, text="503 Service Unavailable\n",
+                status=503,
                 headers={"Retry-After": str(exc.retry_after), **_NO_STORE},
             )
             fields.update(status=503, outcome="unavailable", reason=exc.reason)
@@ -128,8 +138,7 @@ class Decider:
             response.force_close()
         elapsed = time.perf_counter() - started
         fields["latency_ms"] = round(elapsed * 1000, 3)
-        self.metrics.decisions.labels(fields["scheme"], fields["outcome"], fields["reason"]).inc()
-        self.metrics.decision_seconds.labels(fields["outcome"]).observe(elapsed)
+        self.metrics.record_decision(fields["scheme"], fields["outcome"], fields["reason"], elapsed)
         self.decisions.write(fields)
         return response
 
@@ -164,10 +173,7 @@ class Decider:
         return response
 
     def _allow(self, identity: Identity | None) -> web.Response:
-        headers = identity.headers() if identity else _EMPTY_IDENTITY
-        if any(_UNSAFE_HEADER_VALUE.search(v) for v in headers.values()):
-            raise Unauthenticated("unsafe_identity")
-        response = web.Response(status=200, headers=headers)
+        response = web.Response(status=200, headers=identity.headers if identity else EMPTY_HEADERS)
         if self.config.server.nginx_cache_hint and identity is not None:
             response.headers["X-Accel-Expires"] = str(self._cache_seconds(identity))
         else:
@@ -195,7 +201,7 @@ class Decider:
         if not schemes:  # a location whose scheme= names nothing enabled: still challenge
             schemes = self.chain.schemes
         return web.Response(
-            status=401, text="401 Unauthorized\n",
+            status=401,
             headers={"WWW-Authenticate": self.challenge_header(schemes, exc), **_NO_STORE},
         )
 
@@ -203,11 +209,13 @@ class Decider:
         headers = dict(_NO_STORE)
         if exc.missing_scope and scheme == "bearer":
             headers["WWW-Authenticate"] = (
-                f'Bearer realm="{self._realm}", error="insufficient_scope", scope="{exc.missing_scope}"'
+                f'Bearer realm="{self._realm}", error="insufficient_scope", '
+                f'scope="{exc.missing_scope}"'
             )
-        return web.Response(status=403, text="403 Forbidden\n", headers=headers)
+        return web.Response(status=403, headers=headers)
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -220,7 +228,7 @@ def refuse_unparseable(decider: Decider) -> web.Response:
     """The answer to a request aiohttp's parser refused (control characters, a header line
     past its limit): a 401 like any bad credential, since nginx turns a 400 into a 500."""
     decider.metrics.parse_errors.inc()
-    decider.metrics.decisions.labels("", "deny", "unparseable_request").inc()
+    decider.metrics.record_decision("", "deny", "unparseable_request", 0.0)
     decider.decisions.write({"status": 401, "outcome": "deny", "reason": "unparseable_request"})
     response = decider._challenge(Unauthenticated("unparseable_request"), decider.chain.schemes)
     response.force_close()

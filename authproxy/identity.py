@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups", "X-Auth-Scopes")
+from .errors import Unauthenticated
+
+IDENTITY_HEADERS = (
+    "X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups", "X-Auth-Scopes",
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a request authenticated as.
+    """Who a request authenticated as, with its response headers built once.
 
     ``expires_at`` is the wall-clock time (epoch seconds) after which this identity must not be
     served from any cache: a token's ``exp``; ``None`` for Basic (bounded by the cache TTL).
+
+    Raises Unauthenticated("unsafe_identity") when a value could not be sent as a header
+    (a control character in a claim would split or corrupt the response).
     """
 
     user: str
@@ -21,17 +30,19 @@ class Identity:
     groups: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
     expires_at: float | None = None
+    headers: dict[str, str] = field(init=False, compare=False, repr=False)
 
-    def headers(self) -> dict[str, str]:
-        """Every identity header, always all present (empty when unknown).
+    def __post_init__(self) -> None:
+        # Every identity header, always all present (empty when unknown): proxies such as
+        # Caddy before its GHSA-7r4p-vjf4-gxv4 fix leave a client-sent header in place when
+        # the auth response lacks it.
+        headers = dict(zip(IDENTITY_HEADERS, (
+            self.user, self.method, self.subject,
+            ",".join(sorted(self.groups)), " ".join(sorted(self.scopes)),
+        ), strict=True))
+        if any(_CONTROL.search(value) for value in headers.values()):
+            raise Unauthenticated("unsafe_identity", scheme=self.method)
+        object.__setattr__(self, "headers", headers)
 
-        Proxies such as Caddy before its GHSA-7r4p-vjf4-gxv4 fix leave a client-sent header in
-        place when the auth response lacks it, so a missing header would let a client spoof it.
-        """
-        return {
-            "X-Auth-User": self.user,
-            "X-Auth-Method": self.method,
-            "X-Auth-Subject": self.subject,
-            "X-Auth-Groups": ",".join(sorted(self.groups)),
-            "X-Auth-Scopes": " ".join(sorted(self.scopes)),
-        }
+
+EMPTY_HEADERS = dict.fromkeys(IDENTITY_HEADERS, "")

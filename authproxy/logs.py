@@ -8,6 +8,7 @@ one event-loop turn into a single ``write()``: at tens of thousands of decisions
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -19,8 +20,17 @@ from .config import LogConfig
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=2)
+def _second(second: int) -> str:
+    # strftime costs more than the rest of a log line; it changes once a second.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+    return f"{_second(int(ts))}.{int(ts % 1 * 1000):03d}Z"
 
 
 def _text_value(value: Any) -> str:
@@ -33,7 +43,7 @@ def _text_value(value: Any) -> str:
 def format_line(fields: dict[str, Any], fmt: str) -> str:
     """One log line: a JSON object, or ``key=value`` pairs with values quoted when needed."""
     if fmt == "json":
-        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        return _ENCODER.encode(fields)
     return " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
 
 
@@ -79,8 +89,9 @@ class DecisionLog:
     def write(self, fields: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        line = format_line({"time": _iso(time.time()), "level": "info", "event": "decision",
-                            **fields}, self._fmt)
+        line = format_line(
+            {"time": _iso(time.time()), "level": "info", "event": "decision", **fields}, self._fmt
+        )
         if not self._pending:
             asyncio.get_running_loop().call_soon(self.flush)
         self._pending.append(line)
