@@ -104,10 +104,47 @@ def cmd_dev_certs(args: argparse.Namespace) -> int:
     from .devcerts import write_dev_certs
 
     paths = write_dev_certs(args.dir, args.name or ())
-    print(f"wrote {paths['cert']} and {paths['key']} (for nginx: ssl_certificate / ssl_certificate_key)")
+    print(f"wrote {paths['cert']} and {paths['key']}"
+          " (for nginx: ssl_certificate / ssl_certificate_key)")
     print(f"CA certificate: {paths['ca']}")
     print(f"trust it for curl with: curl --cacert {paths['ca']} https://localhost/...")
     return 0
+
+
+def cmd_dev_issuer(args: argparse.Namespace) -> int:
+    from . import devissuer
+
+    key = devissuer.load_or_create_key(args.dir)
+    if args.action == "token":
+        try:
+            ttl = devissuer.parse_ttl(args.ttl)
+        except ValueError as exc:
+            print(f"authproxy: --ttl: {exc}", file=sys.stderr)
+            return 2
+        issuer = args.issuer if args.issuer is not None else devissuer.recorded_issuer(args.dir)
+        print(devissuer.mint(
+            key, issuer=issuer, subject=args.sub, ttl=ttl, audience=args.aud or "",
+            scopes=[s for v in args.scope or () for s in v.replace(",", " ").split()],
+            groups=[g for v in args.group or () for g in v.split(",") if g],
+        ))
+        return 0
+    from aiohttp import web
+
+    from .config import parse_listen
+
+    address = parse_listen(args.listen)
+    issuer = f"http://{address}"
+    devissuer.record_issuer(args.dir, issuer)
+    print(f"dev issuer {issuer}: JWKS at {issuer}/.well-known/jwks.json", flush=True)
+    web.run_app(devissuer.create_issuer_app(key, issuer), host=address.host, port=address.port,
+                print=None, access_log=None)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo
+
+    return demo(args.dir, args.check)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the decision service")
     serve.add_argument("--config", help="TOML config file (default: $AUTHPROXY_CONFIG)")
     serve.add_argument("--listen", action="append", metavar="ADDR",
-                       help="HOST:PORT, [V6]:PORT or unix:/path; repeatable; replaces server.listen")
+                       help="HOST:PORT, [V6]:PORT or unix:/path; repeatable; "
+                            "replaces server.listen")
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check-config", help="validate the config and the files it names")
@@ -140,11 +178,34 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("file")
     user.set_defaults(func=cmd_user)
 
-    certs = commands.add_parser("dev-certs", help="write a local CA and server certificate (trustme)")
+    certs = commands.add_parser("dev-certs",
+                                help="write a local CA and server certificate (trustme)")
     certs.add_argument("dir")
     certs.add_argument("--name", action="append",
                        help="a DNS name or IP for the certificate; repeatable (default: localhost)")
     certs.set_defaults(func=cmd_dev_certs)
+
+    issuer = commands.add_parser("dev-issuer", help="a local token issuer for trying Bearer")
+    issuer_actions = issuer.add_subparsers(dest="action", required=True)
+    serve_issuer = issuer_actions.add_parser("serve", help="serve the JWKS over HTTP")
+    token = issuer_actions.add_parser("token", help="print a signed token")
+    for sub in (serve_issuer, token):
+        sub.add_argument("--dir", default=".dev-issuer",
+                         help="where the signing key is kept (default: .dev-issuer)")
+    serve_issuer.add_argument("--listen", default="127.0.0.1:9280", metavar="HOST:PORT")
+    token.add_argument("--sub", required=True, help="the subject (user)")
+    token.add_argument("--scope", action="append", help="scopes, space or comma separated")
+    token.add_argument("--group", action="append", help="groups, comma separated")
+    token.add_argument("--aud", help="audience")
+    token.add_argument("--ttl", default="1h", help="lifetime: 3600, 90s, 15m, 1h, 2d")
+    token.add_argument("--issuer", help="iss claim (default: the URL `serve` last used)")
+    issuer.set_defaults(func=cmd_dev_issuer)
+
+    demo = commands.add_parser("demo", help="authproxy behind nginx over TLS, on loopback")
+    demo.add_argument("--dir", default=".demo", help="working directory (default: .demo)")
+    demo.add_argument("--check", action="store_true",
+                      help="run the printed curl lines, report, and exit (0 if all pass)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -11,7 +11,9 @@ import trustme
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def write_dev_certs(directory: str | os.PathLike[str], names: Sequence[str] = ()) -> dict[str, Path]:
+def write_dev_certs(
+    directory: str | os.PathLike[str], names: Sequence[str] = ()
+) -> dict[str, Path]:
     """Write ``ca.pem``, ``server.pem`` (certificate chain) and ``server.key`` (mode 0600).
 
     Returns the paths by role. A new CA each call: these are for local testing only.

@@ -117,7 +117,7 @@ def basic(user: str, password: str) -> str:
 @contextlib.contextmanager
 def started(cmd: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)  # noqa: S603
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port)
         yield proc
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             for label, target in (("flood, lockout on", "authproxy"),
                                   ("flood, lockout off", "nolockout")):
-                flood = subprocess.Popen(  # noqa: S603
+                flood = subprocess.Popen(
                     ["wrk", "-t1", f"-c{c // 2}", f"-d{s + 2}s", "-s", str(HERE / "flood.lua"),
                      f"{base}/{target}/index.html"], stdout=subprocess.DEVNULL)
                 time.sleep(1)  # let the flood reach full speed before measuring under it

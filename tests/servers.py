@@ -177,7 +177,7 @@ def start_authproxy(
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHPROXY_")}
     child_env.update(env or {})
     with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+        process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=directory,
             env=child_env,
         )
@@ -272,7 +272,7 @@ def nginx_test_config(conf_path: Path, prefix: Path) -> subprocess.CompletedProc
     """Run ``nginx -t`` on ``conf_path``."""
     if not os.access(NGINX, os.X_OK):
         raise FileNotFoundError(f"{NGINX} not found: install nginx")
-    return subprocess.run(  # noqa: S603 - our own argv, no shell
+    return subprocess.run(
         [NGINX, "-t", "-p", str(prefix), "-c", str(conf_path), "-e", str(prefix / "error.log")],
         capture_output=True, text=True, check=False, timeout=DEADLINE,
     )
@@ -292,7 +292,7 @@ def start_nginx(
     assert checked.returncode == 0, f"nginx -t failed:\n{checked.stderr}"
     error_log = prefix / "error.log"
     with (prefix / "nginx.out").open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+        process = subprocess.Popen(
             [NGINX, "-p", str(prefix), "-c", str(conf_path), "-e", str(error_log)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
         )

@@ -23,7 +23,7 @@ def run(argv: list[str], stdin: bytes = b"", monkeypatch=None) -> int:
 
 def htpasswd_verifies(path: Path, user: str, password: str) -> bool:
     assert HTPASSWD, "apache2-utils is required (make test installs it)"
-    result = subprocess.run([HTPASSWD, "-vb", str(path), user, password],  # noqa: S603
+    result = subprocess.run([HTPASSWD, "-vb", str(path), user, password],
                             capture_output=True, check=False)
     return result.returncode == 0
 

@@ -35,7 +35,7 @@ def htpasswd(*args: str) -> int:
     exe = shutil.which("htpasswd")
     if exe is None:
         pytest.fail("htpasswd not found: install apache2-utils")
-    return subprocess.run([exe, *args], capture_output=True, check=False).returncode  # noqa: S603
+    return subprocess.run([exe, *args], capture_output=True, check=False).returncode
 
 
 def htpasswd_verify(path: Path, user: str, password: str) -> int:

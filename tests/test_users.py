@@ -21,7 +21,7 @@ from authproxy.users import (
     parse_hash,
 )
 
-PASSWORD = "myPassword"  # noqa: S105 - the password of Apache's documented vectors
+PASSWORD = "myPassword"
 LONG_PASSWORD = "0123456789" * 8  # 80 bytes: bcrypt only reads the first 72
 
 # Vectors published in Apache's docs (docs/manual/misc/password_encryptions.xml).
@@ -45,7 +45,7 @@ def htpasswd(*args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("htpasswd")
     if exe is None:
         pytest.fail("htpasswd not found: install apache2-utils")
-    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)  # noqa: S603
+    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
 
 
 def htpasswd_file(path: Path, *flags: str, user: str = "alice", password: str = PASSWORD) -> Path:
@@ -56,7 +56,7 @@ def htpasswd_file(path: Path, *flags: str, user: str = "alice", password: str = 
 
 def ssha(password: bytes, salt: bytes) -> str:
     """OpenLDAP's {SSHA}: base64(sha1(password + salt) + salt)."""
-    return "{SSHA}" + base64.b64encode(hashlib.sha1(password + salt).digest() + salt).decode()  # noqa: S324
+    return "{SSHA}" + base64.b64encode(hashlib.sha1(password + salt).digest() + salt).decode()
 
 
 def argon2id(

@@ -1,0 +1,294 @@
+"""``authproxy demo``: authproxy behind a real nginx over TLS, on loopback, in one command.
+
+Starts a demo app, a local token issuer, authproxy (the real CLI, as a subprocess) and nginx
+(with the repository's nginx/ snippets, included as they are), then prints curl lines to try.
+Ctrl-C stops everything. ``--check`` runs those lines itself and exits 0 only if each gives
+the status it promises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from .devcerts import write_dev_certs
+from .devissuer import create_issuer_app, load_or_create_key, mint, record_issuer
+from .userfile import add_user
+
+SNIPPETS = ("authproxy-upstream.conf", "authproxy-auth.conf", "authproxy-protect.conf")
+PREFERRED_HTTPS_PORT = 8443
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One curl line printed for the user, and the status it should give."""
+
+    what: str
+    path: str
+    status: int
+    user: str = ""  # "name:password" for Basic
+    header_file: Path | None = None  # an "Authorization: Bearer ..." line, for curl -H @file
+
+    def curl(self, base: str, ca: Path) -> str:
+        parts = ["curl", "-i", "--cacert", _shown(ca)]
+        if self.user:
+            parts += ["-u", self.user]
+        if self.header_file:
+            parts += ["-H", f"@{_shown(self.header_file)}"]
+        return shlex.join([*parts, base + self.path])
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative when under the current directory."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def find_snippets() -> Path:
+    """The nginx/ directory of the checkout (the demo runs from one: `make demo`)."""
+    for candidate in (Path(__file__).resolve().parent.parent / "nginx", Path.cwd() / "nginx"):
+        if all((candidate / name).is_file() for name in SNIPPETS):
+            return candidate
+    raise SystemExit("authproxy demo: run it from a checkout of authproxy (nginx/ not found)")
+
+
+def find_nginx() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if not found:
+        raise SystemExit("authproxy demo: nginx is not installed (`make demo` installs it)")
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx binds: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nginx_conf(
+    work: Path, snippets: Path, https_port: int, app_port: int, certs: dict[str, Path]
+) -> str:
+    location = """
+        location {path} {{
+            {policy}include {snippets}/authproxy-protect.conf;
+            proxy_set_header Host $host;
+            proxy_set_header Connection "";
+            proxy_pass http://demo_app;
+        }}"""
+    locations = "".join(
+        location.format(path=path, snippets=snippets,
+                        policy=f'set $authproxy_policy "{policy}";\n            ' if policy else "")
+        for path, policy in (("/", ""), ("/admin/", "group=admins"),
+                             ("/reports/", "scheme=bearer&scope=reports:read"))
+    )
+    user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
+    return f"""{user}worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log {work}/nginx-access.log;
+    client_body_temp_path {work}/body-temp;
+    proxy_temp_path {work}/proxy-temp;
+    fastcgi_temp_path {work}/fastcgi-temp;
+    uwsgi_temp_path {work}/uwsgi-temp;
+    scgi_temp_path {work}/scgi-temp;
+    include {work}/authproxy-upstream.conf;
+    upstream demo_app {{ server 127.0.0.1:{app_port}; keepalive 8; }}
+    server {{
+        listen 127.0.0.1:{https_port} ssl;
+        server_name localhost;
+        ssl_certificate {certs["cert"]};
+        ssl_certificate_key {certs["key"]};
+        proxy_http_version 1.1;
+        include {snippets}/authproxy-auth.conf;{locations}
+    }}
+}}
+"""
+
+
+async def echo_app(request: web.Request) -> web.Response:
+    """The protected app: says who nginx told it the caller is."""
+    names = ("X-Auth-User", "X-Auth-Method", "X-Auth-Groups", "X-Auth-Scopes")
+    seen = {name: request.headers.get(name, "") for name in names}
+    return web.json_response({"path": request.path, **seen})
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, port: int) -> AsyncIterator[None]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def process(cmd: list[str], log: Path, ready_port: int, name: str) -> AsyncIterator[None]:
+    with open(log, "wb") as out:
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(200):  # up to 10 s
+            if proc.returncode is not None:
+                raise SystemExit(f"authproxy demo: {name} exited; see {log}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", ready_port)
+                writer.close()
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise SystemExit(f"authproxy demo: {name} did not start; see {log}")
+        yield
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+
+
+def prepare_users(work: Path) -> dict[str, str]:
+    """Demo users with generated passwords, kept across runs in ``credentials.json``."""
+    creds_file = work / "credentials.json"
+    if creds_file.exists():
+        return dict(json.loads(creds_file.read_text()))
+    creds = {"demo": secrets.token_urlsafe(12), "guest": secrets.token_urlsafe(12)}
+    users_file = work / "users.htpasswd"
+    users_file.unlink(missing_ok=True)
+    for user, password in creds.items():
+        add_user(users_file, user, password.encode())
+    (work / "groups").write_text("admins: demo\n")
+    creds_file.write_text(json.dumps(creds))
+    creds_file.chmod(0o600)
+    return creds
+
+
+async def run(work: Path, check: bool) -> int:
+    nginx, snippets = find_nginx(), find_snippets()
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)  # nginx's workers drop root privileges
+    certs = write_dev_certs(work / "certs") if not (work / "certs" / "ca.pem").exists() else {
+        "ca": work / "certs" / "ca.pem", "cert": work / "certs" / "server.pem",
+        "key": work / "certs" / "server.key"}
+    creds = prepare_users(work)
+    https_port = PREFERRED_HTTPS_PORT
+    if not port_is_free(https_port):
+        https_port = free_port()
+        print(f"port {PREFERRED_HTTPS_PORT} is busy; using {https_port} instead")
+    app_port, issuer_port, authproxy_port = free_port(), free_port(), free_port()
+    issuer = f"http://127.0.0.1:{issuer_port}"
+    key = load_or_create_key(work / "issuer")
+    record_issuer(work / "issuer", issuer)
+
+    (work / "authproxy.toml").write_text(f"""[server]
+listen = ["127.0.0.1:{authproxy_port}"]
+realm = "authproxy demo"
+[log]
+format = "text"
+[basic]
+users_file = "{work}/users.htpasswd"
+groups_file = "{work}/groups"
+[jwt]
+issuer = "{issuer}"
+jwks_endpoint = "{issuer}/.well-known/jwks.json"
+[admin]
+users = ["demo"]
+""")
+    upstream = (snippets / "authproxy-upstream.conf").read_text().replace(
+        "server 127.0.0.1:9180;", f"server 127.0.0.1:{authproxy_port};")
+    (work / "authproxy-upstream.conf").write_text(upstream)
+    (work / "nginx.conf").write_text(nginx_conf(work, snippets, https_port, app_port, certs))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo_app)
+    base = f"https://localhost:{https_port}"
+    reader, plain = work / "bearer-alice.header", work / "bearer-bob.header"
+    reader.write_text("Authorization: Bearer " + mint(
+        key, issuer=issuer, subject="alice", scopes=["reports:read"], ttl=3600))
+    plain.write_text("Authorization: Bearer " + mint(key, issuer=issuer, subject="bob", ttl=3600))
+    probes = [
+        Probe("no credentials: 401 with a challenge", "/", 401),
+        Probe("Basic, the demo user: 200", "/", 200, user=f"demo:{creds['demo']}"),
+        Probe("Basic, wrong password: 401", "/", 401, user="demo:wrong"),
+        Probe("Bearer, a token from the dev issuer: 200", "/reports/", 200, header_file=reader),
+        Probe("Bearer without the reports:read scope: 403", "/reports/", 403, header_file=plain),
+        Probe("Basic user outside group admins: 403", "/admin/", 403,
+              user=f"guest:{creds['guest']}"),
+        Probe("Basic user in group admins: 200", "/admin/", 200, user=f"demo:{creds['demo']}"),
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(serving(app, app_port))
+        await stack.enter_async_context(serving(create_issuer_app(key, issuer), issuer_port))
+        await stack.enter_async_context(process(
+            [sys.executable, "-m", "authproxy", "serve", "--config", str(work / "authproxy.toml")],
+            work / "authproxy.log", authproxy_port, "authproxy"))
+        await stack.enter_async_context(process(
+            [nginx, "-p", str(work), "-c", str(work / "nginx.conf")],
+            work / "nginx.log", https_port, "nginx"))
+        print(f"\nauthproxy demo: nginx on {base} -> authproxy on 127.0.0.1:{authproxy_port}"
+              f" -> app on 127.0.0.1:{app_port}; token issuer on {issuer}")
+        print(f"logs in {work}/ (authproxy.log, nginx-error.log)\n")
+        for probe in probes:
+            print(f"# {probe.what}\n{probe.curl(base, certs['ca'])}\n")
+        print("# mint your own token, then: curl ... -H \"Authorization: Bearer $TOKEN\"\n"
+              + "TOKEN=$(" + shlex.join([
+                  sys.executable, "-m", "authproxy", "dev-issuer", "token", "--dir",
+                  _shown(work / "issuer"), "--sub", "carol", "--scope", "reports:read",
+                  "--ttl", "1h"]) + ")")
+        if check:
+            return await run_checks(probes, base, certs["ca"])
+        print("\nCtrl-C stops everything.")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("\nstopping")
+    return 0
+
+
+async def run_checks(probes: list[Probe], base: str, ca: Path) -> int:
+    """Run each printed curl line (quietly, printing only the status); 0 if all are right."""
+    failures = 0
+    for probe in probes:
+        argv = shlex.split(probe.curl(base, ca))
+        argv[1:2] = ["-s", "-o", "/dev/null", "-w", "%{http_code}"]  # in place of -i
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        ok = out.decode().strip() == str(probe.status)
+        failures += not ok
+        print(f"check: {'ok  ' if ok else 'FAIL'} {probe.what} (got {out.decode().strip()})")
+    return 1 if failures else 0
+
+
+def main(work: str, check: bool) -> int:
+    return asyncio.run(run(Path(work).resolve(), check))
