@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,8 @@ def create_app(
     app[RELOADERS] = []
     # bcrypt and argon2 release the GIL, so verifications really run in parallel.
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
-                                  thread_name_prefix="authproxy-hash")
+                                  thread_name_prefix="authproxy-hash",
+                                  initializer=_lower_thread_priority)
     app.cleanup_ctx.append(_executor_ctx(executor))
 
     bearer = None
@@ -86,6 +88,20 @@ def create_app(
     app.router.add_get("/metrics", metrics_handler(metrics))
     AdminApi(decider, app.get(KEY_SOURCE), config.admin.users).add_routes(app)
     return app
+
+
+HASH_THREAD_NICENESS = 10
+
+
+def _lower_thread_priority() -> None:
+    """Run password hashing at a lower CPU priority than the event loop.
+
+    A wrong-password flood keeps every hash thread busy; at equal priority they would take
+    most of the CPU from the loop, and cached decisions would queue behind them. Linux sets
+    niceness per thread (by its native id); elsewhere this is a no-op.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
 
 
 def _executor_ctx(

@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                                         ports[name], tmp / f"{name}.log"))
         stack.enter_context(started([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
                                     ports["nginx"], tmp / "nginx.log"))
-        wrk(f"{base}/authproxy/index.html", 1, c, good)  # warm the cache and connections
+        for target in ("authproxy", "nolockout", "bare"):  # warm caches and connections
+            wrk(f"{base}/{target}/index.html", 1, c, good)
 
         results: dict[str, Result] = {}
         scenarios = {
