@@ -1,0 +1,685 @@
+"""The deployment files: Kubernetes manifests, the container image and the systemd unit.
+
+Neither Kubernetes, kustomize nor a container engine is available to the suite. So the
+kustomization is rendered here as kustomize would (it uses only ``resources`` and
+``configMapGenerator``, and the renderer refuses anything else), validated offline against the
+Kubernetes schemas, and checked for agreement with the authproxy and nginx configurations it
+carries. Then the pod's processes run for real on this machine: authproxy from the ConfigMap's
+TOML, nginx from the ConfigMap's nginx.conf, the probes as the kubelet runs them, the Secret
+updated as the kubelet updates it, with the pod's paths moved under a temporary directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from authproxy.config import load_config, parse_listen
+from authproxy.server import SHUTDOWN_TIMEOUT
+
+from .conftest import bcrypt_hash
+from .servers import (
+    NGINX,
+    NGINX_DIR,
+    REPO,
+    free_port,
+    http_status,
+    render_upstream,
+    start_authproxy,
+    start_echo_upstream,
+    wait_until,
+)
+
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "kubernetes"
+SYSTEMD = DEPLOY / "systemd"
+UNIT = SYSTEMD / "authproxy.service"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+# The oldest Kubernetes the pod needs (native sidecars and the preStop sleep action on by
+# default) and a current one.
+KUBERNETES_VERSIONS = ("1.30.0", "1.34.0")
+DEPLOYMENT = "protected-app"
+AUTHPROXY, NGINX_CONTAINER, APP = "authproxy", "nginx", "app"
+CONFIG_MAP, NGINX_CONFIG_MAP, USERS_SECRET = "authproxy-config", "nginx-config", "authproxy-users"
+SOCKET_VOLUME = "authproxy-socket"
+REQUEST_TIMEOUT = 5.0
+
+
+# -- rendering the kustomization -----------------------------------------------------------------
+
+
+def render_kustomization(root: Path) -> list[dict[str, Any]]:
+    """The objects ``kustomize build root`` would produce, minus the generated names' hash
+    suffixes. Raises ValueError on any kustomize feature this renderer does not implement,
+    so that a new one cannot slip past the tests unrendered."""
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text(encoding="utf-8"))
+    unknown = set(kustomization) - {"apiVersion", "kind", "resources", "configMapGenerator"}
+    if unknown:
+        raise ValueError(f"kustomization.yaml uses {sorted(unknown)}: teach the renderer")
+    objects: list[dict[str, Any]] = []
+    for name in kustomization["resources"]:
+        text = inside(root, name).read_text(encoding="utf-8")
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc is not None)
+    for generator in kustomization.get("configMapGenerator", []):
+        if set(generator) - {"name", "files"}:
+            raise ValueError(f"configMapGenerator {generator['name']}: teach the renderer")
+        data = {}
+        for entry in generator["files"]:
+            key, _, path = entry.rpartition("=")
+            data[key or PurePosixPath(path).name] = inside(root, path).read_text(encoding="utf-8")
+        objects.append({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": generator["name"]}, "data": data})
+    return objects
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refused as kustomize's load restrictor refuses a path outside root."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{relative} is outside {root}: kustomize will not load it")
+    return path
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    return render_kustomization(K8S)
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{len(matches)} {kind} {name} rendered"
+    return matches[0]
+
+
+def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = find(objects, "Deployment", DEPLOYMENT)["spec"]["template"]["spec"]
+    return spec
+
+
+def all_containers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    spec = pod_spec(objects)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    matches = [c for c in all_containers(objects) if c["name"] == name]
+    assert len(matches) == 1, f"{len(matches)} containers named {name}"
+    return matches[0]
+
+
+def mount_path(objects: list[dict[str, Any]], container_name: str, volume: str) -> str:
+    """Where ``volume`` is mounted in the container; fails if it is not, or more than once."""
+    mounts = [m for m in container(objects, container_name).get("volumeMounts", [])
+              if m["name"] == volume]
+    assert len(mounts) == 1, f"{volume} mounted {len(mounts)} times in {container_name}"
+    path: str = mounts[0]["mountPath"]
+    return path
+
+
+def config_text(objects: list[dict[str, Any]], config_map: str, key: str) -> str:
+    text: str = find(objects, "ConfigMap", config_map)["data"][key]
+    return text
+
+
+def toml_text(objects: list[dict[str, Any]]) -> str:
+    """The authproxy TOML the container reads: its --config path, found in the ConfigMap
+    mounted there."""
+    args = container(objects, AUTHPROXY)["args"]
+    path = PurePosixPath(args[args.index("--config") + 1])
+    assert str(path.parent) == mount_path(objects, AUTHPROXY, CONFIG_MAP)
+    return config_text(objects, CONFIG_MAP, path.name)
+
+
+def socket_path(objects: list[dict[str, Any]]) -> str:
+    """The one address authproxy listens on: a unix socket."""
+    listen = tomllib.loads(toml_text(objects))["server"]["listen"]
+    assert len(listen) == 1
+    address = parse_listen(listen[0])
+    assert address.is_unix, f"authproxy listens on {address}: reachable from other pods"
+    return address.path
+
+
+def users_secret_text(objects: list[dict[str, Any]], key: str) -> str:
+    secret = find(objects, "Secret", USERS_SECRET)
+    if key in secret.get("stringData", {}):
+        text: str = secret["stringData"][key]
+        return text
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+# -- the manifests -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_is_valid_kubernetes(objects: list[dict[str, Any]], version: str) -> None:
+    kinds = set()
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)
+        kinds.add(obj["kind"])
+    assert {"Deployment", "Service", "ConfigMap", "Secret"} <= kinds
+    # The validator is strict: a misspelt field would be caught.
+    misspelt = json.loads(json.dumps(find(objects, "Deployment", DEPLOYMENT)))
+    misspelt["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, version, strict=True)
+
+
+def test_kustomization_loads_nothing_from_outside_its_directory() -> None:
+    render_kustomization(K8S)  # raises if a resource or generated file lies outside
+    with pytest.raises(ValueError, match="outside"):
+        inside(K8S, "../../nginx/authproxy-auth.conf")
+
+
+def test_nginx_snippets_in_the_config_map_are_the_repositorys(
+    objects: list[dict[str, Any]],
+) -> None:
+    """Copies, since kustomize will not read nginx/: byte for byte, except the upstream's
+    server line, which names authproxy's socket exactly as the suite's own nginx tests do."""
+    for name in ("authproxy-auth.conf", "authproxy-protect.conf"):
+        assert config_text(objects, NGINX_CONFIG_MAP, name) == (NGINX_DIR / name).read_text(
+            encoding="utf-8"), f"deploy/kubernetes/nginx/{name} differs from nginx/{name}"
+    assert config_text(objects, NGINX_CONFIG_MAP, "authproxy-upstream.conf") == render_upstream(
+        f"unix:{socket_path(objects)}")
+
+
+def test_nginx_includes_come_from_its_config_map(objects: list[dict[str, Any]]) -> None:
+    command = container(objects, NGINX_CONTAINER)["command"]
+    conf = PurePosixPath(command[command.index("-c") + 1])
+    directory = mount_path(objects, NGINX_CONTAINER, NGINX_CONFIG_MAP)
+    assert str(conf.parent) == directory
+    includes = re.findall(r"^\s*include\s+(\S+);", config_text(objects, NGINX_CONFIG_MAP,
+                                                                conf.name), re.MULTILINE)
+    assert len(includes) == 3
+    for include in includes:
+        path = PurePosixPath(include)
+        assert str(path.parent) == directory
+        config_text(objects, NGINX_CONFIG_MAP, path.name)  # a KeyError if it is missing
+
+
+def test_authproxy_config_is_valid_and_agrees_with_the_pod(
+    objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    text = toml_text(objects)
+    path = tmp_path / "authproxy.toml"
+    path.write_text(text, encoding="utf-8")
+    users = tmp_path / "users.htpasswd"
+    users.write_text(users_secret_text(objects, "users.htpasswd"), encoding="utf-8")
+    config = load_config(str(path), environ={"AUTHPROXY_BASIC_USERS_FILE": str(users)})
+    assert config.worker_count == 1
+    # The socket is in the emptyDir that nginx mounts too, and the app does not.
+    socket_dir = str(PurePosixPath(socket_path(objects)).parent)
+    assert mount_path(objects, AUTHPROXY, SOCKET_VOLUME) == socket_dir
+    assert mount_path(objects, NGINX_CONTAINER, SOCKET_VOLUME) == socket_dir
+    assert all(m["name"] != SOCKET_VOLUME for m in container(objects, APP).get("volumeMounts", []))
+    volume = next(v for v in pod_spec(objects)["volumes"] if v["name"] == SOCKET_VOLUME)
+    assert "emptyDir" in volume
+    upstream = config_text(objects, NGINX_CONFIG_MAP, "authproxy-upstream.conf")
+    assert re.findall(r"^\s*server\s+(\S+);", upstream, re.MULTILINE) == [
+        f"unix:{socket_path(objects)}"]
+
+
+def test_users_secret_is_mounted_as_a_directory_where_users_file_points(
+    objects: list[dict[str, Any]],
+) -> None:
+    """A subPath mount is never updated by the kubelet: a changed password would not arrive."""
+    users_file = PurePosixPath(tomllib.loads(toml_text(objects))["basic"]["users_file"])
+    volume = next(v for v in pod_spec(objects)["volumes"] if "secret" in v)
+    assert volume["secret"]["secretName"] == USERS_SECRET
+    assert volume["secret"]["defaultMode"] == 0o440  # group 10001 (fsGroup) reads it
+    assert pod_spec(objects)["securityContext"]["fsGroup"] == container(
+        objects, AUTHPROXY)["securityContext"]["runAsGroup"]
+    assert mount_path(objects, AUTHPROXY, volume["name"]) == str(users_file.parent)
+    users_secret_text(objects, users_file.name)  # the Secret has that key
+    for each in all_containers(objects):
+        for mount in each.get("volumeMounts", []):
+            assert "subPath" not in mount and "subPathExpr" not in mount, (each["name"], mount)
+        if each["name"] != AUTHPROXY:
+            assert all(m["name"] != volume["name"] for m in each.get("volumeMounts", []))
+
+
+def test_every_container_is_locked_down(objects: list[dict[str, Any]]) -> None:
+    spec = pod_spec(objects)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not spec.get(key)
+    assert not any("hostPath" in v for v in spec["volumes"])
+    assert {c["name"] for c in all_containers(objects)} == {AUTHPROXY, NGINX_CONTAINER, APP}
+    for each in all_containers(objects):
+        context = each["securityContext"]
+        assert context["runAsNonRoot"] is True, each["name"]
+        assert isinstance(context["runAsUser"], int) and context["runAsUser"] > 0, each["name"]
+        assert context["readOnlyRootFilesystem"] is True, each["name"]
+        assert context["allowPrivilegeEscalation"] is False, each["name"]
+        assert context["capabilities"] == {"drop": ["ALL"]}, each["name"]
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, each["name"]
+        assert "privileged" not in context or context["privileged"] is False
+        for kind in ("requests", "limits"):
+            assert set(each["resources"][kind]) == {"cpu", "memory"}, (each["name"], kind)
+
+
+def test_authproxy_is_a_sidecar_probed_over_its_socket(objects: list[dict[str, Any]]) -> None:
+    """The kubelet's httpGet goes to the pod's IP, where authproxy listens on nothing: its
+    probes are exec probes running probe.py against the socket nginx uses."""
+    proxy = container(objects, AUTHPROXY)
+    assert proxy in pod_spec(objects)["initContainers"]
+    assert proxy["restartPolicy"] == "Always"  # a native sidecar, not a one-shot init
+    probes = {kind: proxy[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    config_dir = mount_path(objects, AUTHPROXY, CONFIG_MAP)
+    for kind, probe in probes.items():
+        assert set(probe) & {"httpGet", "tcpSocket", "grpc"} == set(), kind
+        python, isolated, script, path, socket = probe["exec"]["command"]
+        assert (python, isolated) == ("python", "-I")
+        assert str(PurePosixPath(script).parent) == config_dir
+        config_text(objects, CONFIG_MAP, PurePosixPath(script).name)
+        assert path == paths[kind]
+        assert socket == socket_path(objects)
+        assert probe["timeoutSeconds"] > 2  # probe.py's own timeout is 2 s
+
+
+def test_ports_agree_across_nginx_the_service_and_the_network_policy(
+    objects: list[dict[str, Any]],
+) -> None:
+    nginx_conf = config_text(objects, NGINX_CONFIG_MAP, "nginx.conf")
+    listens = {int(p) for p in re.findall(r"^\s*listen\s+(\d+);", nginx_conf, re.MULTILINE)}
+    nginx = container(objects, NGINX_CONTAINER)
+    ports = {p["name"]: p["containerPort"] for p in nginx["ports"]}
+    assert set(ports.values()) == listens
+    assert all(p >= 1024 for p in listens)  # non-root
+    assert not any("ports" in c for c in all_containers(objects) if c is not nginx)
+    for kind in ("livenessProbe", "readinessProbe"):
+        probe = nginx[kind]["httpGet"]
+        assert probe["port"] in ports
+        assert f"location = {probe['path']} " in nginx_conf
+    pod_labels = find(objects, "Deployment", DEPLOYMENT)["spec"]["template"]["metadata"]["labels"]
+    service = find(objects, "Service", DEPLOYMENT)["spec"]
+    assert service["selector"].items() <= pod_labels.items()
+    assert {p["targetPort"] for p in service["ports"]} == set(ports)
+    policy = find(objects, "NetworkPolicy", DEPLOYMENT)["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == set(ports)
+    # The app listens on loopback only, where nginx's upstream finds it.
+    (listen,) = [a for a in container(objects, APP)["args"] if a.startswith("-listen=")]
+    address = listen.removeprefix("-listen=")
+    assert address.startswith("127.0.0.1:")
+    assert re.search(r"upstream app \{\s*server " + re.escape(address) + ";", nginx_conf)
+
+
+def containerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of deploy/Containerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Containerfile").read_text(encoding="utf-8"))
+    instructions = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+    return instructions
+
+
+def test_containerfile_runs_what_the_manifest_runs(objects: list[dict[str, Any]]) -> None:
+    instructions = containerfile_instructions()
+    stages = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
+    assert len(stages) >= 2, "a multi-stage build"
+    final = instructions[stages[-1]:]
+    assert final[0][1].startswith("python:3.11-slim")  # the probes run its python
+    last = {word: args for word, args in final}
+    proxy = container(objects, AUTHPROXY)
+    assert json.loads(last["ENTRYPOINT"]) == proxy["command"]
+    assert json.loads(last["CMD"]) == proxy["args"]
+    user, _, group = last["USER"].partition(":")
+    assert (int(user), int(group)) == (proxy["securityContext"]["runAsUser"],
+                                       proxy["securityContext"]["runAsGroup"])
+    # The build stage copies everything the wheel is built from.
+    copied = {word for w, args in instructions[:stages[-1]] if w == "COPY"
+              for word in args.split()[:-1]}
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    readme = setup["metadata"]["long_description"].removeprefix("file:").strip()
+    assert {"pyproject.toml", "setup.cfg", readme, "authproxy"} <= copied
+
+
+# -- the pod's processes, for real ---------------------------------------------------------------
+
+
+class PodPaths:
+    """Where each of the pod's mounts lives on this machine, under one temporary directory."""
+
+    def __init__(self, root: Path, mounts: dict[str, str]) -> None:
+        self.root = root
+        self.moves = {pod: root / pod.lstrip("/") for pod in mounts.values()}
+        for here in self.moves.values():
+            here.mkdir(parents=True, exist_ok=True)
+
+    def here(self, pod_path: str) -> Path:
+        for pod, local in self.moves.items():
+            if pod_path == pod or pod_path.startswith(pod + "/"):
+                return local / pod_path[len(pod):].lstrip("/")
+        raise ValueError(f"{pod_path} is on no mounted volume")
+
+    def relocate(self, text: str) -> str:
+        """``text`` with every path on a pod mount replaced by its local path (in one pass:
+        the local paths themselves start with /tmp, which may be a mount)."""
+        pods = sorted(self.moves, key=len, reverse=True)
+        pattern = r"(?<![\w./-])(" + "|".join(map(re.escape, pods)) + r")(?=[/\s;\"']|$)"
+        return re.sub(pattern, lambda m: str(self.moves[m.group(1)]), text, flags=re.M)
+
+
+def pod_paths(objects: list[dict[str, Any]], root: Path) -> PodPaths:
+    mounts = {f"{c['name']}:{m['name']}": m["mountPath"]
+              for c in all_containers(objects) for m in c.get("volumeMounts", [])}
+    return PodPaths(root, mounts)
+
+
+def write_secret_volume(directory: Path, files: dict[str, str], generation: int) -> None:
+    """Write or update ``directory`` as the kubelet's AtomicWriter does: the files in a new
+    hidden directory, the ``..data`` symlink swapped to it by one rename, each visible name a
+    symlink through ``..data``; then the old generation removed."""
+    version = directory / f"..generation_{generation}"
+    version.mkdir()
+    for name, text in files.items():
+        (version / name).write_text(text, encoding="utf-8")
+    data = directory / "..data"
+    old = os.readlink(data) if data.is_symlink() else None
+    (directory / "..data_tmp").symlink_to(version.name)
+    os.replace(directory / "..data_tmp", data)
+    for name in files:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+    if old:
+        shutil.rmtree(directory / old)
+
+
+def write_config_maps(objects: list[dict[str, Any]], paths: PodPaths) -> None:
+    for container_name, config_map in ((AUTHPROXY, CONFIG_MAP),
+                                       (NGINX_CONTAINER, NGINX_CONFIG_MAP)):
+        directory = paths.here(mount_path(objects, container_name, config_map))
+        for key, text in find(objects, "ConfigMap", config_map)["data"].items():
+            (directory / key).write_text(paths.relocate(text), encoding="utf-8")
+
+
+def probe_commands(objects: list[dict[str, Any]], paths: PodPaths) -> dict[str, list[str]]:
+    """authproxy's probes as the kubelet would exec them, with this machine's paths."""
+    proxy = container(objects, AUTHPROXY)
+    commands = {}
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        python, *rest = proxy[kind]["exec"]["command"]
+        assert python == "python"
+        commands[kind] = [sys.executable, *(paths.relocate(arg) for arg in rest)]
+    return commands
+
+
+def run_probe(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+
+
+@contextmanager
+def authproxy_as_in_the_pod(objects: list[dict[str, Any]], paths: PodPaths) -> Iterator[None]:
+    """authproxy serve with the ConfigMap's TOML, its paths relocated, until the block ends."""
+    text = paths.relocate(toml_text(objects))
+    listen = [f"unix:{paths.here(socket_path(objects))}"]
+    with start_authproxy(text, listen, paths.root / "authproxy-run"):
+        yield
+
+
+@pytest.fixture
+def pod(objects: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> PodPaths:
+    """The pod's ConfigMaps and Secret written under a short temporary directory (a unix
+    socket path has room for about 107 bytes)."""
+    paths = pod_paths(objects, tmp_path_factory.mktemp("pod"))
+    write_config_maps(objects, paths)
+    users_dir = paths.here(mount_path(objects, AUTHPROXY, "authproxy-users"))
+    write_secret_volume(users_dir, {"users.htpasswd": users_secret_text(objects, "users.htpasswd")}, 1)
+    return paths
+
+
+def test_probes_pass_against_authproxy_and_fail_without_it(
+    objects: list[dict[str, Any]], pod: PodPaths
+) -> None:
+    commands = probe_commands(objects, pod)
+    with authproxy_as_in_the_pod(objects, pod):
+        for kind, command in commands.items():
+            result = run_probe(command)
+            assert result.returncode == 0, (kind, result.stderr)
+        not_found = run_probe([*commands["livenessProbe"][:-2], "/no-such-path",
+                               commands["livenessProbe"][-1]])
+        assert not_found.returncode == 1, not_found.stderr
+    result = run_probe(commands["livenessProbe"])
+    assert result.returncode == 1, result.stderr
+
+
+def test_a_restarted_authproxy_reuses_the_socket_left_in_the_empty_dir(
+    objects: list[dict[str, Any]], pod: PodPaths
+) -> None:
+    """A container killed by its liveness probe leaves its socket file in the emptyDir,
+    which outlives it; the restarted authproxy must still start."""
+    socket = pod.here(socket_path(objects))
+    config = pod.root / "killed.toml"
+    config.write_text(pod.relocate(toml_text(objects)), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHPROXY_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "authproxy", "serve", "--config", str(config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_until(lambda: http_status(f"unix:{socket}", "/healthz") == 200, "authproxy",
+                   process)
+    finally:
+        process.kill()
+        process.wait()
+    assert socket.is_socket()
+    with authproxy_as_in_the_pod(objects, pod):
+        assert http_status(f"unix:{socket}", "/healthz") == 200
+
+
+def request(port: int, path: str, headers: dict[str, str] | None = None
+            ) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+@contextmanager
+def nginx_as_in_the_pod(
+    objects: list[dict[str, Any]], paths: PodPaths, app_address: str
+) -> Iterator[dict[str, int]]:
+    """nginx -c the ConfigMap's nginx.conf (written by the ``pod`` fixture), its ports and
+    the app's address moved to free ones here. Yields {container port name: local port}."""
+    nginx = container(objects, NGINX_CONTAINER)
+    conf = paths.here(nginx["command"][nginx["command"].index("-c") + 1])
+    text = conf.read_text(encoding="utf-8")
+    ports = {p["name"]: free_port() for p in nginx["ports"]}
+    for port in nginx["ports"]:
+        text, count = re.subn(rf"^(\s*listen\s+){port['containerPort']};",
+                              rf"\g<1>127.0.0.1:{ports[port['name']]};", text, flags=re.M)
+        assert count == 1, port
+    (app,) = [a.removeprefix("-listen=") for a in container(objects, APP)["args"]
+              if a.startswith("-listen=")]
+    assert text.count(f"server {app};") == 1
+    text = text.replace(f"server {app};", f"server {app_address};")
+    if os.geteuid() == 0:  # as in tests/servers.py: workers must reach the temporary dirs
+        text = "user root;\n" + text
+    conf.write_text(text, encoding="utf-8")
+    error_log = paths.root / "nginx-error.log"
+    with error_log.open("wb") as log:
+        process = subprocess.Popen(
+            [NGINX, "-p", str(paths.root), "-c", str(conf), "-e", str(error_log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_until(lambda: request_ok(ports["http"]), "nginx", process)
+        yield ports
+    finally:
+        process.send_signal(signal.SIGQUIT)  # the nginx image's stop signal: graceful
+        status = process.wait(timeout=REQUEST_TIMEOUT * 2)
+    assert status == 0, error_log.read_text(errors="replace")
+    assert "[emerg]" not in error_log.read_text(errors="replace")
+
+
+def request_ok(port: int) -> bool:
+    try:
+        return request(port, "/nginx-healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def test_the_pod_serves_and_picks_up_a_secret_update(
+    objects: list[dict[str, Any]], pod: PodPaths
+) -> None:
+    """nginx and authproxy as configured by the ConfigMaps; the Secret starts without users,
+    then gains one the way the kubelet updates a mounted Secret, and authproxy picks it up."""
+    basic = "Basic " + base64.b64encode(b"alice:Corr3ct-horse").decode()
+    with (start_echo_upstream() as app, authproxy_as_in_the_pod(objects, pod),
+          nginx_as_in_the_pod(objects, pod, app.address) as ports):
+        status, headers, _ = request(ports["http"], "/")
+        assert status == 401
+        assert headers["WWW-Authenticate"] == 'Basic realm="authproxy", charset="UTF-8"'
+        assert request(ports["http"], "/", {"Authorization": basic})[0] == 401
+        assert not app.requests
+
+        users = users_secret_text(objects, "users.htpasswd")
+        users_dir = pod.here(mount_path(objects, AUTHPROXY, "authproxy-users"))
+        write_secret_volume(users_dir, {"users.htpasswd": users + "alice:"
+                                        + bcrypt_hash("Corr3ct-horse") + "\n"}, 2)
+        deadline = time.monotonic() + 5  # the watcher stats the file every second
+        while request(ports["http"], "/", {"Authorization": basic})[0] != 200:
+            assert time.monotonic() < deadline, "the Secret update was not picked up"
+            time.sleep(0.1)
+        (seen,) = app.received(lambda r: r.path == "/")
+        assert seen.header_values("X-Auth-User") == ["alice"]
+
+        status, _, body = request(ports["metrics"], "/metrics")
+        assert status == 200 and b"# TYPE" in body
+        assert request(ports["metrics"], "/auth", {"Authorization": basic})[0] == 404
+        assert run_probe(probe_commands(objects, pod)["readinessProbe"]).returncode == 0
+
+
+# -- systemd -------------------------------------------------------------------------------------
+
+
+def unit_directives(text: str) -> dict[str, list[str]]:
+    """``Section.Key`` -> every value given, in order (unit files repeat keys)."""
+    directives: dict[str, list[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        directives.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return directives
+
+
+@pytest.fixture(scope="module")
+def unit() -> dict[str, list[str]]:
+    return unit_directives(UNIT.read_text(encoding="utf-8"))
+
+
+def test_systemd_unit_is_hardened(unit: dict[str, list[str]]) -> None:
+    def one(key: str) -> str:
+        (value,) = unit[f"Service.{key}"]
+        return value
+
+    assert one("User") == "authproxy" or one("DynamicUser") == "yes"
+    for key, value in {
+        "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+        "PrivateDevices": "yes", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+        "RestrictNamespaces": "yes", "LockPersonality": "yes", "RestrictSUIDSGID": "yes",
+        "SystemCallArchitectures": "native", "RuntimeDirectory": "authproxy",
+        "ConfigurationDirectory": "authproxy", "ExecReload": "/bin/kill -HUP $MAINPID",
+        "KillSignal": "SIGTERM", "Restart": "on-failure",
+        "Type": "exec",  # authproxy sends no sd_notify and takes no passed sockets
+    }.items():
+        assert one(key) == value, key
+    assert unit["Service.SystemCallFilter"][0] == "@system-service"
+    assert int(one("TimeoutStopSec")) > SHUTDOWN_TIMEOUT  # the drain, then SIGKILL
+    assert not list(SYSTEMD.glob("*.socket"))
+
+
+def test_systemd_unit_paths_agree_with_its_config(
+    unit: dict[str, list[str]], tmp_path: Path
+) -> None:
+    (exec_start,) = unit["Service.ExecStart"]
+    binary, *args = exec_start.split()
+    assert binary == "/usr/local/bin/authproxy"
+    assert args[:2] == ["serve", "--config"]
+    config_dir = PurePosixPath("/etc", *unit["Service.ConfigurationDirectory"])
+    assert PurePosixPath(args[2]) == config_dir / "authproxy.toml"
+    text = (SYSTEMD / "authproxy.toml").read_text(encoding="utf-8")
+    users = tmp_path / "users.htpasswd"
+    users.write_text("", encoding="utf-8")
+    (tmp_path / "authproxy.toml").write_text(text, encoding="utf-8")
+    config = load_config(str(tmp_path / "authproxy.toml"),
+                         environ={"AUTHPROXY_BASIC_USERS_FILE": str(users)})
+    runtime_dir = PurePosixPath("/run", *unit["Service.RuntimeDirectory"])
+    for address in config.server.listen_addresses:
+        assert address.is_unix and PurePosixPath(address.path).parent == runtime_dir
+    assert PurePosixPath(tomllib.loads(text)["basic"]["users_file"]).parent == config_dir
+    (user,) = unit["Service.User"]
+    sysusers = shutil.which("systemd-sysusers")
+    if sysusers is None:
+        pytest.fail("systemd-sysusers is not installed (Debian package systemd; make test installs it)")
+    (tmp_path / "root" / "etc").mkdir(parents=True)
+    result = subprocess.run(
+        [sysusers, "--dry-run", f"--root={tmp_path / 'root'}", str(SYSTEMD / "authproxy.sysusers")],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"Creating user '{user}'" in result.stdout + result.stderr
+
+
+@pytest.fixture
+def verifiable_unit(tmp_path: Path) -> Path:
+    """A copy of the unit whose ExecStart is this checkout's authproxy, which verify can
+    resolve (it fails on a missing binary)."""
+    if not os.access(SYSTEMD_ANALYZE, os.X_OK):
+        pytest.fail("systemd-analyze is not installed (Debian package systemd; make test installs it)")
+    authproxy = Path(sys.executable).parent / "authproxy"
+    assert os.access(authproxy, os.X_OK)
+    text = UNIT.read_text(encoding="utf-8")
+    assert text.count("ExecStart=/usr/local/bin/authproxy ") == 1
+    copy = tmp_path / "authproxy.service"
+    copy.write_text(text.replace("ExecStart=/usr/local/bin/authproxy ",
+                                 f"ExecStart={authproxy} "), encoding="utf-8")
+    return copy
+
+
+def test_systemd_analyze_verify_finds_nothing(verifiable_unit: Path) -> None:
+    """verify works offline (PID 1 need not be systemd). It reports bad values and unknown
+    keys on stderr and still exits 0, so both are checked."""
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(verifiable_unit)],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_systemd_analyze_security_rates_the_unit_ok(verifiable_unit: Path) -> None:
+    """systemd's own exposure score (0 best, 10 worst) stays at 2.0 or below ("OK")."""
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=20", str(verifiable_unit)],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
