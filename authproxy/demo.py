@@ -266,11 +266,11 @@ users = ["demo"]
                   "--ttl", "1h"]) + ")")
         if check:
             return await run_checks(probes, base, certs["ca"])
-        print("\nCtrl-C stops everything.")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        print("\nCtrl-C stops everything.", flush=True)
         await stop.wait()
         print("\nstopping")
     return 0
@@ -291,4 +291,5 @@ async def run_checks(probes: list[Probe], base: str, ca: Path) -> int:
 
 
 def main(work: str, check: bool) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # for `| tee`
     return asyncio.run(run(Path(work).resolve(), check))

@@ -185,9 +185,10 @@ class Decider:
 
     def _cache_seconds(self, identity: Identity) -> int:
         """How long nginx may cache this 200: never past a token's exp or the Basic cache TTL."""
+        # Capped by the Basic TTL for tokens too: nginx cannot see a signing key removed.
         limit = self.config.basic.cache_ttl
         if identity.expires_at is not None:
-            limit = int(identity.expires_at - self._wall_clock())
+            limit = min(limit, int(identity.expires_at - self._wall_clock()))
         return max(0, limit)
 
     def challenge_header(self, schemes: tuple[str, ...] | list[str], exc: Unauthenticated) -> str:

@@ -1,0 +1,42 @@
+"""X-Accel-Expires (server.nginx_cache_hint): how long nginx may keep a 200, never longer
+than a token's exp or basic.cache_ttl; absent (no-store) unless asked for."""
+
+from __future__ import annotations
+
+from .jwks_server import bearer, mint, signing_key
+
+K1 = signing_key("RS256", "k1")  # what the jwks_server fixture publishes
+
+pytest_plugins = ["tests.jwks_fixtures"]
+
+
+async def test_no_hint_by_default(start_app, jwks_server, clock) -> None:
+    client = await start_app()
+    resp = await client.get("/auth", headers=bearer(mint(K1, clock.time())))
+    assert resp.status == 200
+    assert "X-Accel-Expires" not in resp.headers
+    assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_token_hint_is_its_remaining_life(start_app, jwks_server, clock) -> None:
+    client = await start_app(sections={"server": {"nginx_cache_hint": True},
+                                       "basic": {"cache_ttl": 300}})
+    token = mint(K1, clock.time(), exp=int(clock.time()) + 120)
+    resp = await client.get("/auth", headers=bearer(token))
+    assert resp.status == 200
+    # whole seconds, rounded down: never a fraction of a second past exp
+    assert int(resp.headers["X-Accel-Expires"]) in (119, 120)
+
+
+async def test_token_hint_capped_by_cache_ttl(start_app, jwks_server, clock) -> None:
+    client = await start_app(sections={"server": {"nginx_cache_hint": True},
+                                       "basic": {"cache_ttl": 30}})
+    token = mint(K1, clock.time(), exp=int(clock.time()) + 86400)
+    resp = await client.get("/auth", headers=bearer(token))
+    assert resp.status == 200 and resp.headers["X-Accel-Expires"] == "30"
+
+
+async def test_denials_never_carry_a_hint(start_app, clock) -> None:
+    client = await start_app(sections={"server": {"nginx_cache_hint": True}})
+    resp = await client.get("/auth")
+    assert resp.status == 401 and "X-Accel-Expires" not in resp.headers
