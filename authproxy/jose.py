@@ -55,12 +55,16 @@ def invalid_token(reason: str, kind: str = "malformed") -> Unauthenticated:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenHeader:
-    """The parts of a JOSE header that choose and constrain the key."""
+class CheckedToken:
+    """A compact JWS that passed the pre-checks: the header fields that choose and constrain
+    the key, and the decoded parts the signature is verified over."""
 
     alg: str
     kid: str | None
     typ: str | None
+    signing_input: bytes  # ASCII "header.payload", exactly as received
+    payload: bytes
+    signature: bytes
 
 
 def b64url_decode(segment: str) -> bytes:
@@ -81,8 +85,8 @@ def no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def check_token(token: str, algorithms: Sequence[str], require_typ: str = "") -> TokenHeader:
-    """Pre-check a compact JWS and return its header; raise Unauthenticated (invalid_token).
+def check_token(token: str, algorithms: Sequence[str], require_typ: str = "") -> CheckedToken:
+    """Pre-check a compact JWS and return its parts; raise Unauthenticated (invalid_token).
 
     ``require_typ`` ``"at+jwt"`` demands RFC 9068 §2.1 explicit typing; ``application/at+jwt``
     is the same media type, compared case-insensitively.
@@ -94,7 +98,7 @@ def check_token(token: str, algorithms: Sequence[str], require_typ: str = "") ->
     header_b64, payload_b64, signature_b64 = token.split(".")
     try:
         header = json.loads(b64url_decode(header_b64), object_pairs_hook=no_duplicate_members)
-        b64url_decode(payload_b64)
+        payload = b64url_decode(payload_b64)
         signature = b64url_decode(signature_b64)
     except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError included
         raise invalid_token("bad_encoding") from None
@@ -115,7 +119,8 @@ def check_token(token: str, algorithms: Sequence[str], require_typ: str = "") ->
     lengths = _SIGNATURE_LENGTHS.get(alg)
     if lengths is not None and len(signature) not in lengths:
         raise invalid_token("bad_signature_length", "bad_signature")
-    return TokenHeader(alg=alg, kid=kid, typ=typ)
+    signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+    return CheckedToken(alg, kid, typ, signing_input, payload, signature)
 
 
 def _media_type(typ: str | None) -> str:
