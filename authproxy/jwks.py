@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,16 +75,27 @@ class KeySet:
     skipped: int = 0
     _by_kid: dict[str | None, tuple[VerifyKey, ...]] = field(default_factory=dict, repr=False)
     thumbprints: frozenset[str] = frozenset()
+    # (kid, alg) -> the keys that may verify it, kid None meaning a token without kid; built
+    # once per set (bounded: kids x algorithms) so a decision does a dict lookup, not a scan
+    _candidates: dict[tuple[str | None, str], tuple[VerifyKey, ...]] = field(
+        default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, keys: Sequence[VerifyKey], skipped: int = 0) -> KeySet:
         by_kid: dict[str | None, list[VerifyKey]] = {}
         for key in keys:
             by_kid.setdefault(key.kid, []).append(key)
+        candidates = {
+            (kid, alg): fitting
+            for alg in ALGORITHM_KEYS
+            for kid, pool in ((None, keys), *((k, g) for k, g in by_kid.items() if k is not None))
+            if (fitting := tuple(key for key in pool if key.fits(alg)))
+        }
         return cls(
             keys=tuple(keys), skipped=skipped,
             _by_kid={kid: tuple(group) for kid, group in by_kid.items()},
             thumbprints=frozenset(k.thumbprint for k in keys),
+            _candidates=candidates,
         )
 
     @property
@@ -97,8 +108,7 @@ class KeySet:
     def candidates(self, kid: str | None, alg: str) -> tuple[VerifyKey, ...]:
         """Keys that may verify a token with this header: those of its kid that fit its alg,
         or, for a token without kid, every key that fits its alg (SPEC §7)."""
-        pool: Iterable[VerifyKey] = self.keys if kid is None else self._by_kid.get(kid, ())
-        return tuple(k for k in pool if k.fits(alg))
+        return self._candidates.get((kid, alg), ())
 
 
 def parse_jwks(document: bytes, algorithms: Sequence[str], source: str) -> KeySet:

@@ -307,3 +307,26 @@ async def test_health_readiness_and_metrics(client) -> None:
     text = await (await client.get("/metrics")).text()
     assert 'authproxy_decisions_total{outcome="allow",reason="ok",scheme="basic"} 1.0' in text
     assert "alice" not in text
+
+
+async def test_cached_user_answered_while_a_flood_is_hashing(aiohttp_client, make_config,
+                                                             tmp_path) -> None:
+    """Wrong passwords queue for the hash threads; a remembered password does not wait."""
+    users = tmp_path / "slow.htpasswd"
+    users.write_text(f"alice:{bcrypt_hash('wonderland', cost=11)}\n")  # ~0.15 s a check
+    client = await aiohttp_client(create_app(make_config(
+        {"basic": {"users_file": str(users), "max_failures": 1000}})))
+    good = {"Authorization": basic("alice", "wonderland")}
+    assert (await client.get("/auth", headers=good)).status == 200
+    flood = [asyncio.ensure_future(client.get("/auth", headers={
+        "Authorization": basic("alice", f"guess-{i}")})) for i in range(8)]
+    registry, loop = client.app[METRICS].registry, asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while (registry.get_sample_value("authproxy_cache_lookups_total",
+                                     {"cache": "basic", "result": "miss"}) or 0) < 9:
+        assert loop.time() < deadline, "the flood never reached the hash threads"
+        await asyncio.sleep(0.01)
+    cached = await client.get("/auth", headers=good)
+    assert cached.status == 200
+    assert not all(f.done() for f in flood), "the flood finished first: nothing was measured"
+    assert [r.status for r in await asyncio.gather(*flood)] == [401] * 8
