@@ -196,6 +196,29 @@ def start_authproxy(
     assert status == 0, f"authproxy exited with {status}:\n{handle.log_text()[-4000:]}"
 
 
+@contextmanager
+def start_users_and_keys_authproxy(
+    directory: Path, *, realm: str, passwords: dict[str, str], public_jwk: dict[str, Any]
+) -> Iterator[Authproxy]:
+    """authproxy as the proxy tests want it: Basic for ``passwords`` (alice in group admins,
+    lockout out of reach), a static JWKS holding ``public_jwk``, CORS preflights allowed."""
+    from .conftest import bcrypt_hash, toml_text
+
+    (directory / "users.htpasswd").write_text(
+        "".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in passwords.items()))
+    (directory / "groups").write_text("admins: alice\n")
+    (directory / "jwks.json").write_text(json.dumps({"keys": [public_jwk]}))
+    config = toml_text({
+        "server": {"realm": realm, "allow_preflight": True},
+        "log": {"level": "info", "format": "json"},
+        "basic": {"users_file": str(directory / "users.htpasswd"),
+                  "groups_file": str(directory / "groups"), "max_failures": 10000},
+        "jwt": {"jwks_file": str(directory / "jwks.json")},
+    })
+    with start_authproxy(config, [f"127.0.0.1:{free_port()}"], directory) as proxy:
+        yield proxy
+
+
 def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> int:
     """Signal ``process`` and reap it; kill it if it outlives the deadline."""
     if process.poll() is None:

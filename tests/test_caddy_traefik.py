@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from .conftest import bcrypt_hash, toml_text
 from .jwks_server import mint, signing_key
 from .servers import (
     REPO,
@@ -37,8 +36,8 @@ from .servers import (
     free_port,
     http_request,
     render_file,
-    start_authproxy,
     start_process,
+    start_users_and_keys_authproxy,
     tls_files,
     venv_binary,
     wait_until,
@@ -81,19 +80,8 @@ def marker() -> str:
 def authproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authproxy]:
     """authproxy with Basic (alice in admins, bob), a static JWKS, and CORS preflights
     allowed, so that a client's try at faking one would be seen."""
-    directory = tmp_path_factory.mktemp("authproxy")
-    (directory / "users.htpasswd").write_text(
-        "".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in PASSWORDS.items()))
-    (directory / "groups").write_text("admins: alice\n")
-    (directory / "jwks.json").write_text(json.dumps({"keys": [KEY.public_jwk]}))
-    config = toml_text({
-        "server": {"realm": REALM, "allow_preflight": True},
-        "log": {"level": "info", "format": "json"},
-        "basic": {"users_file": str(directory / "users.htpasswd"),
-                  "groups_file": str(directory / "groups"), "max_failures": 10000},
-        "jwt": {"jwks_file": str(directory / "jwks.json")},
-    })
-    with start_authproxy(config, [f"127.0.0.1:{free_port()}"], directory) as proxy:
+    with start_users_and_keys_authproxy(tmp_path_factory.mktemp("authproxy"), realm=REALM,
+                                        passwords=PASSWORDS, public_jwk=KEY.public_jwk) as proxy:
         yield proxy
 
 

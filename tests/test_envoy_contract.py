@@ -19,9 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import bcrypt_hash, toml_text
 from .jwks_server import mint, signing_key
-from .servers import REPO, Answer, Authproxy, free_port, http_request, start_authproxy, wait_until
+from .servers import (
+    REPO,
+    Answer,
+    Authproxy,
+    http_request,
+    start_users_and_keys_authproxy,
+    wait_until,
+)
 
 ENVOY_YAML = REPO / "deploy" / "envoy" / "envoy.yaml"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
@@ -118,19 +124,8 @@ def test_no_header_authproxy_would_believe_is_taken_from_the_client() -> None:
 
 @pytest.fixture(scope="module")
 def authproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authproxy]:
-    directory = tmp_path_factory.mktemp("authproxy")
-    (directory / "users.htpasswd").write_text(
-        "".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in PASSWORDS.items()))
-    (directory / "groups").write_text("admins: alice\n")
-    (directory / "jwks.json").write_text(json.dumps({"keys": [KEY.public_jwk]}))
-    config = toml_text({
-        "server": {"realm": REALM, "allow_preflight": True},
-        "log": {"level": "info", "format": "json"},
-        "basic": {"users_file": str(directory / "users.htpasswd"),
-                  "groups_file": str(directory / "groups"), "max_failures": 10000},
-        "jwt": {"jwks_file": str(directory / "jwks.json")},
-    })
-    with start_authproxy(config, [f"127.0.0.1:{free_port()}"], directory) as proxy:
+    with start_users_and_keys_authproxy(tmp_path_factory.mktemp("authproxy"), realm=REALM,
+                                        passwords=PASSWORDS, public_jwk=KEY.public_jwk) as proxy:
         yield proxy
 
 
