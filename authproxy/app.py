@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,8 @@ from .basic import BasicAuthenticator
 from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .config import Config
 from .handlers import Decider, healthz, metrics_handler, readyz_handler
+from .ipc import WorkerContext
+from .keyshare import SharedKeySource
 from .keysource import KeySource
 from .logs import DecisionLog
 from .metrics import Metrics
@@ -31,6 +34,7 @@ USER_STORE = web.AppKey("user_store", UserStore)
 KEY_SOURCE = web.AppKey("key_source", KeySource)
 # Coroutines run on SIGHUP: each re-reads one file-backed source, keeping the old on failure.
 RELOADERS = web.AppKey("reloaders", list[Callable[[str], Awaitable[bool]]])
+METRICS_FLUSH_INTERVAL = 1.0  # seconds; multi-worker mode only (see metrics.py)
 
 
 def create_app(
@@ -38,11 +42,18 @@ def create_app(
     *,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    worker: WorkerContext | None = None,
 ) -> web.Application:
     """Build the app for ``config``. Loads the user table now (raising UserFileError if it
-    cannot be read); background work starts and stops with the app's cleanup contexts."""
+    cannot be read); background work starts and stops with the app's cleanup contexts.
+
+    ``worker``: this process is one of several (server.workers > 1): metrics go to the shared
+    files and the endpoint's key set comes from the supervisor (see keyshare.py).
+    """
     app = web.Application()
-    metrics = Metrics()
+    metrics = Metrics(worker.metrics_dir if worker else None)
+    if worker is not None:
+        app.cleanup_ctx.append(_flushing(metrics))
     app[CONFIG] = config
     app[METRICS] = metrics
     app[RELOADERS] = []
@@ -54,7 +65,10 @@ def create_app(
 
     bearer = None
     if config.jwt.enabled:
-        keys = KeySource(config.jwt, metrics, clock=clock, wall_clock=wall_clock)
+        key_source: Callable[..., KeySource] = KeySource
+        if worker is not None:
+            key_source = partial(SharedKeySource, link=worker.link, state_dir=worker.state_dir)
+        keys = key_source(config.jwt, metrics, clock=clock, wall_clock=wall_clock)
         app[KEY_SOURCE] = keys
         if config.jwt.jwks_file:
             app[RELOADERS].append(keys.reload_file)
@@ -79,7 +93,8 @@ def create_app(
         authenticators.append(bearer)
 
     chain = SchemeChain(authenticators)
-    decider = Decider(config, chain, metrics, DecisionLog(config.log), wall_clock)
+    decisions = DecisionLog(config.log, shared_stream=worker is not None)
+    decider = Decider(config, chain, metrics, decisions, wall_clock)
     app[DECIDER] = decider
     app.router.add_route("*", "/auth", decider.handle)
     app.router.add_route("*", "/auth/{tail:.*}", decider.handle)
@@ -110,6 +125,26 @@ def _executor_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         executor.shutdown(wait=False, cancel_futures=True)
+
+    return ctx
+
+
+def _flushing(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Multi-worker mode: flush the metrics every second, and once more at the end, after
+    the last in-flight decision (cleanup contexts exit once the requests are done)."""
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_INTERVAL)
+            metrics.flush()
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(flush_forever())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        metrics.flush()
 
     return ctx
 

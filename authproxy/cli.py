@@ -44,12 +44,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config, problems = _config_problems(args)
     if problems or config is None:
         return _report(problems)
-    if config.worker_count != 1:
-        return _report(["server.workers: only 1 worker is supported in this version"])
     from .logs import setup_logging
-    from .server import serve
 
     setup_logging(config.log)
+    if config.worker_count > 1:
+        from .supervisor import supervise
+
+        return supervise(config)
+    from .server import serve
+
     return serve(config)
 
 

@@ -32,6 +32,11 @@ BACKOFF_FIRST = 1.0  # seconds before the first retry; doubled per failure up to
 UNKNOWN_KID_CHARS = 1 << 20  # characters of unknown kids remembered, so hostile kids stay cheap
 
 
+def has_endpoint(config: JwtConfig) -> bool:
+    """True when keys come from an endpoint (configured, or discovered from the issuer)."""
+    return config.enabled and bool(config.jwks_endpoint or not config.jwks_file)
+
+
 class KeySource:
     """The endpoint's and the file's key sets, kept fresh. Run it with :meth:`lifetime`."""
 
@@ -42,6 +47,7 @@ class KeySource:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_fetched: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._metrics = metrics
@@ -49,8 +55,10 @@ class KeySource:
         self._wall_clock = wall_clock
         self.client = JwksClient(tls_context(config.jwks_ssl_ca_certificate))
         self._jwks_url = config.jwks_endpoint  # or discovered from the issuer
+        # called after every fetch of the endpoint, whatever its outcome (to publish it)
+        self._on_fetched = on_fetched
         self.endpoint: SourceState | None = None
-        if config.jwks_endpoint or not config.jwks_file:
+        if has_endpoint(config):
             where = config.jwks_endpoint or discovery_url(config.issuer)
             self.endpoint = SourceState("endpoint", redact_url(where))
         self.file = SourceState("file", config.jwks_file) if config.jwks_file else None
@@ -148,17 +156,21 @@ class KeySource:
         """
         if self.endpoint is None or kid in self._unknown_kids:
             return False
+        if await self.miss_refresh() and self.knows_kid(kid):
+            return True
+        self._unknown_kids[kid] = len(kid) + 64
+        return False
+
+    async def miss_refresh(self) -> bool:
+        """Join the fetch under way, or start a "miss" fetch unless one started within
+        MISS_REFRESH_INTERVAL; False when rate-limited (nothing was fetched)."""
         if self._inflight is None or self._inflight.done():
             if self._clock() - self._last_miss_refresh < self._miss_interval:
-                self._unknown_kids[kid] = len(kid) + 64
                 return False
             self._last_miss_refresh = self._clock()
         with contextlib.suppress(JwksError):
             await self.refresh("miss")
-        if self.knows_kid(kid):
-            return True
-        self._unknown_kids[kid] = len(kid) + 64
-        return False
+        return True
 
     async def refresh(self, trigger: str) -> KeySet:
         """Fetch the endpoint's set now, sharing a fetch already under way; return the new set
@@ -173,6 +185,13 @@ class KeySource:
         return await asyncio.shield(self._inflight)
 
     async def _fetch(self, state: SourceState, trigger: str) -> KeySet:
+        try:
+            return await self._fetch_once(state, trigger)
+        finally:
+            if self._on_fetched is not None:
+                self._on_fetched()
+
+    async def _fetch_once(self, state: SourceState, trigger: str) -> KeySet:
         interval = self.config.jwks_update_interval
         try:
             if not self._jwks_url or (trigger == "admin" and not self.config.jwks_endpoint):
@@ -230,6 +249,22 @@ class KeySource:
             "event": "jwks_fetch", "source": state.name, "trigger": trigger, "outcome": "ok",
             "keys": len(keyset.keys), "skipped": keyset.skipped, "kids": keyset.kids,
         })
+
+    def adopt(self, published: SourceState, next_due: float) -> None:
+        """Take over the endpoint's state as another process fetched it (see keyshare):
+        its set, load time (monotonic clocks are system-wide) and last error. Counts no
+        fetch: the process that fetched counted it."""
+        state = self.endpoint
+        if state is None:
+            return
+        if published.keyset is not None and published.keyset is not state.keyset:
+            for kid in published.keyset.kids:
+                self._unknown_kids.pop(kid, None)
+        state.location, state.keyset = published.location, published.keyset
+        state.loaded_at, state.fetched_at = published.loaded_at, published.fetched_at
+        state.last_error, state.last_error_at = published.last_error, published.last_error_at
+        state.failures = published.failures
+        self._next_due = next_due
 
     def _failed(self, state: SourceState, trigger: str, exc: JwksError) -> None:
         state.failures += 1

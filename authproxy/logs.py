@@ -11,6 +11,8 @@ import asyncio
 import functools
 import json
 import logging
+import os
+import select
 import sys
 import time
 from typing import Any, TextIO
@@ -56,6 +58,7 @@ class _Formatter(logging.Formatter):
         fields: dict[str, Any] = {
             "time": _iso(record.created),
             "level": record.levelname.lower(),
+            "pid": record.process,  # tells worker processes apart
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -78,20 +81,30 @@ def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
 
 
 class DecisionLog:
-    """One line per decision, written in batches per event-loop turn."""
+    """One line per decision, written in batches per event-loop turn.
 
-    def __init__(self, config: LogConfig, stream: TextIO | None = None) -> None:
+    ``shared_stream``: other processes write to the same stream (worker processes), so
+    batches are cut into writes of at most PIPE_BUF bytes, of whole lines: the kernel
+    keeps such writes to a pipe whole, where a longer one may interleave with a sibling's.
+    """
+
+    def __init__(
+        self, config: LogConfig, stream: TextIO | None = None, shared_stream: bool = False
+    ) -> None:
         self.enabled = logging.getLevelName(config.level.upper()) <= logging.INFO
         self._fmt = config.format
         self._stream = stream
         self._pending: list[str] = []
+        self._pid = os.getpid()
+        self._chunk_bytes = select.PIPE_BUF if shared_stream else 0
 
     def write(self, fields: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        line = format_line(
-            {"time": _iso(time.time()), "level": "info", "event": "decision", **fields}, self._fmt
-        )
+        line = format_line({
+            "time": _iso(time.time()), "level": "info", "pid": self._pid, "event": "decision",
+            **fields,
+        }, self._fmt)
         if not self._pending:
             asyncio.get_running_loop().call_soon(self.flush)
         self._pending.append(line)
@@ -99,6 +112,24 @@ class DecisionLog:
     def flush(self) -> None:
         if self._pending:
             stream = self._stream or sys.stderr
-            stream.write("\n".join(self._pending) + "\n")
-            stream.flush()
+            chunks = (_whole_lines(self._pending, self._chunk_bytes) if self._chunk_bytes
+                      else ["\n".join(self._pending) + "\n"])
+            for chunk in chunks:
+                stream.write(chunk)
+                stream.flush()
             self._pending.clear()
+
+
+def _whole_lines(lines: list[str], limit: int) -> list[str]:
+    """``lines`` joined into chunks of at most ``limit`` bytes of UTF-8, each ending with a
+    newline; a longer line is a chunk of its own."""
+    chunks: list[str] = []
+    start, size = 0, 0
+    for index, line in enumerate(lines):
+        length = (len(line) if line.isascii() else len(line.encode())) + 1
+        if size and size + length > limit:
+            chunks.append("\n".join(lines[start:index]) + "\n")
+            start, size = index, 0
+        size += length
+    chunks.append("\n".join(lines[start:]) + "\n")
+    return chunks

@@ -1,4 +1,11 @@
-"""Prometheus metrics. Labels carry only fixed vocabularies: never a user name or a token."""
+"""Prometheus metrics. Labels carry only fixed vocabularies: never a user name or a token.
+
+With several worker processes (server.workers > 1) every process writes its values to files
+in a directory shared with its siblings (prometheus-client's multiprocess mode, chosen by
+PROMETHEUS_MULTIPROC_DIR when prometheus_client is first imported: the supervisor sets it before
+any process imports it), and any worker's /metrics adds them all up. Counters and histograms
+are summed; gauges say in ``multiprocess_mode`` how live processes' values combine.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -56,10 +64,69 @@ class DecisionStats(Collector):
         yield histogram
 
 
-class Metrics:
-    """Every metric of one app, in its own registry (so tests can build many apps)."""
+class SharedDecisions:
+    """Multi-worker mode: DecisionStats' counts, added to shared-file metrics by :meth:`flush`.
 
-    def __init__(self) -> None:
+    Decisions are still counted in DecisionStats' dicts; once a second the increments since
+    the last flush go to a multiprocess Counter and Histogram, so a decision costs no more
+    than with one process.
+    """
+
+    def __init__(self, stats: DecisionStats) -> None:
+        self._stats = stats
+        # Not registered anywhere: in multiprocess mode, values live in the shared files.
+        self._total = Counter(
+            "authproxy_decisions", "Decisions by scheme, outcome and reason.",
+            ["scheme", "outcome", "reason"], registry=None,
+        )
+        self._seconds = Histogram(
+            "authproxy_decision_seconds", "Time to decide, from request to response.",
+            ["outcome"], buckets=LATENCY_BUCKETS, registry=None,
+        )
+        self._sent_counts: dict[tuple[str, str, str], float] = {}
+        self._sent_latency: dict[str, list[float]] = {}
+
+    def flush(self) -> None:
+        for key, count in list(self._stats.counts.items()):
+            delta = count - self._sent_counts.get(key, 0)
+            if delta:
+                self._total.labels(*key).inc(delta)
+                self._sent_counts[key] = count
+        for outcome, buckets in list(self._stats.latency.items()):
+            sent = self._sent_latency.setdefault(outcome, [0.0] * len(buckets))
+            deltas = [now - before for now, before in zip(buckets, sent, strict=True)]
+            if any(deltas):
+                _add_observations(self._seconds.labels(outcome), deltas[:-1], deltas[-1])
+                sent[:] = buckets
+
+
+def _add_observations(histogram: Histogram, bucket_counts: list[float], total: float) -> None:
+    """Add ``bucket_counts[i]`` observations to bucket i (non-cumulative, +Inf last) and
+    ``total`` seconds to the sum. prometheus-client has no public call for this, and calling
+    observe() once per decision is the cost SharedDecisions exists to avoid; ``_buckets`` and
+    ``_sum`` have had this shape since 0.4, and tests/test_workers.py reads the result."""
+    histogram._sum.inc(total)
+    for value, count in zip(histogram._buckets, bucket_counts, strict=True):
+        if count:
+            value.inc(count)
+
+
+def _sample(gauge: Gauge) -> None:
+    """Write the values of a gauge's functions (set_function) into its shared-file values:
+    in multiprocess mode, prometheus-client never calls the functions itself."""
+    for family in gauge.collect():
+        for sample in family.samples:
+            (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
+
+
+class Metrics:
+    """Every metric of one app, in its own registry (so tests can build many apps).
+
+    ``multiprocess_dir``: the shared directory of multi-worker mode (see the module
+    docstring); then :meth:`flush` must run about once a second.
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = registry = CollectorRegistry()
         self.decisions = DecisionStats()
         registry.register(self.decisions)
@@ -72,8 +139,9 @@ class Metrics:
             ["cache", "result"], registry=registry,
         )
         self.bans_in_force = Gauge(
-            "authproxy_bans_in_force", "User names and client addresses banned right now.",
-            registry=registry,
+            "authproxy_bans_in_force",
+            "User names and client addresses banned right now (summed over worker processes).",
+            registry=registry, multiprocess_mode="livesum",
         )
         self.user_reloads = Counter(
             "authproxy_user_table_reloads_total", "User table reloads by outcome.",
@@ -87,19 +155,37 @@ class Metrics:
         self.jwks_age = Gauge(
             "authproxy_jwks_age_seconds",
             "Seconds since each source's key set was last loaded; +Inf before the first load.",
-            ["source"], registry=registry,
+            ["source"], registry=registry, multiprocess_mode="livemax",  # the oldest in use
         )
         self.jwks_keys = Gauge(
             "authproxy_jwks_keys", "Usable signing keys loaded, by source.",
-            ["source"], registry=registry,
+            ["source"], registry=registry, multiprocess_mode="livemin",  # the fewest in use
         )
         self.parse_errors = Counter(
             "authproxy_http_parse_errors_total",
             "Requests the HTTP parser refused, answered 401.", registry=registry,
         )
+        self.multiprocess_dir = multiprocess_dir
+        self._shared: SharedDecisions | None = None
+        self._exposed = registry
+        if multiprocess_dir:
+            self._shared = SharedDecisions(self.decisions)
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
 
     def record_decision(self, scheme: str, outcome: str, reason: str, seconds: float) -> None:
         self.decisions.record(scheme, outcome, reason, seconds)
 
+    def flush(self) -> None:
+        """Multi-worker mode: write this process's decisions and function-backed gauges to
+        the shared files. A no-op with one process, where exposition reads them directly."""
+        if self._shared is None:
+            return
+        self._shared.flush()
+        for gauge in (self.bans_in_force, self.jwks_age, self.jwks_keys):
+            _sample(gauge)
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: of this process, or in multi-worker mode of every process
+        (as of their last flush)."""
+        return generate_latest(self._exposed)

@@ -7,6 +7,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +18,7 @@ from aiohttp.web_request import BaseRequest
 from .app import DECIDER, RELOADERS, create_app
 from .config import Config
 from .handlers import Decider, refuse_unparseable
+from .ipc import WorkerContext
 
 log = logging.getLogger("authproxy.server")
 
@@ -91,13 +94,35 @@ async def start_sites(runner: AuthRunner, config: Config) -> list[web.BaseSite]:
     return sites
 
 
-async def run(config: Config) -> int:
-    """Serve until SIGTERM or SIGINT; reload file-backed state on SIGHUP. Returns 0."""
-    app = create_app(config)
+async def start_socket_sites(
+    runner: AuthRunner, sockets: Sequence[socket.socket]
+) -> list[web.BaseSite]:
+    """Serve sockets already bound and listening (a worker's, inherited from the supervisor)."""
+    sites: list[web.BaseSite] = []
+    for sock in sockets:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        sites.append(site)
+    return sites
+
+
+async def run(
+    config: Config, worker: WorkerContext | None = None, sockets: Sequence[socket.socket] = ()
+) -> int:
+    """Serve until SIGTERM or SIGINT; reload file-backed state on SIGHUP. Returns 0.
+
+    On SIGTERM the listening sockets close at once; requests under way get SHUTDOWN_TIMEOUT
+    seconds to finish, and only then do the cleanup contexts (hash threads, key refresh) end.
+    A worker process (``worker``) serves the supervisor's ``sockets`` instead of binding.
+    """
+    app = create_app(config, worker=worker)
     runner = make_runner(app)
     await runner.setup()
     try:
-        await start_sites(runner, config)
+        if worker is None:
+            await start_sites(runner, config)
+        else:
+            await start_socket_sites(runner, sockets)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,6 +139,7 @@ async def run(config: Config) -> int:
         log.info("serving", extra={
             "event": "start", "listen": [str(a) for a in config.server.listen_addresses],
             "schemes": list(app[DECIDER].chain.schemes),
+            **({"worker": worker.index} if worker else {}),
         })
         await stop.wait()
         log.info("stopping: draining in-flight requests", extra={"event": "stop"})
@@ -122,13 +148,18 @@ async def run(config: Config) -> int:
     return 0
 
 
-def serve(config: Config) -> int:
-    """Run the event loop (uvloop where installed) around :func:`run`."""
+def event_loop() -> asyncio.Runner:
+    """An asyncio Runner on uvloop where installed."""
     loop_factory: Any = None
     with contextlib.suppress(ImportError):
         import uvloop
 
         loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    return asyncio.Runner(loop_factory=loop_factory)
+
+
+def serve(config: Config) -> int:
+    """Run the event loop around :func:`run`: the single-process service (server.workers 1)."""
+    with event_loop() as runner:
         return runner.run(run(config))
 

@@ -36,16 +36,19 @@ http {{
     access_log off;
     upstream authproxy {{ server 127.0.0.1:{authproxy}; keepalive 64; }}
     upstream authproxy_nolockout {{ server 127.0.0.1:{nolockout}; keepalive 64; }}
+    upstream authproxy_workers2 {{ server 127.0.0.1:{workers2}; keepalive 64; }}
     upstream bare {{ server 127.0.0.1:{bare}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{nginx};
         root {tmp}/www;
         location /authproxy/ {{ auth_request /_authproxy; }}
         location /nolockout/ {{ auth_request /_nolockout; }}
+        location /workers2/ {{ auth_request /_workers2; }}
         location /bare/ {{ auth_request /_bare; }}
         location /nginx-basic/ {{ auth_basic "bench"; auth_basic_user_file {tmp}/users; }}
         location = /_authproxy {{ internal; proxy_pass http://authproxy/auth; include {tmp}/auth-common.conf; }}
         location = /_nolockout {{ internal; proxy_pass http://authproxy_nolockout/auth; include {tmp}/auth-common.conf; }}
+        location = /_workers2 {{ internal; proxy_pass http://authproxy_workers2/auth; include {tmp}/auth-common.conf; }}
         location = /_bare {{ internal; proxy_pass http://bare/auth; include {tmp}/auth-common.conf; }}
     }}
 }}
@@ -129,11 +132,12 @@ def started(cmd: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[b
             proc.kill()
 
 
-def authproxy_config(tmp: Path, name: str, port: int, **basic_extra: int) -> Path:
+def authproxy_config(tmp: Path, name: str, port: int, workers: int = 1,
+                     **basic_extra: int) -> Path:
     extra = "".join(f"{k} = {v}\n" for k, v in basic_extra.items())
     path = tmp / f"{name}.toml"
     path.write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\n'
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = {workers}\n'
         f'[basic]\nusers_file = "{tmp}/users"\n{extra}'
         f'[log]\nformat = "json"\n'
     )
@@ -153,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="authproxy-bench-"))
     tmp.chmod(0o755)  # nginx's workers drop root privileges and must read www/ and users
     (tmp / "www" / "authproxy").mkdir(parents=True)
-    for loc in ("authproxy", "nolockout", "bare", "nginx-basic"):
+    for loc in ("authproxy", "nolockout", "workers2", "bare", "nginx-basic"):
         (tmp / "www" / loc).mkdir(parents=True, exist_ok=True)
         (tmp / "www" / loc / "index.html").write_text("ok\n")
     subprocess.run(["htpasswd", "-cbB", "-C", "10", str(tmp / "users"), "alice", "wonderland"],
                    check=True, capture_output=True)
-    ports = {k: free_port() for k in ("authproxy", "nolockout", "bare", "nginx")}
+    ports = {k: free_port() for k in ("authproxy", "nolockout", "workers2", "bare", "nginx")}
     (tmp / "auth-common.conf").write_text(AUTH_COMMON)
     (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, **ports))
     py = sys.executable
@@ -169,13 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         stack.enter_context(started([py, str(HERE / "bare.py"), str(ports["bare"])],
                                     ports["bare"], tmp / "bare.log"))
-        for name, extra in (("authproxy", {}), ("nolockout", {"max_failures": 10**9})):
+        for name, extra in (("authproxy", {}), ("nolockout", {"max_failures": 10**9}),
+                            ("workers2", {"workers": 2})):
             conf = authproxy_config(tmp, name, ports[name], **extra)
             stack.enter_context(started([py, "-m", "authproxy", "serve", "--config", str(conf)],
                                         ports[name], tmp / f"{name}.log"))
         stack.enter_context(started([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
                                     ports["nginx"], tmp / "nginx.log"))
-        for target in ("authproxy", "nolockout", "bare"):  # warm caches and connections
+        for target in ("authproxy", "nolockout", "workers2", "bare"):  # warm caches, connections
             wrk(f"{base}/{target}/index.html", 1, c, good)
 
         results: dict[str, Result] = {}
@@ -185,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             "nginx auth_basic, bcrypt cost 10": (f"{base}/nginx-basic/index.html", good),
             "direct: bare aiohttp 200": (f"http://127.0.0.1:{ports['bare']}/auth", good),
             "direct: authproxy, cached Basic": (f"http://127.0.0.1:{ports['authproxy']}/auth", good),
+            "nginx -> authproxy workers=2, cached Basic": (f"{base}/workers2/index.html", good),
+            "direct: authproxy workers=2, cached Basic":
+                (f"http://127.0.0.1:{ports['workers2']}/auth", good),
         }
         for round_no in range(args.rounds):
             for name, (url, auth) in scenarios.items():
@@ -221,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     for label in ("lockout on", "lockout off"):
         p99 = results[f"cached Basic under a wrong-password flood, {label}"].median_p99
         print(f"(c) p99 of cached decisions under a flood, {label}: {p99:.2f} ms (target < 5 ms)")
+    for via in ("nginx -> authproxy", "direct: authproxy"):
+        two = results[f"{via} workers=2, cached Basic"].median_rps
+        one = results[f"{via}, cached Basic"].median_rps
+        print(f"(d) workers=2 / workers=1, {via.split(':')[0].split(' ')[0]}: {two / one:.2f} "
+              f"(nginx and wrk share the {os.cpu_count()} cores with the workers)")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -1,0 +1,324 @@
+"""server.workers > 1: one supervisor process and N worker processes sharing the sockets.
+
+How, and why:
+
+- **The supervisor binds every listening socket once** (TCP with SO_REUSEADDR; a unix socket
+  after removing a stale one, then mode 0666, as with one process), and every worker inherits
+  and serves the same sockets (``web.SockSite``). One accept queue per address works the same
+  for TCP and unix sockets (SO_REUSEPORT balances only TCP), a worker that stops or dies
+  leaves no queue of accepted-but-unserved connections behind, and nobody else can bind a
+  second socket on the port and take a share of the connections. An idle worker accepts
+  first, which spreads the load without a balancer.
+- **Workers are spawned, not forked**: ``python -c worker.PROGRAM`` with the sockets and a
+  control channel passed as file descriptors. The supervisor runs an event loop (the JWKS
+  refresh, the control channels) and has threads (the resolver, the child watcher); a fork
+  of such a process would inherit the loop's epoll descriptor and locks held by other
+  threads. A fresh interpreter costs about half a second of start-up, once per worker.
+- **One JWKS fetch schedule**: the supervisor runs the only KeySource that fetches and
+  publishes each outcome to its private directory (mode 0700) for the workers (keyshare.py).
+- **Metrics**: prometheus-client's multiprocess mode in a directory under the private one
+  (metrics.py); the supervisor removes a dead worker's live gauges.
+- **Signals**: SIGHUP is forwarded to every worker (each reloads its files). SIGTERM or SIGINT
+  closes the supervisor's copies of the sockets and forwards SIGTERM; each worker stops
+  accepting, finishes its requests (server.run) and exits; once all have, the supervisor exits
+  0, so new connections are refused as soon as the last worker closed its copy.
+- **Restarts**: a worker that exits on its own is restarted after a back-off doubling from
+  RESTART_BACKOFF_FIRST (reset once a worker ran STABLE_AFTER seconds); more than
+  MAX_RESTARTS within RESTART_WINDOW means something is broken for good, and the supervisor
+  stops the service with exit status 1 for the service manager to see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Config, ListenAddress
+from .ipc import MAX_MESSAGE, Message, bootstrap_message, encode, read_message
+
+if TYPE_CHECKING:
+    from .keyshare import KeyPublisher
+    from .metrics import Metrics
+
+log = logging.getLogger("authproxy.workers")
+
+BACKLOG = 128  # aiohttp's default for its sites
+UNIX_SOCKET_MODE = 0o666  # as server.UNIX_SOCKET_MODE: restrict access with the directory
+RESTART_BACKOFF_FIRST = 0.5  # seconds before restarting a worker that died
+RESTART_BACKOFF_MAX = 10.0
+STABLE_AFTER = 10.0  # seconds a worker must run for its next death to count as the first
+MAX_RESTARTS = 10  # restarts within RESTART_WINDOW seconds before the supervisor gives up
+RESTART_WINDOW = 60.0
+STOP_GRACE = 15.0  # seconds after SIGTERM before a worker is killed (drain takes up to 10)
+METRICS_FLUSH_INTERVAL = 1.0
+
+
+def supervise(config: Config) -> int:
+    """Run ``config.worker_count`` workers until SIGTERM; the exit status of the service."""
+    with tempfile.TemporaryDirectory(prefix="authproxy-") as state_dir:
+        metrics_dir = os.path.join(state_dir, "metrics")
+        os.mkdir(metrics_dir, 0o700)
+        # prometheus_client picks where values live when it is first imported: in this
+        # process (its JWKS fetches) and in every worker, that must be the shared directory.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        if "prometheus_client" in sys.modules:
+            log.warning("prometheus_client was imported before the supervisor set it up: "
+                        "its own JWKS metrics will be missing", extra={"event": "metrics"})
+        from .keyshare import STATE_FILE, KeyPublisher
+        from .keysource import has_endpoint
+        from .metrics import Metrics
+        from .server import event_loop
+
+        try:
+            sockets = [s for address in config.server.listen_addresses for s in bind(address)]
+        except OSError as exc:
+            log.error("cannot listen", extra={"event": "listen_error", "error": str(exc)})
+            return 1
+        metrics = Metrics(metrics_dir)
+        with event_loop() as runner:
+            supervisor = Supervisor(config, sockets, state_dir, metrics)
+            if has_endpoint(config.jwt):
+                supervisor.publisher = KeyPublisher(config.jwt, metrics,
+                                                    Path(state_dir) / STATE_FILE,
+                                                    supervisor.broadcast)
+            return runner.run(supervisor.run())
+
+
+def bind(address: ListenAddress) -> list[socket.socket]:
+    """Listening sockets for ``address``: one per address a host name resolves to."""
+    if address.is_unix:
+        return [_bind_unix(address.path)]
+    sockets = []
+    infos = socket.getaddrinfo(address.host or None, address.port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    try:
+        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(BACKLOG)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bind_unix(path: str) -> socket.socket:
+    # As asyncio does: a socket file left by an earlier run is replaced, anything else is not.
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, UNIX_SOCKET_MODE)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One of the N workers, across its restarts."""
+
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    channel: asyncio.StreamWriter | None = None
+    started_at: float = 0.0
+    failures: int = 0  # deaths in a row, each within STABLE_AFTER of its start
+
+
+class Supervisor:
+    """Keeps ``config.worker_count`` workers running on ``sockets``; see the module docstring.
+    ``publisher``, set before :meth:`run` when the config has a JWKS endpoint, fetches for all.
+    """
+
+    def __init__(
+        self, config: Config, sockets: list[socket.socket], state_dir: str, metrics: Metrics
+    ) -> None:
+        self.config = config
+        self.publisher: KeyPublisher | None = None
+        self._sockets = sockets
+        self._state_dir = state_dir
+        self._metrics = metrics
+        self._slots = [_Slot(index) for index in range(config.worker_count)]
+        self._stopping = asyncio.Event()
+        self._restarts: deque[float] = deque()
+        self._status = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        async with contextlib.AsyncExitStack() as stack:
+            if self.publisher is not None:
+                await stack.enter_async_context(self.publisher.running())
+            flushing = asyncio.create_task(self._flush_metrics())
+            log.info("supervising", extra={
+                "event": "start", "workers": len(self._slots),
+                "listen": [str(a) for a in self.config.server.listen_addresses],
+            })
+            slots = [asyncio.create_task(self._keep_running(slot)) for slot in self._slots]
+            await self._stopping.wait()
+            _, running = await asyncio.wait(slots, timeout=STOP_GRACE)
+            if running:
+                self._status = 1
+                log.error("workers did not stop in time: killing them", extra={
+                    "event": "stop", "workers": len(running),
+                })
+                self._forward(signal.SIGKILL)
+                await asyncio.wait(running)
+            flushing.cancel()
+        log.info("stopped", extra={"event": "stop", "status": self._status})
+        return self._status
+
+    def stop(self) -> None:
+        """Stop accepting here, and ask every worker to drain and exit."""
+        if self._stopping.is_set():
+            return
+        log.info("stopping: workers drain their in-flight requests", extra={"event": "stop"})
+        self._stopping.set()
+        for sock in self._sockets:
+            sock.close()  # the workers hold their own copies until they have stopped
+        self._forward(signal.SIGTERM)
+
+    def broadcast(self, notice: Message) -> None:
+        for slot in self._slots:
+            if slot.channel is not None and not slot.channel.is_closing():
+                slot.channel.write(encode(notice))
+
+    def _forward(self, sig: int) -> None:
+        live = [s.process for s in self._slots if s.process and s.process.returncode is None]
+        for process in live:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+        if sig == signal.SIGHUP:
+            log.info("SIGHUP forwarded to the workers", extra={
+                "event": "reload", "workers": len(live),
+            })
+
+    async def _keep_running(self, slot: _Slot) -> None:
+        while not self._stopping.is_set():
+            try:
+                process = await self._spawn(slot)
+            except Exception as exc:  # counted as a death: restarted, within the same bounds
+                log.error("cannot start a worker", extra={
+                    "event": "worker_error", "worker": slot.index, "error": repr(exc),
+                })
+            else:
+                if self._stopping.is_set():  # stop() ran while it was starting
+                    process.send_signal(signal.SIGTERM)
+                status = await process.wait()
+                self._exited(slot, process, status)
+            if self._stopping.is_set():
+                return
+            delay = self._restart_delay(slot)
+            if delay is None:
+                log.error("workers keep dying: stopping the service", extra={
+                    "event": "worker_restart", "restarts": len(self._restarts),
+                    "window_seconds": RESTART_WINDOW,
+                })
+                self._status = 1
+                self.stop()
+                return
+            log.warning("restarting a worker", extra={
+                "event": "worker_restart", "worker": slot.index, "delay_seconds": delay,
+            })
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+
+    async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
+        from .worker import PROGRAM
+
+        ours, theirs = socket.socketpair()
+        fds = [theirs.fileno(), *(s.fileno() for s in self._sockets)]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", PROGRAM, *map(str, fds),
+                stdin=asyncio.subprocess.DEVNULL, pass_fds=fds,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_MESSAGE)
+        writer.write(encode(bootstrap_message(self.config, slot.index, self._state_dir,
+                                              self._metrics.multiprocess_dir or "")))
+        slot.process, slot.channel, slot.started_at = process, writer, time.monotonic()
+        self._start(self._answer_requests(reader, writer))
+        log.info("worker started", extra={
+            "event": "worker_start", "worker": slot.index, "worker_pid": process.pid,
+        })
+        return process
+
+    def _exited(self, slot: _Slot, process: asyncio.subprocess.Process, status: int) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        if slot.channel is not None:
+            slot.channel.close()
+        slot.process = slot.channel = None
+        mark_process_dead(process.pid, self._metrics.multiprocess_dir)  # type: ignore[no-untyped-call]
+        level = logging.INFO if self._stopping.is_set() else logging.ERROR
+        log.log(level, "worker exited", extra={
+            "event": "worker_exit", "worker": slot.index, "worker_pid": process.pid,
+            "status": status,
+        })
+
+    def _restart_delay(self, slot: _Slot) -> float | None:
+        """Seconds to wait before restarting ``slot``; None once restarts are too many."""
+        now = time.monotonic()
+        slot.failures = 1 if now - slot.started_at >= STABLE_AFTER else slot.failures + 1
+        self._restarts.append(now)
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
+            self._restarts.popleft()
+        if len(self._restarts) > MAX_RESTARTS:
+            return None
+        return min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_FIRST * 2.0 ** (slot.failures - 1))
+
+    async def _answer_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while (request := await read_message(reader)) is not None:
+            if request.get("op") == "refresh":
+                self._start(self._answer(request, writer))
+
+    async def _answer(self, request: Message, writer: asyncio.StreamWriter) -> None:
+        if self.publisher is None:
+            reply: Message = {"ok": False, "reason": "not_configured", "detail": "no endpoint"}
+        else:
+            reply = await self.publisher.answer(request)
+        if not writer.is_closing():
+            writer.write(encode({**reply, "op": "reply", "id": request.get("id")}))
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            self._metrics.flush()
+            await asyncio.sleep(METRICS_FLUSH_INTERVAL)
+
+    def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,53 @@
+"""One worker process of a multi-worker service (server.workers > 1); see supervisor.py.
+
+Started by the supervisor as ``python -c PROGRAM CONTROL_FD LISTEN_FD...``: it reads its
+bootstrap from the control channel, then serves the inherited listening sockets exactly as
+the single-process service does (same app, same signals, same drain on SIGTERM), with its
+metrics in the shared directory and the endpoint's key set from the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+
+from .ipc import MasterLink, WorkerContext
+from .logs import setup_logging
+from .server import event_loop, run
+from .users import UserFileError
+
+log = logging.getLogger("authproxy.workers")
+
+PROGRAM = "import sys; from authproxy.worker import main; sys.exit(main(sys.argv[1:]))"
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run one worker; ``argv``: the control channel's fd, then the listening sockets' fds."""
+    control_fd, *listen_fds = (int(arg) for arg in argv)
+    with event_loop() as runner:
+        return runner.run(_serve(control_fd, listen_fds))
+
+
+async def _serve(control_fd: int, listen_fds: list[int]) -> int:
+    link, config, boot = await MasterLink.open(control_fd)
+    setup_logging(config.log)
+    worker = WorkerContext(int(boot["index"]), str(boot["state_dir"]),
+                           str(boot["metrics_dir"]), link)
+    link.start(on_lost=_supervisor_gone)
+    sockets = [socket.socket(fileno=fd) for fd in listen_fds]
+    try:
+        return await run(config, worker, sockets)
+    except UserFileError as exc:  # the file broke after the supervisor checked it
+        log.error("worker cannot start", extra={"event": "worker_error", "error": str(exc)})
+        return 1
+    finally:
+        await link.close()
+
+
+def _supervisor_gone() -> None:
+    # Nobody would restart us or publish keys any more: drain and stop like on SIGTERM.
+    log.warning("the supervisor went away: stopping", extra={"event": "supervisor_lost"})
+    os.kill(os.getpid(), signal.SIGTERM)

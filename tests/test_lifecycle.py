@@ -1,0 +1,102 @@
+"""The service's lifecycle with the real ``authproxy serve``, with one worker and with several:
+SIGTERM under load loses no request and refuses new connections, then exits 0; a SIGHUP that
+finds a broken user file keeps the running table everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from .servers import DEADLINE, free_port, start_authproxy, wait_until
+from .test_workers import (
+    PASSWORD,
+    basic_header,
+    config_text,
+    events,
+    get,
+    scrape,
+    serving_workers,
+    write_users,
+)
+
+IN_FLIGHT = 20
+SLOW_COST = 12  # bcrypt cost: ~0.25 s a verification, so 20 of them outlast the SIGTERM
+
+
+def refused(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2.0):
+            return False
+    except OSError as exc:
+        return exc.errno == errno.ECONNREFUSED
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_finishes_in_flight_decisions_refuses_new_ones_and_exits_0(
+    tmp_path: Path, workers: int
+) -> None:
+    users = write_users(tmp_path / "users", SLOW_COST, slow=PASSWORD)
+    listen = [f"127.0.0.1:{free_port()}"]
+    with start_authproxy(config_text(users, workers), listen, tmp_path / "run") as proxy:
+        if workers > 1:
+            serving_workers(proxy, workers)
+        address = proxy.tcp_address
+        # Distinct credentials, so that no two requests share one verification.
+        passwords = [PASSWORD] + [f"wrong-{i}" for i in range(IN_FLIGHT - 1)]
+        finished: dict[str, float] = {}
+
+        def ask(password: str) -> int:
+            status = get(address, "/auth", basic_header("slow", password), timeout=30)[0]
+            finished[password] = time.monotonic()
+            return status
+
+        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+            answers: list[Future[int]] = [pool.submit(ask, p) for p in passwords]
+            # Every request is inside a handler once it has missed the credential cache.
+            wait_until(lambda: scrape(proxy, "authproxy_cache_lookups_total") >= IN_FLIGHT,
+                       "every request in flight", proxy.process)
+            proxy.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            wait_until(lambda: refused(address), "new connections refused")
+            refused_at = time.monotonic()
+            statuses = [answer.result(timeout=DEADLINE) for answer in answers]
+        status = proxy.process.wait(timeout=DEADLINE)
+        # leaving the block checks the exit status too
+    assert statuses == [200] + [401] * (IN_FLIGHT - 1)
+    assert sum(at > signalled for at in finished.values()) >= IN_FLIGHT // 2, (
+        "most requests should still have been hashing when SIGTERM came"
+    )
+    assert refused_at < max(finished.values()), "refused only once the drain was over"
+    assert status == 0, proxy.log_text()[-3000:]
+    assert refused(address)
+    decisions = events(proxy, "decision")
+    assert len(decisions) == IN_FLIGHT
+    if workers > 1:
+        exits = events(proxy, "worker_exit")
+        assert [e["status"] for e in exits] == [0] * workers
+
+
+def test_a_failed_reload_keeps_the_running_table_in_every_worker(tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users", alice=PASSWORD)
+    with start_authproxy(config_text(users, 2), [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
+        workers = serving_workers(proxy, 2)
+        users.unlink()
+        proxy.process.send_signal(signal.SIGHUP)
+
+        def failed() -> set[int]:
+            return {e["pid"] for e in events(proxy, "users_reload")
+                    if (e["outcome"], e["trigger"]) == ("error", "sighup")}
+
+        wait_until(lambda: failed() >= workers, "every worker refusing the broken file")
+        for _ in range(20):  # fresh connections: every worker is asked
+            assert get(proxy.tcp_address, "/auth", basic_header("alice", PASSWORD))[0] == 200
+            assert get(proxy.tcp_address, "/readyz")[0] == 200
+        assert {e["pid"] for e in events(proxy, "decision")} == workers

@@ -1,0 +1,395 @@
+"""server.workers > 1 with the real ``authproxy serve``: every worker answers, SIGHUP reaches
+each, a dead worker is replaced (and workers outlive no supervisor), the JWKS endpoint sees
+one schedule, /metrics counts the whole service; and workers = 1 stays one process.
+
+Workers are told apart by the ``pid`` field of their log lines; the supervisor names each
+worker it starts (``worker_start``, ``worker_pid``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .conftest import bcrypt_hash, toml_text
+from .jwks_server import JwksServer, mint, signing_key
+from .servers import Authproxy, free_port, start_authproxy, wait_until
+
+pytest_plugins = ["tests.jwks_fixtures"]
+
+PASSWORD = "Corr3ct-horse"
+K1, K2, K3 = (signing_key("RS256", kid) for kid in ("k1", "k2", "k3"))
+DEADLINE = 15.0
+
+
+# -- helpers, also used by test_lifecycle ------------------------------------------------------
+
+
+def config_text(users: Path, workers: int, **sections: dict[str, Any]) -> str:
+    """A config with Basic users from ``users``, ``workers`` processes, JSON logs, no bans
+    (these tests send many wrong passwords from one address), plus ``sections``."""
+    basic = {"users_file": str(users), "max_failures": 100_000, **sections.pop("basic", {})}
+    return toml_text({"server": {"workers": workers}, "log": {"format": "json"},
+                      "basic": basic, **sections})
+
+
+def write_users(path: Path, cost: int = 4, **users: str) -> Path:
+    path.write_text("".join(f"{u}:{bcrypt_hash(p, cost)}\n" for u, p in users.items()))
+    return path
+
+
+def events(proxy: Authproxy, event: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines of the service (supervisor and workers), optionally one event's."""
+    lines = []
+    for line in proxy.log_text().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and (event is None or record.get("event") == event):
+                lines.append(record)
+    return lines
+
+
+def serving_workers(proxy: Authproxy, count: int) -> set[int]:
+    """The pids of ``count`` workers, once each says it is serving."""
+    def pids() -> set[int]:
+        return {e["pid"] for e in events(proxy, "start") if "worker" in e}
+
+    wait_until(lambda: len(pids()) >= count, f"{count} workers serving", proxy.process, DEADLINE)
+    return pids()
+
+
+def basic_header(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def get(address: str, path: str, headers: dict[str, str] | None = None,
+        method: str = "GET", timeout: float = 10.0) -> tuple[int, bytes]:
+    """One request on a fresh connection (so that any worker may take it): status, body."""
+    if address.startswith("unix:"):
+        connection: http.client.HTTPConnection = _UnixConnection(address[len("unix:"):], timeout)
+    else:
+        host, _, port = address.rpartition(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of every sample of ``name`` (all label sets) in a text exposition."""
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
+
+
+def scrape(proxy: Authproxy, name: str) -> float:
+    status, body = get(proxy.tcp_address, "/metrics")
+    assert status == 200
+    return metric(body.decode(), name)
+
+
+def until(check: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
+    wait_until(check, what, deadline=deadline)
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+@contextlib.asynccontextmanager
+async def running(config: str, listen: list[str], directory: Path) -> AsyncIterator[Authproxy]:
+    """start_authproxy from async tests: its blocking waits run in a thread, so the JWKS
+    server on this event loop keeps answering."""
+    manager = start_authproxy(config, listen, directory)
+    proxy = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield proxy
+    except BaseException:
+        if not await asyncio.to_thread(manager.__exit__, *sys.exc_info()):
+            raise
+    else:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+# -- every worker serves -----------------------------------------------------------------------
+
+
+def test_every_worker_answers_on_tcp_and_unix_and_reloads_on_sighup(tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users", alice=PASSWORD)
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [K1.public_jwk]}))
+    tcp, unix = f"127.0.0.1:{free_port()}", f"unix:{tmp_path / 'authproxy.sock'}"
+    config = config_text(users, 2, jwt={"jwks_file": str(jwks_file)})
+    with start_authproxy(config, [tcp, unix], tmp_path / "run") as proxy:
+        assert stat.S_IMODE(os.stat(unix[len("unix:"):]).st_mode) == 0o666  # as one process
+        workers = serving_workers(proxy, 2)
+        assert proxy.process.pid not in workers
+        assert {e["worker_pid"] for e in events(proxy, "worker_start")} == workers
+
+        def answered_by() -> set[int]:
+            return {e["pid"] for e in events(proxy, "decision")}
+
+        for address in (tcp, unix):
+            def all_answer(address: str = address) -> bool:
+                assert get(address, "/auth", basic_header("alice", PASSWORD))[0] == 200
+                return answered_by() >= workers
+            until(all_answer, f"every worker answering on {address}")
+        assert answered_by() == workers
+
+        # A new signing key in the file: only a SIGHUP makes a worker read it again.
+        jwks_file.write_text(json.dumps({"keys": [K2.public_jwk]}))
+        token = {"Authorization": f"Bearer {mint(K2)}"}
+        assert get(tcp, "/auth", token)[0] == 401
+        proxy.process.send_signal(signal.SIGHUP)
+
+        def reloaded(event: str) -> set[int]:
+            return {e["pid"] for e in events(proxy, event) if e.get("trigger") == "sighup"}
+
+        until(lambda: reloaded("users_reload") >= workers and reloaded("jwks_fetch") >= workers,
+              "every worker reloading its files")
+        assert reloaded("users_reload") == workers
+        for _ in range(20):  # fresh connections, so both workers are asked
+            assert get(tcp, "/auth", token)[0] == 200
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users", alice=PASSWORD)
+    with start_authproxy(config_text(users, 2), [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
+        first = serving_workers(proxy, 2)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: len(serving_workers(proxy, 2) - first) == 1, "a replacement worker")
+        assert set(children(proxy.process.pid)) == serving_workers(proxy, 2) - {victim}
+        exits = events(proxy, "worker_exit")
+        assert [(e["worker_pid"], e["status"], e["level"]) for e in exits] == [
+            (victim, -signal.SIGKILL, "error")
+        ]
+        assert len(events(proxy, "worker_restart")) == 1
+        for _ in range(10):
+            assert get(proxy.tcp_address, "/auth", basic_header("alice", PASSWORD))[0] == 200
+
+
+def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users", alice=PASSWORD)
+    with pytest.raises(AssertionError, match=f"exited with -{int(signal.SIGKILL)}"):
+        # a supervisor killed this way leaves its private directory: keep it in tmp_path
+        with start_authproxy(config_text(users, 2), [f"127.0.0.1:{free_port()}"],
+                             tmp_path, env={"TMPDIR": str(tmp_path)}) as proxy:
+            workers = serving_workers(proxy, 2)
+            proxy.process.kill()
+            until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+                  "the orphaned workers to stop")
+    assert {e["pid"] for e in events(proxy, "supervisor_lost")} == workers
+
+
+def test_workers_1_is_one_process_as_before(tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users", alice=PASSWORD)
+    with start_authproxy(config_text(users, 1), [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
+        assert children(proxy.process.pid) == []
+        before = scrape(proxy, "authproxy_decisions_total")
+        assert get(proxy.tcp_address, "/auth", basic_header("alice", PASSWORD))[0] == 200
+        # counted at once: no flush interval with one process
+        assert scrape(proxy, "authproxy_decisions_total") == before + 1
+        assert {e["pid"] for e in events(proxy, "decision")} == {proxy.process.pid}
+    assert not events(proxy, "worker_start")
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics_of_any_worker_count_every_decision_of_all(tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users", alice=PASSWORD)
+    with start_authproxy(config_text(users, 2), [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
+        workers = serving_workers(proxy, 2)
+        address = proxy.tcp_address
+        assert get(address, "/auth", basic_header("alice", PASSWORD))[0] == 200  # warm a cache
+        until(lambda: scrape(proxy, "authproxy_decisions_total") == 1, "the first decision")
+        before = {name: scrape(proxy, name) for name in (
+            "authproxy_decisions_total", "authproxy_decision_seconds_count")}
+
+        sent = 0
+        headers = [basic_header("alice", PASSWORD), basic_header("alice", "wrong"), {}]
+        with ThreadPoolExecutor(8) as pool:
+            while {e["pid"] for e in events(proxy, "decision")} != workers:
+                burst = [headers[i % 3] for i in range(30)]
+                statuses = list(pool.map(lambda h: get(address, "/auth", h)[0], burst))
+                assert statuses == [200 if h is headers[0] else 401 for h in burst]
+                sent += len(burst)
+                assert sent < 600, "one worker took every connection"
+
+        expected = {name: value + sent for name, value in before.items()}
+
+        def counted() -> bool:  # within the workers' flush interval
+            return all(scrape(proxy, name) >= value for name, value in expected.items())
+
+        until(counted, f"{sent} more decisions counted")
+        for _ in range(6):  # whichever worker answers the scrape, the whole service counts
+            assert {name: scrape(proxy, name) for name in expected} == expected
+
+
+# -- one JWKS schedule -------------------------------------------------------------------------
+
+
+def jwks_config(users: Path, workers: int, server: JwksServer, **jwt: Any) -> str:
+    return config_text(
+        users, workers, admin={"users": ["root"]},
+        jwt={"jwks_endpoint": server.url, "jwks_ssl_ca_certificate": str(server.ca_file), **jwt},
+    )
+
+
+async def fetch_status(session: aiohttp.ClientSession, address: str, path: str,
+                       headers: dict[str, str], method: str = "GET") -> tuple[int, Any]:
+    async with session.request(method, f"http://{address}{path}", headers=headers) as response:
+        body = await response.read()
+        return response.status, json.loads(body) if body.startswith(b"{") else body
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not await check():
+        assert time.monotonic() < end, f"{what}: not within {deadline} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_four_workers_fetch_on_one_schedule_and_judge_staleness_alike(
+    tmp_path: Path, jwks_server: JwksServer
+) -> None:
+    interval, observed, max_stale = 2, 6.0, 4
+    users = write_users(tmp_path / "users", root=PASSWORD)
+    config = jwks_config(users, 4, jwks_server, jwks_update_interval=interval,
+                         jwks_max_stale=max_stale)
+    async with running(config, [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
+        workers = await asyncio.to_thread(serving_workers, proxy, 4)
+        token = {"Authorization": f"Bearer {mint(K1)}"}
+        address = proxy.tcp_address
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def all_ready() -> bool:
+                for _ in range(8):
+                    assert (await fetch_status(session, address, "/auth", token))[0] == 200
+                    status, body = await fetch_status(session, address, "/readyz", {})
+                    assert status == 200, body
+                return {e["pid"] for e in events(proxy, "decision")} >= workers
+            await wait_for(all_ready, "every worker verifying with the published set")
+
+            start = jwks_server.fetches
+            await asyncio.sleep(observed)  # the observation window, not a race
+            fetched = jwks_server.fetches - start
+
+            # The endpoint fails from now on: past jwks_max_stale, every worker distrusts the
+            # set it was given, as one process would (the load time is the supervisor's).
+            jwks_server.status = 500
+
+            async def all_distrust() -> bool:
+                for _ in range(8):
+                    status, body = await fetch_status(session, address, "/readyz", {})
+                    if status != 503:
+                        return False
+                    assert "older than jwt.jwks_max_stale" in str(body["missing"])
+                return True
+            await wait_for(all_distrust, "every worker distrusting the stale set",
+                           deadline=max_stale + DEADLINE)
+            assert (await fetch_status(session, address, "/auth", token))[0] == 503
+    # One schedule: observed / interval fetches (3), plus slack for the window's edges.
+    # Four uncoordinated workers would have fetched about 4 * 3 = 12 times.
+    assert 1 <= fetched <= observed / interval + 2
+    fetch_lines = events(proxy, "jwks_fetch")
+    assert {e["pid"] for e in fetch_lines} == {proxy.process.pid}
+    assert {e["trigger"] for e in fetch_lines} <= {"startup", "scheduled"}
+
+
+async def test_misses_and_jwks_setup_ask_the_supervisor(
+    tmp_path: Path, jwks_server: JwksServer
+) -> None:
+    users = write_users(tmp_path / "users", root=PASSWORD)
+    config = jwks_config(users, 2, jwks_server)
+    async with running(config, [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
+        workers = await asyncio.to_thread(serving_workers, proxy, 2)
+        address = proxy.tcp_address
+        assert jwks_server.fetches == 1  # the supervisor's start-up fetch, for everyone
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def answered(token: str, expected: int) -> set[int]:
+                seen = len(events(proxy, "decision"))
+                headers = {"Authorization": f"Bearer {token}"}
+                for _ in range(16):
+                    assert (await fetch_status(session, address, "/auth", headers))[0] == expected
+                return {e["pid"] for e in events(proxy, "decision")[seen:]}
+
+            # A rotation: the first worker to see the new kid has the supervisor fetch; the
+            # other already has the published set, or is refused a second fetch.
+            jwks_server.serve(K1, K2)
+            assert await answered(mint(K2), 200) == workers
+            assert jwks_server.fetches == 2
+            # Made-up kids, on every worker: the rate limit is the whole service's.
+            made_up = mint(signing_key("RS256", "made-up"))
+            assert await answered(made_up, 401) == workers
+            assert jwks_server.fetches == 2
+
+            # jwks_setup on any worker fetches now and answers with the new set.
+            jwks_server.serve(K3)
+            admin = basic_header("root", PASSWORD)
+            status, body = await fetch_status(session, address, "/api/v2/jwks_setup", admin,
+                                              method="POST")
+            assert (status, body["kids"]) == (200, ["k3"])
+            assert jwks_server.fetches == 3
+            assert await answered(mint(K3), 200) == workers
+            status, body = await fetch_status(session, address, "/api/v2/jwks", admin)
+            endpoint = body["sources"][0]
+            assert (endpoint["kids"], endpoint["trusted"]) == (["k3"], True)
+
+            # A failed jwks_setup says why and keeps the set, in every worker.
+            jwks_server.status = 500
+            status, body = await fetch_status(session, address, "/api/v2/jwks_setup", admin,
+                                              method="POST")
+            assert (status, body["error"], body["kept_kids"]) == (502, "http_status", ["k3"])
+            assert await answered(mint(K3), 200) == workers
+
+        # The supervisor's fetches and the workers' gauges, from any worker's /metrics.
+        def gauges_flushed() -> bool:
+            return (scrape(proxy, "authproxy_jwks_keys") == 1
+                    and scrape(proxy, "authproxy_jwks_age_seconds") < 60)
+        await asyncio.to_thread(until, gauges_flushed, "the key gauges of every process")
+        assert await asyncio.to_thread(scrape, proxy, "authproxy_jwks_fetches_total") == 4
+    assert jwks_server.fetches == 4
+    assert {e["pid"] for e in events(proxy, "jwks_fetch")} == {proxy.process.pid}
+
