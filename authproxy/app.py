@@ -94,6 +94,7 @@ def create_app(
 
     chain = SchemeChain(authenticators)
     decisions = DecisionLog(config.log, shared_stream=worker is not None)
+    app.on_cleanup.append(lambda _: _flushed(decisions))
     decider = Decider(config, chain, metrics, decisions, wall_clock)
     app[DECIDER] = decider
     app.router.add_route("*", "/auth", decider.handle)
@@ -103,6 +104,10 @@ def create_app(
     app.router.add_get("/metrics", metrics_handler(metrics))
     AdminApi(decider, app.get(KEY_SOURCE), config.admin.users).add_routes(app)
     return app
+
+
+async def _flushed(decisions: DecisionLog) -> None:
+    decisions.flush()  # the last batch of decision lines, before the process exits
 
 
 HASH_THREAD_NICENESS = 10

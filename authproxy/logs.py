@@ -42,10 +42,26 @@ def _text_value(value: Any) -> str:
     return text
 
 
+_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C, as json uses
+
+
+def _json_value(value: Any) -> str:
+    cls = value.__class__
+    if cls is str:
+        return str(_quote(value))
+    if cls is int or cls is float:
+        return repr(value)
+    return _ENCODER.encode(value)  # bool, None, lists, anything else
+
+
 def format_line(fields: dict[str, Any], fmt: str) -> str:
-    """One log line: a JSON object, or ``key=value`` pairs with values quoted when needed."""
+    """One log line: a JSON object, or ``key=value`` pairs with values quoted when needed.
+
+    The JSON object is assembled here rather than by json.dumps: for the flat fields of a
+    decision that is about three times faster, and a line is written per decision.
+    """
     if fmt == "json":
-        return _ENCODER.encode(fields)
+        return "{" + ",".join([f"{_quote(k)}:{_json_value(v)}" for k, v in fields.items()]) + "}"
     return " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
 
 
@@ -80,8 +96,14 @@ def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+FLUSH_INTERVAL = 0.1  # seconds a decision line may wait to be written with others
+FLUSH_LINES = 1000  # ... or until this many are waiting
+
+
 class DecisionLog:
-    """One line per decision, written in batches per event-loop turn.
+    """One line per decision, written in batches: at most FLUSH_INTERVAL seconds or
+    FLUSH_LINES lines after the first of a batch, and at once when the app stops. A write
+    per event-loop turn measured a quarter of a cached decision's cost.
 
     ``shared_stream``: other processes write to the same stream (worker processes), so
     batches are cut into writes of at most PIPE_BUF bytes, of whole lines: the kernel
@@ -106,8 +128,10 @@ class DecisionLog:
             **fields,
         }, self._fmt)
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self.flush)
         self._pending.append(line)
+        if len(self._pending) >= FLUSH_LINES:
+            self.flush()
 
     def flush(self) -> None:
         if self._pending:

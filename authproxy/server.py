@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from .ipc import WorkerContext
 
 log = logging.getLogger("authproxy.server")
 
+GC_THRESHOLDS = (50_000, 20, 100)  # allocations per young collection; the defaults: 700, 10, 10
 SHUTDOWN_TIMEOUT = 10.0  # seconds in-flight decisions get to finish after SIGTERM
 # nginx forwards whatever header size its large_client_header_buffers allow; the credential is
 # judged (and refused, past MAX_AUTHORIZATION) by us rather than the request by the parser.
@@ -136,6 +138,7 @@ async def run(
                 task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        tune_garbage_collector()
         log.info("serving", extra={
             "event": "start", "listen": [str(a) for a in config.server.listen_addresses],
             "schemes": list(app[DECIDER].chain.schemes),
@@ -146,6 +149,19 @@ async def run(
     finally:
         await runner.cleanup()
     return 0
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector from stalling decisions.
+
+    What start-up loaded (modules, config, tables, keys) lives as long as the process:
+    frozen, the collector never scans it again. Every uncached decision allocates a few
+    dozen objects and the token and password caches hold tens of thousands, so with the
+    default thresholds full collections ran often enough to put 60 ms into p99 latency of
+    uncached bearer decisions; rarer collections measured p99 16 ms and 13% more throughput.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def event_loop() -> asyncio.Runner:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import NGINX, Result, free_port, started, wrk  # noqa: E402
+from run import NGINX, Result, free_port, started, wrk
 
 HERE = Path(__file__).resolve().parent
 KID = "bench-rs256"
@@ -163,15 +163,17 @@ def main(argv: list[str] | None = None) -> int:
                    *wrk(f"{base}/naive/index.html", s, c, script=str(HERE / "tokens.lua")))
         before = rss_kib(authproxy.pid)
         os.environ["KNOWN_KID"] = KID
-        started_at = time.monotonic()
-        flood = subprocess.run(
-            ["wrk", "-t1", f"-c{c}", "-d600s", "-s", str(HERE / "garbage_tokens.lua"),
-             f"http://127.0.0.1:{ports['authproxy']}/auth"],
-            capture_output=True, text=True, check=True, env={**os.environ,
-                                                             "LIMIT": str(args.invalid)})
+        started_at, sent = time.monotonic(), 0
+        while sent < args.invalid:  # wrk stops by time, so run it until enough were sent
+            flood = subprocess.run(
+                ["wrk", "-t1", f"-c{c}", "-d10s", "-s", str(HERE / "garbage_tokens.lua"),
+                 f"http://127.0.0.1:{ports['authproxy']}/auth"],
+                capture_output=True, text=True, check=True,
+                env={**os.environ, "OFFSET": str(sent)})
+            sent += int(flood.stdout.split(" requests in")[0].split()[-1])
         after = rss_kib(authproxy.pid)
-        sent = flood.stdout.split(" requests in")[0].split()[-1]
-        print(f"{sent} invalid tokens in {time.monotonic() - started_at:.0f} s", file=sys.stderr)
+        print(f"{sent:,} invalid tokens in {time.monotonic() - started_at:.0f} s",
+              file=sys.stderr)
 
     uncached = results["nginx -> authproxy, every token new (RS256)"].median_rps
     print(f"\n{args.rounds} interleaved rounds, wrk -t1 -c{c} -d{s}s, medians; "
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if uncached * s > per_round:
         print(f"    (a run sent more requests than its {per_round:,} fresh tokens: some were "
               "cache hits; raise --tokens-per-second)")
-    print(f"(c) RSS after {sent} distinct invalid tokens: {after[0] / 1024:.0f} MiB "
+    print(f"(c) RSS after {sent:,} distinct invalid tokens: {after[0] / 1024:.0f} MiB "
           f"(before {before[0] / 1024:.0f} MiB, peak {after[1] / 1024:.0f} MiB; target < 150 MB)")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

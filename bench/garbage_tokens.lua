@@ -2,8 +2,7 @@
 -- a random signature, alternating. Nothing in them verifies; all must be refused cheaply and
 -- none may grow authproxy's memory without bound.
 local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-local n = 0
-local limit = tonumber(os.getenv("LIMIT") or "1000000")
+local n = tonumber(os.getenv("OFFSET") or "0")  -- distinct across consecutive runs
 
 local function b64url(data)
   local out, bits, value = {}, 0, 0
@@ -33,13 +32,12 @@ local function random_text(length)
   return table.concat(out)
 end
 
-local payload = b64url('{"sub":"mallory","exp":4102444800}')
 
 request = function()
   n = n + 1
-  if n > limit then wrk.thread:stop() end
   local kid = (n % 2 == 0) and ("k" .. n) or os.getenv("KNOWN_KID")
   local header = b64url('{"alg":"RS256","kid":"' .. kid .. '"}')
+  local payload = b64url('{"sub":"mallory","exp":4102444800,"n":' .. n .. '}')
   local token = header .. "." .. payload .. "." .. random_text(342)
   return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. token})
 end

@@ -132,14 +132,14 @@ def started(cmd: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[b
             proc.kill()
 
 
-def authproxy_config(tmp: Path, name: str, port: int, workers: int = 1,
+def authproxy_config(tmp: Path, name: str, port: int, workers: int = 1, log_level: str = "info",
                      **basic_extra: int) -> Path:
     extra = "".join(f"{k} = {v}\n" for k, v in basic_extra.items())
     path = tmp / f"{name}.toml"
     path.write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = {workers}\n'
         f'[basic]\nusers_file = "{tmp}/users"\n{extra}'
-        f'[log]\nformat = "json"\n'
+        f'[log]\nformat = "json"\nlevel = "{log_level}"\n'
     )
     return path
 
@@ -147,6 +147,8 @@ def authproxy_config(tmp: Path, name: str, port: int, workers: int = 1,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument("--log-level", default="info",
+                        help="authproxy's log level: info writes a line per decision (default)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args(argv)
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                                     ports["bare"], tmp / "bare.log"))
         for name, extra in (("authproxy", {}), ("nolockout", {"max_failures": 10**9}),
                             ("workers2", {"workers": 2})):
-            conf = authproxy_config(tmp, name, ports[name], **extra)
+            conf = authproxy_config(tmp, name, ports[name], log_level=args.log_level, **extra)
             stack.enter_context(started([py, "-m", "authproxy", "serve", "--config", str(conf)],
                                         ports[name], tmp / f"{name}.log"))
         stack.enter_context(started([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],

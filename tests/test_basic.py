@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from authproxy.app import METRICS, USER_STORE, create_app
+from authproxy.app import DECIDER, METRICS, USER_STORE, create_app
 
 from .conftest import bcrypt_hash
 
@@ -65,12 +65,18 @@ async def client(aiohttp_client, app_for):
     return await aiohttp_client(app_for())
 
 
+def decision_log(client, capsys) -> str:
+    """The decision lines written so far (they are batched: flush the batch first)."""
+    client.app[DECIDER].decisions.flush()
+    return capsys.readouterr().err
+
+
 async def test_no_credentials_gets_challenge(client, capsys) -> None:
     resp = await client.get("/auth")
     assert resp.status == 401
     assert resp.headers.getall("WWW-Authenticate") == [CHALLENGE]
     assert resp.headers["Cache-Control"] == "no-store"
-    assert '"reason":"missing"' in capsys.readouterr().err
+    assert '"reason":"missing"' in decision_log(client, capsys)
 
 
 async def test_valid_credentials_get_every_identity_header(client) -> None:
@@ -123,7 +129,7 @@ async def test_bad_credentials_are_401_and_logged(client, capsys, name: str) -> 
     resp = await client.get("/auth", headers={"Authorization": BAD_CREDENTIALS[name]})
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"] == CHALLENGE
-    log = capsys.readouterr().err
+    log = decision_log(client, capsys)
     assert '"outcome":"deny"' in log and "wonderland" not in log
 
 

@@ -99,4 +99,5 @@ def test_a_failed_reload_keeps_the_running_table_in_every_worker(tmp_path: Path)
         for _ in range(20):  # fresh connections: every worker is asked
             assert get(proxy.tcp_address, "/auth", basic_header("alice", PASSWORD))[0] == 200
             assert get(proxy.tcp_address, "/readyz")[0] == 200
-        assert {e["pid"] for e in events(proxy, "decision")} == workers
+    # decision lines are written in batches; the last ones when the workers stop
+    assert {e["pid"] for e in events(proxy, "decision")} == workers
