@@ -42,7 +42,7 @@ def _text_value(value: Any) -> str:
     return text
 
 
-_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C, as json uses
+_quote = json.encoder.encode_basestring  # the C function json itself uses
 
 
 def _json_value(value: Any) -> str:
