@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwe, jwk
 
+from authproxy.app import METRICS
 from authproxy.authn import MAX_AUTHORIZATION
 from authproxy.config import ConfigError
 from authproxy.jose import DESCRIPTIONS, MAX_TOKEN_LENGTH
@@ -55,12 +56,22 @@ def good_claims(clock: FakeClock, **claims: Any) -> dict[str, Any]:
     return claims_at(clock.time(), **{"iss": "https://idp.example", "aud": "api", **claims})
 
 
+def bearer_denials(client: TestClient[Any, Any]) -> float:
+    """Bearer denials so far, all reasons: what /metrics reports."""
+    counts = client.app[METRICS].decisions.counts
+    return sum(n for (scheme, outcome, _), n in counts.items()
+               if (scheme, outcome) == ("bearer", "deny"))
+
+
 async def assert_refused(client: TestClient[Any, Any], token: str, kind: str = "") -> None:
     """401 invalid_token; with ``kind``, also the description (which says how far the token
     got: "malformed" ones were refused before any key lookup or cryptography)."""
+    before = bearer_denials(client)
     response = await client.get("/auth", headers=bearer(token))
     assert response.status == 401
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    # counted (and logged: the same code writes the decision line) as a bearer denial
+    assert bearer_denials(client) == before + 1
     if kind:
         assert f'error_description="{DESCRIPTIONS[kind]}"' in response.headers["WWW-Authenticate"]
 
