@@ -27,40 +27,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import NGINX, Result, free_port, started, wrk
+from run import NGINX, Result, free_port, nginx_conf, started, wrk
 
 HERE = Path(__file__).resolve().parent
 KID = "bench-rs256"
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    upstream authproxy {{ server 127.0.0.1:{authproxy}; keepalive 64; }}
-    upstream naive {{ server 127.0.0.1:{naive}; keepalive 64; }}
-    upstream bare {{ server 127.0.0.1:{bare}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{nginx};
-        root {tmp}/www;
-        location /authproxy/ {{ auth_request /_authproxy; }}
-        location /naive/ {{ auth_request /_naive; }}
-        location /bare/ {{ auth_request /_bare; }}
-        location = /_authproxy {{ internal; proxy_pass http://authproxy/auth; include {tmp}/common.conf; }}
-        location = /_naive {{ internal; proxy_pass http://naive/auth; include {tmp}/common.conf; }}
-        location = /_bare {{ internal; proxy_pass http://bare/auth; include {tmp}/common.conf; }}
-    }}
-}}
-"""
-COMMON = """
-proxy_pass_request_body off;
-proxy_set_header Content-Length "";
-proxy_http_version 1.1;
-proxy_set_header Connection "";
-"""
 
 _SIGNER: list[Any] = []  # a minting process's signing key, parsed once (PyJWT re-parses PEM)
 
@@ -106,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="authproxy-bench-bearer-"))
     tmp.chmod(0o755)
-    for loc in ("authproxy", "naive", "bare"):
-        (tmp / "www" / loc).mkdir(parents=True)
-        (tmp / "www" / loc / "index.html").write_text("ok\n")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -124,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text("\n".join(tokens[r * per_round:(r + 1) * per_round]) + "\n")
         files.append(path)
     ports = {k: free_port() for k in ("authproxy", "naive", "bare", "nginx")}
-    (tmp / "common.conf").write_text(COMMON)
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, **ports))
+    (tmp / "nginx.conf").write_text(
+        nginx_conf(tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"}))
     (tmp / "authproxy.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{ports["authproxy"]}"]\n'
         f'[jwt]\njwks_file = "{tmp}/jwks.json"\nalgorithms = ["RS256"]\n')

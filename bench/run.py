@@ -34,33 +34,39 @@ error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    upstream authproxy {{ server 127.0.0.1:{authproxy}; keepalive 64; }}
-    upstream authproxy_nolockout {{ server 127.0.0.1:{nolockout}; keepalive 64; }}
-    upstream authproxy_workers2 {{ server 127.0.0.1:{workers2}; keepalive 64; }}
-    upstream bare {{ server 127.0.0.1:{bare}; keepalive 64; }}
+{upstreams}
     server {{
-        listen 127.0.0.1:{nginx};
+        listen 127.0.0.1:{port};
         root {tmp}/www;
-        location /authproxy/ {{ auth_request /_authproxy; }}
-        location /nolockout/ {{ auth_request /_nolockout; }}
-        location /workers2/ {{ auth_request /_workers2; }}
-        location /bare/ {{ auth_request /_bare; }}
-        location /nginx-basic/ {{ auth_basic "bench"; auth_basic_user_file {tmp}/users; }}
-        location = /_authproxy {{ internal; proxy_pass http://authproxy/auth; include {tmp}/auth-common.conf; }}
-        location = /_nolockout {{ internal; proxy_pass http://authproxy_nolockout/auth; include {tmp}/auth-common.conf; }}
-        location = /_workers2 {{ internal; proxy_pass http://authproxy_workers2/auth; include {tmp}/auth-common.conf; }}
-        location = /_bare {{ internal; proxy_pass http://bare/auth; include {tmp}/auth-common.conf; }}
+{locations}
     }}
 }}
 """
-AUTH_COMMON = """
-proxy_pass_request_body off;
-proxy_set_header Content-Length "";
-proxy_set_header X-Original-URI $request_uri;
-proxy_set_header X-Real-IP $remote_addr;
-proxy_http_version 1.1;
-proxy_set_header Connection "";
-"""
+# The auth location as nginx/authproxy-auth.conf has it, less what a benchmark does not need.
+AUTH_LOCATION = """
+        location /{name}/ {{ auth_request /_{name}; }}
+        location = /_{name} {{
+            internal;
+            proxy_pass http://{name}/auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}"""
+
+
+def nginx_conf(tmp: Path, port: int, auth_upstreams: dict[str, int], extra: str = "") -> str:
+    """nginx listening on ``port``: for each name, an upstream with keepalive and a location
+    /name/ serving ``tmp``/www/name/ behind auth_request to that upstream's /auth."""
+    upstreams = "\n".join(f"    upstream {name} {{ server 127.0.0.1:{p}; keepalive 64; }}"
+                          for name, p in auth_upstreams.items())
+    locations = "".join(AUTH_LOCATION.format(name=name) for name in auth_upstreams) + extra
+    for name in auth_upstreams:
+        (tmp / "www" / name).mkdir(parents=True, exist_ok=True)
+        (tmp / "www" / name / "index.html").write_text("ok\n")
+    return NGINX_CONF.format(tmp=tmp, port=port, upstreams=upstreams, locations=locations)
 
 
 def free_port() -> int:
@@ -158,15 +164,15 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="authproxy-bench-"))
     tmp.chmod(0o755)  # nginx's workers drop root privileges and must read www/ and users
-    (tmp / "www" / "authproxy").mkdir(parents=True)
-    for loc in ("authproxy", "nolockout", "workers2", "bare", "nginx-basic"):
-        (tmp / "www" / loc).mkdir(parents=True, exist_ok=True)
-        (tmp / "www" / loc / "index.html").write_text("ok\n")
+    (tmp / "www" / "nginx-basic").mkdir(parents=True)
+    (tmp / "www" / "nginx-basic" / "index.html").write_text("ok\n")
     subprocess.run(["htpasswd", "-cbB", "-C", "10", str(tmp / "users"), "alice", "wonderland"],
                    check=True, capture_output=True)
     ports = {k: free_port() for k in ("authproxy", "nolockout", "workers2", "bare", "nginx")}
-    (tmp / "auth-common.conf").write_text(AUTH_COMMON)
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, **ports))
+    nginx_basic = (f'\n        location /nginx-basic/ {{ auth_basic "bench"; '
+                   f"auth_basic_user_file {tmp}/users; }}")
+    (tmp / "nginx.conf").write_text(nginx_conf(
+        tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"}, nginx_basic))
     py = sys.executable
     good = basic("alice", "wonderland")
     base = f"http://127.0.0.1:{ports['nginx']}"
