@@ -96,8 +96,14 @@ def test_a_failed_reload_keeps_the_running_table_in_every_worker(tmp_path: Path)
                     if (e["outcome"], e["trigger"]) == ("error", "sighup")}
 
         wait_until(lambda: failed() >= workers, "every worker refusing the broken file")
-        for _ in range(20):  # fresh connections: every worker is asked
-            assert get(proxy.tcp_address, "/auth", basic_header("alice", PASSWORD))[0] == 200
-            assert get(proxy.tcp_address, "/readyz")[0] == 200
+        alice, sent = basic_header("alice", PASSWORD), 0
+        with ThreadPoolExecutor(8) as pool:  # concurrent fresh connections reach every worker
+            while {e["pid"] for e in events(proxy, "decision")} < workers:
+                statuses = list(pool.map(lambda _: get(proxy.tcp_address, "/auth", alice)[0],
+                                         range(16)))
+                assert statuses == [200] * 16
+                assert get(proxy.tcp_address, "/readyz")[0] == 200
+                sent += 16
+                assert sent <= 640, "one worker took every connection"
     # decision lines are written in batches; the last ones when the workers stop
     assert {e["pid"] for e in events(proxy, "decision")} == workers

@@ -350,14 +350,22 @@ async def test_misses_and_jwks_setup_ask_the_supervisor(
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             async def answered(token: str, expected: int) -> set[int]:
+                """The workers that answered ``expected``: batches of 16 concurrent requests on
+                fresh connections, until every worker has answered (at most 10 batches)."""
                 seen = len(events(proxy, "decision"))
                 headers = {"Authorization": f"Bearer {token}"}
-                for _ in range(16):
-                    assert (await fetch_status(session, address, "/auth", headers))[0] == expected
-                # decision lines are written in batches (at most 0.1 s late)
-                await asyncio.to_thread(until, lambda: len(events(proxy, "decision")) >= seen + 16,
-                                        "the decision lines")
-                return {e["pid"] for e in events(proxy, "decision")[seen:]}
+                sent, pids = 0, set()
+                while pids != workers and sent < 160:
+                    statuses = await asyncio.gather(*(
+                        fetch_status(session, address, "/auth", headers) for _ in range(16)))
+                    assert {status for status, _ in statuses} == {expected}
+                    sent += 16
+                    # decision lines are written in batches (at most 0.1 s late)
+                    await asyncio.to_thread(
+                        until, lambda: len(events(proxy, "decision")) >= seen + sent,
+                        "the decision lines")
+                    pids = {e["pid"] for e in events(proxy, "decision")[seen:]}
+                return pids
 
             # A rotation: the first worker to see the new kid has the supervisor fetch; the
             # other already has the published set, or is refused a second fetch.
