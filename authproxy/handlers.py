@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from cachetools import LRUCache
 
 from .authn import AuthRequest, SchemeChain, parse_authorization
 from .config import Config
@@ -19,9 +18,10 @@ from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .identity import EMPTY_HEADERS, Identity
 from .logs import DecisionLog
 from .metrics import Metrics
-from .policy import PolicyCache
+from .policy import policy_for
 
 log = logging.getLogger("authproxy.handlers")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NO_STORE = {"Cache-Control": "no-store"}
 # Denials carry no body: nginx never reads the body of an auth answer, so one would cost the
@@ -49,12 +49,8 @@ class Decider:
         self.chain = chain
         self.metrics = metrics
         self.decisions = decisions
-        self.policies = PolicyCache()
         self._realm = config.server.realm
         self._trusted = config.server.trusted_networks
-        # The answer per address string: peers are few (the proxies), but forwarded hops are
-        # client-chosen, so the memo is bounded.
-        self._trusted_cache: LRUCache[str, bool] = LRUCache(4096)
         self._wall_clock = wall_clock
 
     # -- the request ---------------------------------------------------------------------
@@ -78,16 +74,7 @@ class Decider:
         return peer or "unix"
 
     def _is_trusted(self, address: str) -> bool:
-        trusted = self._trusted_cache.get(address)
-        if trusted is None:
-            try:
-                ip = ipaddress.ip_address(address)
-            except ValueError:
-                trusted = False
-            else:
-                trusted = any(ip in net for net in self._trusted)
-            self._trusted_cache[address] = trusted
-        return trusted
+        return _in_networks(address, self._trusted)
 
     @staticmethod
     def original(request: web.BaseRequest) -> tuple[str, str]:
@@ -151,7 +138,7 @@ class Decider:
             fields.update(status=200, outcome="allow", reason="preflight")
             return self._allow(None)
         # Below /auth (Envoy) the query string is the client's, never a policy.
-        policy = self.policies.get(request.query_string if request.path == "/auth" else "")
+        policy = policy_for(request.query_string if request.path == "/auth" else "")
         allowed = policy.allowed_schemes(self.chain.schemes)
         try:
             credentials = parse_authorization(request.headers.getall("Authorization", []))
@@ -217,6 +204,17 @@ class Decider:
                 f'scope="{exc.missing_scope}"'
             )
         return web.Response(status=403, headers=headers)
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    """Whether an address string lies in one of the networks. Memoized: peers are few (the
+    proxies); forwarded hops are client-chosen, hence the bound."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 @functools.lru_cache(maxsize=4096)

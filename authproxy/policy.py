@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
-
-from cachetools import LRUCache
 
 from .errors import Forbidden
 from .identity import Identity
@@ -62,15 +61,8 @@ class Policy:
             raise Forbidden("insufficient_scope", missing_scope=" ".join(sorted(self.scopes)))
 
 
-class PolicyCache:
-    """Parsed policies by query string. The proxy's config makes the set small; the bound
-    keeps a client that reaches authproxy directly from growing it."""
-
-    def __init__(self, size: int = 1024) -> None:
-        self._cache: LRUCache[str, Policy] = LRUCache(size)
-
-    def get(self, query: str) -> Policy:
-        policy = self._cache.get(query)
-        if policy is None:
-            policy = self._cache[query] = Policy.from_query(query)
-        return policy
+@functools.lru_cache(maxsize=1024)
+def policy_for(query: str) -> Policy:
+    """The policy of a query string, parsed once. The proxy's config makes the set of query
+    strings small; the bound keeps a client that reaches authproxy directly from growing it."""
+    return Policy.from_query(query)
