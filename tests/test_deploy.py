@@ -562,7 +562,7 @@ def test_the_pod_serves_and_picks_up_a_secret_update(
         users_dir = pod.here(mount_path(objects, AUTHPROXY, "authproxy-users"))
         write_secret_volume(users_dir, {"users.htpasswd": users + "alice:"
                                         + bcrypt_hash("Corr3ct-horse") + "\n"}, 2)
-        deadline = time.monotonic() + 5  # the watcher stats the file every second
+        deadline = time.monotonic() + 15  # the watcher stats the file every second
         while request(ports["http"], "/", {"Authorization": basic})[0] != 200:
             assert time.monotonic() < deadline, "the Secret update was not picked up"
             time.sleep(0.1)
