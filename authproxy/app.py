@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .admin import AdminApi
 from .authn import Authenticator, SchemeChain
+from .banshare import SharedFailureTracker
 from .basic import BasicAuthenticator
 from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .config import Config
@@ -48,7 +49,8 @@ def create_app(
     cannot be read); background work starts and stops with the app's cleanup contexts.
 
     ``worker``: this process is one of several (server.workers > 1): metrics go to the shared
-    files and the endpoint's key set comes from the supervisor (see keyshare.py).
+    files, the endpoint's key set comes from the supervisor (see keyshare.py) and brute-force
+    bans are the whole service's (see banshare.py).
     """
     app = web.Application()
     metrics = Metrics(worker.metrics_dir if worker else None)
@@ -85,8 +87,13 @@ def create_app(
         app[RELOADERS].append(store.reload)
         app.cleanup_ctx.append(_background(store.watch))
         token_verifier = bearer.verify if bearer and config.jwt.accept_in_basic else None
+        lockout = None
+        if worker is not None and config.basic.ban_time > 0:  # with no bans, nothing to share
+            lockout = SharedFailureTracker(config.basic, clock, link=worker.link)
+            app.cleanup_ctx.append(lockout.lifetime)
         authenticators.append(BasicAuthenticator(store, config.basic, executor, metrics, clock,
-                                                 token_verifier=token_verifier))
+                                                 token_verifier=token_verifier,
+                                                 lockout=lockout))
     elif bearer is not None and config.jwt.accept_in_basic:
         authenticators.append(TokenInBasicAuthenticator(bearer))
     if bearer is not None:

@@ -59,6 +59,9 @@ class BasicAuthenticator:
     its owner's already-verified password; then bans, which refuse without hashing; then one
     hash verification in the executor, shared by concurrent identical requests. Unknown users
     verify against the table's dummy hash, so they cost what a wrong password costs.
+
+    ``lockout`` counts failures and holds bans (with several workers, one that shares them:
+    banshare.py); by default a FailureTracker of this config, on ``clock``.
     """
 
     scheme = "basic"
@@ -71,6 +74,7 @@ class BasicAuthenticator:
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         token_verifier: TokenVerifier | None = None,
+        lockout: FailureTracker | None = None,
     ) -> None:
         self.store = store
         self._executor = executor
@@ -83,7 +87,7 @@ class BasicAuthenticator:
             TTLCache(CACHE_SIZE, ttl=config.cache_ttl, timer=clock) if config.cache_ttl else None
         )
         self._inflight: dict[bytes, asyncio.Future[None]] = {}
-        self._lockout = FailureTracker(
+        self._lockout = lockout if lockout is not None else FailureTracker(
             config.max_failures, config.failure_window, config.ban_time, clock
         )
         metrics.bans_in_force.set_function(self._lockout.bans_in_force)

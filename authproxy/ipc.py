@@ -3,9 +3,10 @@
 One stream socket pair per worker, made by the supervisor; the worker inherits its end. On it
 travel JSON objects, one a line. The supervisor sends first a ``bootstrap`` (the validated
 config, pickled: the worker runs exactly what the supervisor checked, even if the file changed
-since, and nothing but the supervisor holds the other end), then notices (``published``) and
-replies (``reply`` with the request's ``id``). The worker sends requests (``refresh``). When
-the supervisor goes away, the worker sees end-of-file and stops.
+since, and nothing but the supervisor holds the other end), then notices (``published``,
+``ban``) and replies (``reply`` with the request's ``id``). The worker sends requests
+(``refresh``) and notices (``failure``; see banshare.py). When the supervisor goes away, the
+worker sees end-of-file and stops.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class MasterLink:
                 return await future
         finally:
             self._waiting.pop(request_id, None)
+
+    def notify(self, message: Message) -> None:
+        """Send a notice that has no reply, without waiting; dropped once the channel closed."""
+        if not self._writer.is_closing():
+            self._writer.write(encode(message))
 
     async def close(self) -> None:
         if self._task is not None:

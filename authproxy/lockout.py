@@ -48,9 +48,16 @@ class FailureTracker:
             if counter is None:
                 counter = self._failures[key] = [0]
             counter[0] += 1
-            if counter[0] >= self.max_failures and self._bans is not None:
-                self._bans[key] = True
-                del self._failures[key]
+            if counter[0] >= self.max_failures:
+                self.ban(key)
+
+    def ban(self, key: str) -> None:
+        """Ban ``key`` for ``ban_time`` from now (again, if it was), and forget its failures.
+        A no-op when bans are off (``ban_time`` 0)."""
+        if self._bans is None or not key:
+            return
+        self._bans[key] = True
+        self._failures.pop(key, None)
 
     def bans_in_force(self) -> int:
         if self._bans is None:

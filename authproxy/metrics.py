@@ -140,8 +140,9 @@ class Metrics:
         )
         self.bans_in_force = Gauge(
             "authproxy_bans_in_force",
-            "User names and client addresses banned right now (summed over worker processes).",
-            registry=registry, multiprocess_mode="livesum",
+            "User names and client addresses banned right now (with several workers, which "
+            "share their bans: the most that any one worker holds).",
+            registry=registry, multiprocess_mode="livemax",
         )
         self.user_reloads = Counter(
             "authproxy_user_table_reloads_total", "User table reloads by outcome.",

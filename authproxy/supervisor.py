@@ -16,6 +16,8 @@ How, and why:
   threads. A fresh interpreter costs about half a second of start-up, once per worker.
 - **One JWKS fetch schedule**: the supervisor runs the only KeySource that fetches and
   publishes each outcome to its private directory (mode 0700) for the workers (keyshare.py).
+- **Bans for the whole service**: every worker reports its Basic failures; the supervisor
+  counts them all and sends each ban to every worker (banshare.py).
 - **Metrics**: prometheus-client's multiprocess mode in a directory under the private one
   (metrics.py); the supervisor removes a dead worker's live gauges.
 - **Signals**: SIGHUP is forwarded to every worker (each reloads its files). SIGTERM or SIGINT
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .banshare import BanCoordinator
 from .config import Config, ListenAddress
 from .ipc import MAX_MESSAGE, Message, bootstrap_message, encode, read_message
 
@@ -161,6 +164,7 @@ class Supervisor:
         self._state_dir = state_dir
         self._metrics = metrics
         self._slots = [_Slot(index) for index in range(config.worker_count)]
+        self._bans = BanCoordinator(config.basic, self.broadcast)
         self._stopping = asyncio.Event()
         self._restarts: deque[float] = deque()
         self._status = 0
@@ -205,8 +209,8 @@ class Supervisor:
 
     def broadcast(self, notice: Message) -> None:
         for slot in self._slots:
-            if slot.channel is not None and not slot.channel.is_closing():
-                slot.channel.write(encode(notice))
+            if slot.channel is not None:
+                _send(slot.channel, notice)
 
     def _forward(self, sig: int) -> None:
         live = [s.process for s in self._slots if s.process and s.process.returncode is None]
@@ -304,14 +308,15 @@ class Supervisor:
         while (request := await read_message(reader)) is not None:
             if request.get("op") == "refresh":
                 self._start(self._answer(request, writer))
+            elif request.get("op") == "failure":
+                self._bans.count(request, lambda notice: _send(writer, notice))
 
     async def _answer(self, request: Message, writer: asyncio.StreamWriter) -> None:
         if self.publisher is None:
             reply: Message = {"ok": False, "reason": "not_configured", "detail": "no endpoint"}
         else:
             reply = await self.publisher.answer(request)
-        if not writer.is_closing():
-            writer.write(encode({**reply, "op": "reply", "id": request.get("id")}))
+        _send(writer, {**reply, "op": "reply", "id": request.get("id")})
 
     async def _flush_metrics(self) -> None:
         while True:
@@ -322,3 +327,8 @@ class Supervisor:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _send(channel: asyncio.StreamWriter, message: Message) -> None:
+    if not channel.is_closing():  # a worker that is gone needs no more notices
+        channel.write(encode(message))

@@ -1,6 +1,7 @@
 """server.workers > 1 with the real ``authproxy serve``: every worker answers, SIGHUP reaches
 each, a dead worker is replaced (and workers outlive no supervisor), the JWKS endpoint sees
-one schedule, /metrics counts the whole service; and workers = 1 stays one process.
+one schedule, /metrics counts the whole service, a brute-force ban holds on every worker; and
+workers = 1 stays one process.
 
 Workers are told apart by the ``pid`` field of their log lines; the supervisor names each
 worker it starts (``worker_start``, ``worker_pid``).
@@ -12,6 +13,8 @@ import asyncio
 import base64
 import contextlib
 import http.client
+import ipaddress
+import itertools
 import json
 import os
 import re
@@ -26,6 +29,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from authproxy.banshare import MAX_KEY, BanCoordinator
+from authproxy.config import BasicConfig
+from authproxy.lockout import FailureTracker
 
 from .conftest import bcrypt_hash, toml_text
 from .jwks_server import JwksServer, mint, signing_key
@@ -267,6 +274,109 @@ def test_metrics_of_any_worker_count_every_decision_of_all(tmp_path: Path) -> No
             assert {name: scrape(proxy, name) for name in expected} == expected
 
 
+# -- bans for the whole service ----------------------------------------------------------------
+
+
+def test_a_ban_from_elsewhere_holds_for_ban_time_and_restarts_the_count() -> None:
+    now = [0.0]
+    tracker = FailureTracker(3, window=600, ban_time=300, clock=lambda: now[0])
+    tracker.record_failure("alice")
+    tracker.record_failure("alice")
+    tracker.ban("alice")
+    assert tracker.is_banned("alice") and not tracker.is_banned("bob")
+    assert tracker.bans_in_force() == 1
+    now[0] = 299
+    assert tracker.is_banned("alice")
+    now[0] = 301
+    assert not tracker.is_banned("alice")
+    tracker.record_failure("alice")  # the two failures before the ban no longer count
+    assert not tracker.is_banned("alice")
+    no_bans = FailureTracker(3, window=600, ban_time=0, clock=lambda: now[0])
+    no_bans.ban("alice")
+    assert not no_bans.is_banned("alice") and no_bans.bans_in_force() == 0
+
+
+def test_the_supervisor_counts_every_workers_failures_and_tells_every_worker() -> None:
+    broadcast: list[dict[str, Any]] = []
+    told: list[dict[str, Any]] = []
+    bans = BanCoordinator(BasicConfig(max_failures=3), broadcast.append, clock=lambda: 0.0)
+    too_long = "x" * (MAX_KEY + 1)
+    for worker in (0, 1, 0):
+        assert not broadcast
+        bans.count({"op": "failure", "keys": ["alice", f"192.0.2.{worker}", too_long]},
+                   told.append)
+    assert broadcast == [{"op": "ban", "key": "alice"}]
+    assert not told
+    # A failure for a banned key comes from a worker that did not know (a restarted one):
+    # that worker alone is told.
+    bans.count({"op": "failure", "keys": ["alice"]}, told.append)
+    assert (broadcast, told) == ([{"op": "ban", "key": "alice"}],) * 2
+
+
+def test_a_ban_reached_on_two_workers_together_holds_on_every_worker(tmp_path: Path) -> None:
+    """basic.max_failures counts the failures of the whole service, not of each worker: wrong
+    passwords spread over two workers ban the user on both after about max_failures in all."""
+    max_failures, rounds = 3, 30
+    names = [f"user{i}" for i in range(rounds)]
+    users = tmp_path / "users"
+    users.write_text("".join(f"{name}:{bcrypt_hash(PASSWORD, 4)}\n" for name in names))
+    config = config_text(users, 2, basic={"max_failures": max_failures,
+                                          "failure_window": 600, "ban_time": 600})
+    # Each request from an address of its own (X-Real-IP, from a trusted peer), so that only
+    # the user's failures add up.
+    sources = (str(ipaddress.ip_address("10.0.0.1") + i) for i in itertools.count())
+    with (start_authproxy(config, [f"127.0.0.1:{free_port()}"], tmp_path) as proxy,
+          ThreadPoolExecutor(max_failures) as pool):
+        workers = serving_workers(proxy, 2)
+
+        def attempt(user: str, password: str, count: int) -> list[dict[str, Any]]:
+            """``count`` concurrent requests on fresh connections, all refused: their decision
+            lines, once written (in batches, at most 0.1 s late)."""
+            clients = [next(sources) for _ in range(count)]
+            headers = [{**basic_header(user, password), "X-Real-IP": c} for c in clients]
+            statuses = list(pool.map(lambda h: get(proxy.tcp_address, "/auth", h)[0], headers))
+            assert statuses == [401] * count
+
+            def lines() -> list[dict[str, Any]]:
+                return [e for e in events(proxy, "decision") if e.get("client") in clients]
+
+            until(lambda: len(lines()) == count, "the decision lines")
+            return lines()
+
+        # max_failures wrong passwords at once, for one user after another, until a user's
+        # failures were spread over both workers: neither reached max_failures by itself.
+        for user in names:
+            failed = attempt(user, "wrong", max_failures)
+            assert {e["reason"] for e in failed} == {"bad_password"}
+            if {e["pid"] for e in failed} == workers:
+                break
+        else:
+            pytest.fail(f"one worker took all {max_failures} connections {rounds} times")
+
+        # More wrong passwords, until both workers refuse them as banned. Had each worker
+        # counted alone, each would have taken max_failures of its own: twice as many in all.
+        banned_by: set[int] = set()
+        for _ in range(20):
+            lines = attempt(user, "wrong", 2)
+            failed += [e for e in lines if e["reason"] == "bad_password"]
+            banned_by |= {e["pid"] for e in lines if e["reason"] == "banned"}
+            if banned_by == workers:
+                break
+        assert banned_by == workers
+        # one more at most: a request that arrived while the ban was on its way
+        assert len(failed) <= max_failures + 1, [(e["pid"], e["reason"]) for e in failed]
+
+        # The right password: refused as banned by every worker.
+        refused_by: set[int] = set()
+        for _ in range(20):
+            lines = attempt(user, PASSWORD, 2)
+            assert {e["reason"] for e in lines} == {"banned"}
+            refused_by |= {e["pid"] for e in lines}
+            if refused_by == workers:
+                break
+        assert refused_by == workers
+
+
 # -- one JWKS schedule -------------------------------------------------------------------------
 
 
@@ -362,7 +472,7 @@ async def test_misses_and_jwks_setup_ask_the_supervisor(
                     sent += 16
                     # decision lines are written in batches (at most 0.1 s late)
                     await asyncio.to_thread(
-                        until, lambda: len(events(proxy, "decision")) >= seen + sent,
+                        until, lambda n=seen + sent: len(events(proxy, "decision")) >= n,
                         "the decision lines")
                     pids = {e["pid"] for e in events(proxy, "decision")[seen:]}
                 return pids
