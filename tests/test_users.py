@@ -193,7 +193,9 @@ def test_sha256_crypt_reference_vector() -> None:
         "{SHA}not base64!",
         "{SHA}" + base64.b64encode(b"x" * 21).decode(),
         "{SSHA}" + base64.b64encode(b"x" * 20).decode(),
-        argon2id()[:-5],  # truncated digest
+        # a digest cut to an impossible base64 length (43 -> 37 chars); a cut that leaves a
+        # well-formed shorter digest is a valid hash of another length, not a malformed one
+        argon2id()[:-6],
         argon2id().replace(",t=1,", ",t=0,"),
         "",
     ],
