@@ -55,7 +55,10 @@ def create_app(
     app = web.Application()
     metrics = Metrics(worker.metrics_dir if worker else None)
     if worker is not None:
-        app.cleanup_ctx.append(_flushing(metrics))
+        # multi-worker mode: metrics reach the shared files once a second, and once more
+        # after the last decision
+        app.cleanup_ctx.append(_background(partial(_every, METRICS_FLUSH_INTERVAL, metrics.flush),
+                                           then=metrics.flush))
     app[CONFIG] = config
     app[METRICS] = metrics
     app[RELOADERS] = []
@@ -141,31 +144,18 @@ def _executor_ctx(
     return ctx
 
 
-def _flushing(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Multi-worker mode: flush the metrics every second, and once more at the end, after
-    the last in-flight decision (cleanup contexts exit once the requests are done)."""
-
-    async def flush_forever() -> None:
-        while True:
-            await asyncio.sleep(METRICS_FLUSH_INTERVAL)
-            metrics.flush()
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(flush_forever())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        metrics.flush()
-
-    return ctx
+async def _every(seconds: float, action: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        action()
 
 
 def _background(
     run: Callable[[], Coroutine[Any, Any, None]],
+    then: Callable[[], None] | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context owning one long-running task: started with the app, cancelled and
-    awaited when it stops."""
+    awaited when it stops (after the last in-flight request), then ``then`` is called."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(run())
@@ -173,5 +163,7 @@ def _background(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if then is not None:
+            then()
 
     return ctx

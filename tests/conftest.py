@@ -12,6 +12,11 @@ import pytest
 
 from authproxy.config import Config, load_config
 
+# The identity headers of the contract (SPEC §4), written here rather than imported from
+# authproxy, so that a renamed header fails the tests instead of moving with them.
+IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
+                    "X-Auth-Scopes")
+
 
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):

@@ -324,7 +324,7 @@ def start_nginx(
         )
     handle = Nginx(process, prefix, conf_path, error_log)
     try:
-        wait_until(partial(_accepts, port), f"nginx on port {port}", process)
+        wait_until(partial(accepts, port), f"nginx on port {port}", process)
         yield handle
     except BaseException:
         _stop(process, signal.SIGTERM)
@@ -333,7 +333,8 @@ def start_nginx(
     assert status == 0, f"nginx exited with {status}:\n{handle.error_log_text()[-4000:]}"
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
             return True

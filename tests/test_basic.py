@@ -10,11 +10,9 @@ import pytest
 
 from authproxy.app import DECIDER, METRICS, USER_STORE, create_app
 
-from .conftest import bcrypt_hash
+from .conftest import IDENTITY_HEADERS, bcrypt_hash
 
 CHALLENGE = 'Basic realm="authproxy", charset="UTF-8"'
-IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
-                    "X-Auth-Scopes")
 
 
 class FakeClock:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from .conftest import IDENTITY_HEADERS
 from .jwks_server import mint, signing_key
 from .servers import (
     REPO,
@@ -32,6 +32,7 @@ from .servers import (
     Authproxy,
     EchoUpstream,
     TLSFiles,
+    accepts,
     echo_upstream,
     free_port,
     http_request,
@@ -53,8 +54,6 @@ REALM = "proxies-test"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8", Bearer realm="{REALM}"'
 PASSWORDS = {"alice": "alice-Corr3ct-horse", "bob": "bob-Batt3ry-staple"}
 KEY = signing_key("ES256", "proxies-test")
-IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
-                    "X-Auth-Scopes")
 SPOOFED_IDENTITY = tuple((name, f"mallory-{i}") for i, name in enumerate(IDENTITY_HEADERS))
 PREFLIGHT = (("Origin", "https://app.example"), ("Access-Control-Request-Method", "PUT"))
 
@@ -105,14 +104,6 @@ def sandbox_env(directory: Path, **variables: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
             "XDG_DATA_HOME": str(directory / "data"),
             "XDG_CONFIG_HOME": str(directory / "config"), **variables}
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def routes_to_authproxy(port: int, tls: TLSFiles) -> bool:

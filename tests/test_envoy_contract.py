@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .conftest import IDENTITY_HEADERS
 from .jwks_server import mint, signing_key
 from .servers import (
     REPO,
@@ -36,8 +37,6 @@ REALM = "envoy-test"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8", Bearer realm="{REALM}"'
 PASSWORDS = {"alice": "alice-Corr3ct-horse", "bob": "bob-Batt3ry-staple"}
 KEY = signing_key("RS256", "envoy-test")
-IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
-                    "X-Auth-Scopes")
 # Where nginx/authproxy-upstream.conf and authproxy's default listen put authproxy.
 AUTHPROXY_DEFAULT = ("127.0.0.1", 9180)
 

@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .conftest import IDENTITY_HEADERS
 from .servers import (
     NGINX_DIR,
     Authproxy,
@@ -56,8 +57,6 @@ SENT_CREDENTIALS = (
     (ALICE, ALICE_PASSWORD), (BOB, BOB_PASSWORD), (ALICE, WRONG_PASSWORD),
     (STRANGER, STRANGER_PASSWORD), (CAROL, CAROL_PASSWORD),
 )
-IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
-                    "X-Auth-Scopes")
 SPOOFED_IDENTITY = (
     ("X-Auth-User", "mallory"), ("X-Auth-User", "mallory-again"), ("X-Auth-Method", "bearer"),
     ("X-Auth-Subject", "mallory-sub"), ("X-Auth-Groups", "mallory-group"),
