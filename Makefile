@@ -17,6 +17,7 @@ test: deps
 bench: export WITH_BENCH = 1
 bench: deps
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/bench_bearer.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -44,10 +43,10 @@ class Policy:
             schemes=frozenset(s.lower() for s in _split(params.get("scheme", []), _COMMA)),
         )
 
-    def allowed_schemes(self, enabled: Sequence[str]) -> tuple[str, ...]:
+    def allowed_schemes(self, enabled: tuple[str, ...]) -> tuple[str, ...]:
         """The enabled schemes this location accepts (possibly none, if misconfigured)."""
         if not self.schemes:
-            return tuple(enabled)
+            return enabled
         return tuple(s for s in enabled if s in self.schemes)
 
     def check(self, identity: Identity) -> None:
