@@ -89,7 +89,7 @@ def create_app(
         app[USER_STORE] = store
         app[RELOADERS].append(store.reload)
         app.cleanup_ctx.append(_background(store.watch))
-        token_verifier = bearer.verify if bearer and config.jwt.accept_in_basic else None
+        token_verifier = bearer if bearer and config.jwt.accept_in_basic else None
         lockout = None
         if worker is not None and config.basic.ban_time > 0:  # with no bans, nothing to share
             lockout = SharedFailureTracker(config.basic, clock, link=worker.link)

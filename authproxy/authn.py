@@ -31,12 +31,22 @@ class AuthRequest:
 
 
 class Authenticator(Protocol):
-    """One scheme. ``authenticate`` returns an Identity or raises; it never returns None."""
+    """One scheme, judged in up to two steps. ``authenticate_now`` does whatever needs no
+    waiting (a remembered credential, a refusal found by parsing, a signature against a key
+    at hand) and returns None when the rest must be awaited: ``authenticate`` then decides,
+    returning an Identity or raising, never None. A call that returns None has no effect
+    (nothing counted, nothing remembered), so the same request may go on to ``authenticate``.
+    """
 
     scheme: str  # the lower-case auth-scheme token it handles, e.g. "basic"
 
     def challenge(self, realm: str) -> str:
         """The bare challenge for this scheme, e.g. ``Basic realm="x", charset="UTF-8"``."""
+        ...
+
+    def authenticate_now(self, request: AuthRequest) -> Identity | None:
+        """The identity, or Unauthenticated/KeysUnavailable raised, when that needs no
+        waiting; None when ``authenticate`` must decide."""
         ...
 
     async def authenticate(self, request: AuthRequest) -> Identity:
@@ -85,14 +95,20 @@ class SchemeChain:
             if schemes is None or a.scheme in schemes
         ]
 
-    async def authenticate(self, request: AuthRequest, allowed: Sequence[str]) -> Identity:
-        """Hand the request to the authenticator of its scheme, if that scheme is allowed."""
+    def authenticator(self, request: AuthRequest, allowed: Sequence[str]) -> Authenticator:
+        """The authenticator of the request's scheme, if that scheme is enabled and allowed."""
         authenticator = self._by_scheme.get(request.credentials.scheme)
         if authenticator is None:
             raise Unauthenticated("unknown_scheme")
         if authenticator.scheme not in allowed:
             raise Unauthenticated("scheme_not_allowed", scheme=authenticator.scheme)
-        return await authenticator.authenticate(request)
+        return authenticator
+
+    def authenticate_now(self, request: AuthRequest, allowed: Sequence[str]) -> Identity | None:
+        return self.authenticator(request, allowed).authenticate_now(request)
+
+    async def authenticate(self, request: AuthRequest, allowed: Sequence[str]) -> Identity:
+        return await self.authenticator(request, allowed).authenticate(request)
 
     def not_ready(self) -> dict[str, str]:
         """What each scheme still lacks, by scheme; empty when every scheme can decide."""

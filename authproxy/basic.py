@@ -9,8 +9,9 @@ import hmac
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Protocol
 
 from cachetools import TTLCache
 
@@ -26,10 +27,15 @@ from .userstore import UserSnapshot, UserStore
 CACHE_SIZE = 50_000  # remembered (user, password) pairs; each is ~200 bytes
 MAX_PENDING = 256  # verifications queued or running before further ones are refused
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
-_JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # ASCII only
 
-# Verifies a JWT given as the Basic password (jwt.accept_in_basic); None when disabled.
-TokenVerifier = Callable[[str], Awaitable[Identity]]
+
+class TokenVerifier(Protocol):
+    """Verifies a JWT given as the Basic password (jwt.accept_in_basic): BearerAuthenticator."""
+
+    def verify_now(self, token: str) -> Identity | None: ...
+
+    async def verify(self, token: str) -> Identity: ...
 
 
 def decode_basic(value: str) -> tuple[str, bytes]:
@@ -100,24 +106,37 @@ class BasicAuthenticator:
     def not_ready(self) -> str | None:
         return None  # the store never exists without a loaded table
 
-    async def authenticate(self, request: AuthRequest) -> Identity:
-        # The cache is keyed by the exact credentials string, so a hit needs no decoding.
-        # Strict decoding makes it one string per (user, password); a key is only ever
-        # stored after that string decoded and verified.
+    def authenticate_now(self, request: AuthRequest) -> Identity | None:
+        """A remembered password, or a refusal that needs no hash (malformed, banned);
+        None when a hash must be verified. A JWT as the password is the token verifier's."""
         value = request.credentials.value
-        key = hmac.digest(self._secret, value.encode("utf-8", "surrogateescape"), hashlib.sha256)
-        snapshot = self.store.snapshot
-        if self._cache is not None:
-            cached = self._cache.get(key)
-            if cached is not None and self._still_current(cached, snapshot):
-                self._cache_hits.inc()
-                return cached[1]
-        self._cache_misses.inc()
+        cached = self._remembered(self._cache_key(value))
+        if cached is not None:
+            self._cache_hits.inc()
+            return cached
         user, password = decode_basic(value)
         if self._token_verifier is not None and _JWT_SHAPE.fullmatch(password):
-            return await self._authenticate_token(user, password)
+            identity = self._token_verifier.verify_now(password.decode())
+            if identity is not None:
+                check_token_user(user, identity)
+            return identity
         if self._lockout.is_banned(user, request.client):
             raise Unauthenticated("banned", scheme="basic")
+        return None
+
+    async def authenticate(self, request: AuthRequest) -> Identity:
+        identity = self.authenticate_now(request)
+        if identity is not None:
+            return identity
+        value = request.credentials.value
+        user, password = decode_basic(value)
+        if self._token_verifier is not None and _JWT_SHAPE.fullmatch(password):
+            identity = await self._token_verifier.verify(password.decode())
+            check_token_user(user, identity)
+            return identity
+        self._cache_misses.inc()
+        key = self._cache_key(value)
+        snapshot = self.store.snapshot
         entry = snapshot.table.get(user)
         try:
             await self._verify_shared(key, entry or snapshot.table.dummy, password)
@@ -132,6 +151,20 @@ class BasicAuthenticator:
         if self._cache is not None:
             self._cache[key] = (entry, identity)
         return identity
+
+    def _cache_key(self, value: str) -> bytes:
+        # The cache is keyed by the exact credentials string, so a hit needs no decoding.
+        # Strict decoding makes it one string per (user, password); a key is only ever
+        # stored after that string decoded and verified.
+        return hmac.digest(self._secret, value.encode("utf-8", "surrogateescape"), hashlib.sha256)
+
+    def _remembered(self, key: bytes) -> Identity | None:
+        if self._cache is None:
+            return None
+        cached = self._cache.get(key)
+        if cached is not None and self._still_current(cached, self.store.snapshot):
+            return cached[1]
+        return None
 
     @staticmethod
     def _still_current(cached: tuple[PasswordHash, Identity], snapshot: UserSnapshot) -> bool:
@@ -162,13 +195,11 @@ class BasicAuthenticator:
         finally:
             self._metrics.hash_seconds.labels(hashed.scheme).observe(time.perf_counter() - started)
 
-    async def _authenticate_token(self, user: str, password: bytes) -> Identity:
-        assert self._token_verifier is not None
-        try:
-            token = password.decode("ascii")
-        except UnicodeDecodeError:
-            raise Unauthenticated("malformed", scheme="basic") from None
-        identity = await self._token_verifier(token)
-        if user not in ("*", identity.user):
-            raise Unauthenticated("token_user_mismatch", scheme="bearer")
-        return identity
+
+
+
+def check_token_user(user: str, identity: Identity) -> None:
+    """A JWT given as the Basic password passes for the user-id ``*`` or its own user only
+    (SPEC §7)."""
+    if user not in ("*", identity.user):
+        raise Unauthenticated("token_user_mismatch", scheme="bearer")

@@ -24,7 +24,7 @@ from cachetools import TLRUCache
 from jwcrypto.jwa import JWA
 
 from .authn import AuthRequest
-from .basic import decode_basic
+from .basic import check_token_user, decode_basic
 from .claims import ClaimPolicy
 from .config import JwtConfig
 from .errors import Unauthenticated
@@ -94,18 +94,24 @@ class BearerAuthenticator:
     def not_ready(self) -> str | None:
         return self.keys.not_ready()
 
+    def authenticate_now(self, request: AuthRequest) -> Identity | None:
+        return self.verify_now(self._token(request))
+
     async def authenticate(self, request: AuthRequest) -> Identity:
+        return await self.verify(self._token(request))
+
+    @staticmethod
+    def _token(request: AuthRequest) -> str:
         token = request.credentials.value
         if not token:
             raise Unauthenticated("missing_token", scheme="bearer", bearer_error="invalid_request")
-        return await self.verify(token)
+        return token
 
-    async def verify(self, token: str) -> Identity:
-        """The identity a token proves; raise Unauthenticated (invalid_token) or
-        KeysUnavailable (no trusted key set that could hold its key)."""
-        # keyed by the exact string: two spellings of one token are two entries, never one
-        cache_key = hmac.digest(self._secret, token.encode("utf-8", "surrogatepass"),
-                                hashlib.sha256)
+    def verify_now(self, token: str) -> Identity | None:
+        """The identity a token proves, or Unauthenticated (invalid_token) or KeysUnavailable
+        raised; None when its kid is in no key set yet, so that a refresh must be awaited
+        (:meth:`verify`)."""
+        cache_key = self._cache_key(token)
         entry = self._cache.get(cache_key)
         if entry is not None:
             # exp by the wall clock too: it may have jumped ahead of the monotonic deadline
@@ -114,20 +120,41 @@ class BearerAuthenticator:
                 self._cache_hits.inc()
                 return entry.identity
             self._cache.pop(cache_key, None)
-        self._cache_misses.inc()
         checked = check_token(token, self._algorithms, self._require_typ)
-        key = await self._verify_with_some_key(checked)
+        keys = self.keys.candidates(checked.kid, checked.alg)
+        if not keys and checked.kid is not None and self.keys.may_learn(checked.kid):
+            return None
+        return self._verified(cache_key, checked, keys)
+
+    async def verify(self, token: str) -> Identity:
+        """:meth:`verify_now`, awaiting the one shared, rate-limited refresh that a kid no
+        trusted set has triggers."""
+        identity = self.verify_now(token)
+        if identity is not None:
+            return identity
+        checked = check_token(token, self._algorithms, self._require_typ)
+        assert checked.kid is not None  # only a kid can be learnt
+        await self.keys.refresh_on_miss(checked.kid)
+        keys = self.keys.candidates(checked.kid, checked.alg)
+        return self._verified(self._cache_key(token), checked, keys)
+
+    def _cache_key(self, token: str) -> bytes:
+        # keyed by the exact string: two spellings of one token are two entries, never one
+        return hmac.digest(self._secret, token.encode("utf-8", "surrogatepass"), hashlib.sha256)
+
+    def _verified(
+        self, cache_key: bytes, checked: CheckedToken, keys: tuple[VerifyKey, ...]
+    ) -> Identity:
+        """Signature by one of ``keys`` (the candidates), then claims; remembered until exp."""
+        self._cache_misses.inc()
+        key = self._verifying_key(checked, keys)
         identity = self._claims.identity(checked.payload)
         lifetime = (identity.expires_at or 0.0) - self._wall_clock()  # exp is required
         if lifetime > 0:
             self._cache[cache_key] = _Verified(identity, key.thumbprint, self._clock() + lifetime)
         return identity
 
-    async def _verify_with_some_key(self, header: CheckedToken) -> VerifyKey:
-        keys = self.keys.candidates(header.kid, header.alg)
-        if not keys and header.kid is not None and not self.keys.knows_kid(header.kid):
-            await self.keys.refresh_on_miss(header.kid)
-            keys = self.keys.candidates(header.kid, header.alg)
+    def _verifying_key(self, header: CheckedToken, keys: tuple[VerifyKey, ...]) -> VerifyKey:
         if not keys:
             if header.kid is not None and self.keys.knows_kid(header.kid):
                 # the named key exists but cannot verify this alg (its own alg differs, or
@@ -159,13 +186,23 @@ class TokenInBasicAuthenticator:
     def not_ready(self) -> str | None:
         return None  # the bearer scheme reports the key set
 
+    def authenticate_now(self, request: AuthRequest) -> Identity | None:
+        user, token = self._user_and_token(request)
+        identity = self._bearer.verify_now(token)
+        if identity is not None:
+            check_token_user(user, identity)
+        return identity
+
     async def authenticate(self, request: AuthRequest) -> Identity:
+        user, token = self._user_and_token(request)
+        identity = await self._bearer.verify(token)
+        check_token_user(user, identity)
+        return identity
+
+    @staticmethod
+    def _user_and_token(request: AuthRequest) -> tuple[str, str]:
         user, password = decode_basic(request.credentials.value)
         try:
-            token = password.decode("ascii")
+            return user, password.decode("ascii")
         except UnicodeDecodeError:
             raise Unauthenticated("malformed", scheme="basic") from None
-        identity = await self._bearer.verify(token)
-        if user not in ("*", identity.user):
-            raise Unauthenticated("token_user_mismatch", scheme="bearer")
-        return identity

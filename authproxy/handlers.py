@@ -8,9 +8,11 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from .authn import AuthRequest, SchemeChain, parse_authorization
 from .config import Config
@@ -18,7 +20,7 @@ from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .identity import EMPTY_HEADERS, Identity
 from .logs import DecisionLog
 from .metrics import Metrics
-from .policy import policy_for
+from .policy import Policy, policy_for
 
 log = logging.getLogger("authproxy.handlers")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -32,6 +34,32 @@ BEARER_DESCRIPTIONS = {
     "invalid_request": "The request is missing a valid bearer token",
     "invalid_token": "The access token is invalid",
 }
+
+
+class RequestView(Protocol):
+    """What a decision reads of a request: aiohttp's request object, or the parsed message
+    the server answers before aiohttp makes a request of it (connection.py)."""
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def path_qs(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def remote(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A decision's response: a status and headers, never a body."""
+
+    status: int
+    headers: dict[str, str]
 
 
 class Decider:
@@ -55,7 +83,7 @@ class Decider:
 
     # -- the request ---------------------------------------------------------------------
 
-    def client_address(self, request: web.BaseRequest) -> str:
+    def client_address(self, request: RequestView) -> str:
         """The client's address: forwarded headers are believed only from a trusted proxy."""
         peer = request.remote or ""
         if peer and not self._is_trusted(peer):
@@ -77,7 +105,7 @@ class Decider:
         return _in_networks(address, self._trusted)
 
     @staticmethod
-    def original(request: web.BaseRequest) -> tuple[str, str]:
+    def original(request: RequestView) -> tuple[str, str]:
         """The method and URI of the request being decided (nginx, Traefik/Caddy, Envoy)."""
         headers = request.headers
         method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method")
@@ -87,7 +115,7 @@ class Decider:
             uri = request.path_qs[len("/auth"):] or "/"
         return method or request.method, uri
 
-    def _is_preflight(self, request: web.BaseRequest) -> bool:
+    def _is_preflight(self, request: RequestView) -> bool:
         """A CORS preflight, if allowed. Every method the request names must be OPTIONS:
         nginx sets X-Original-Method but passes a client's X-Forwarded-Method on, Caddy and
         Traefik do the reverse, so either header alone may be the client's own word."""
@@ -101,74 +129,109 @@ class Decider:
 
     # -- the decision --------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.Response:
+        """The aiohttp handler for /auth (the server answers most decisions before aiohttp
+        makes a request of them: see connection.py)."""
+        answer = await self.decide(request)
+        response = web.Response(status=answer.status, headers=answer.headers)
+        if request.body_exists:
+            # We never read a body; do not keep the connection to drain one we ignored.
+            response.force_close()
+        return response
+
+    def decide_now(self, request: RequestView) -> Answer | None:
+        """The answer, logged and counted, when reaching it needs no waiting: a remembered
+        credential, a refusal found by parsing, a signature against a key at hand. None when
+        it does (a hash to verify, a key set to fetch); then :meth:`decide`."""
         started = time.perf_counter()
+        case = self._case(request)
+        if case.preflight:
+            return self._conclude(case, None, started)
+        try:
+            identity = self.chain.authenticate_now(case.credentials(), case.allowed)
+        except Exception as exc:
+            return self._conclude(case, exc, started)
+        if identity is None:
+            return None
+        return self._conclude(case, identity, started)
+
+    async def decide(self, request: RequestView) -> Answer:
+        answer = self.decide_now(request)
+        if answer is not None:
+            return answer
+        started = time.perf_counter()
+        case = self._case(request)
+        outcome: Identity | Exception
+        try:
+            outcome = await self.chain.authenticate(case.credentials(), case.allowed)
+        except Exception as exc:
+            outcome = exc
+        return self._conclude(case, outcome, started)
+
+    def _case(self, request: RequestView) -> _Case:
         method, uri = self.original(request)
         fields: dict[str, Any] = {
             "client": self.client_address(request), "method": method, "uri": uri.split("?")[0],
             "scheme": "",
         }
-        try:
-            response = await self._decide(request, fields)
-        except KeysUnavailable as exc:
-            response = web.Response(
-                status=503,
-                headers={"Retry-After": str(exc.retry_after), **_NO_STORE},
-            )
-            fields.update(status=503, outcome="unavailable", reason=exc.reason)
-        except Exception as exc:
-            # Fail closed. The class and frames go to the log; the message may hold input.
-            log.error("decision failed", extra={
-                "event": "decision_error", "exception": type(exc).__name__,
-                "frames": traceback.format_tb(exc.__traceback__, limit=-4),
-            })
-            response = self._challenge(Unauthenticated("internal_error"), self.chain.schemes)
-            fields.update(status=401, outcome="deny", reason="internal_error")
-        if request.body_exists:
-            # We never read a body; do not keep the connection to drain one we ignored.
-            response.force_close()
+        # Below /auth (Envoy) the query string is the client's, never a policy.
+        policy = policy_for(request.query_string if request.path == "/auth" else "")
+        return _Case(self, request, fields, policy, policy.allowed_schemes(self.chain.schemes),
+                     self._is_preflight(request))
+
+    def _conclude(
+        self, case: _Case, outcome: Identity | Exception | None, started: float
+    ) -> Answer:
+        """Turn an identity (None: an allowed preflight) or the exception that refused one
+        into the answer; log and count it."""
+        if isinstance(outcome, Exception):
+            answer = self._refusal(outcome, case)
+        else:
+            try:
+                answer = self._admit(outcome, case)
+            except Forbidden as exc:
+                answer = self._refusal(exc, case)
+        fields = case.fields
         elapsed = time.perf_counter() - started
         fields["latency_ms"] = round(elapsed * 1000, 3)
         self.metrics.record_decision(fields["scheme"], fields["outcome"], fields["reason"], elapsed)
         self.decisions.write(fields)
-        return response
+        return answer
 
-    async def _decide(self, request: web.Request, fields: dict[str, Any]) -> web.Response:
-        if self._is_preflight(request):
+    def _admit(self, identity: Identity | None, case: _Case) -> Answer:
+        fields = case.fields
+        if identity is None:
             fields.update(status=200, outcome="allow", reason="preflight")
-            return self._allow(None)
-        # Below /auth (Envoy) the query string is the client's, never a policy.
-        policy = policy_for(request.query_string if request.path == "/auth" else "")
-        allowed = policy.allowed_schemes(self.chain.schemes)
-        try:
-            credentials = parse_authorization(request.headers.getall("Authorization", []))
-            if credentials.scheme in self.chain.schemes:  # never a client's word as a label
-                fields["scheme"] = credentials.scheme
-            identity = await self.chain.authenticate(
-                AuthRequest(credentials, fields["client"]), allowed
-            )
-            fields.update(scheme=identity.method, user=identity.user)
-            policy.check(identity)
-            response = self._allow(identity)
-        except Forbidden as exc:
+            return Answer(200, {**EMPTY_HEADERS, **_NO_STORE})
+        fields.update(scheme=identity.method, user=identity.user)
+        case.policy.check(identity)
+        fields.update(status=200, outcome="allow", reason="ok")
+        if self.config.server.nginx_cache_hint:
+            expires = {"X-Accel-Expires": str(self._cache_seconds(identity))}
+            return Answer(200, {**identity.headers, **expires})
+        return Answer(200, {**identity.headers, **_NO_STORE})
+
+    def _refusal(self, exc: Exception, case: _Case) -> Answer:
+        fields = case.fields
+        if isinstance(exc, Forbidden):
             fields.update(status=403, outcome="deny", reason=exc.reason)
             return self._forbid(exc, fields["scheme"])
-        except Unauthenticated as exc:
+        if isinstance(exc, Unauthenticated):
             fields.update(status=401, outcome="deny", reason=exc.reason)
             fields.pop("user", None)
             if exc.user:
                 fields["user"] = exc.user
-            return self._challenge(exc, allowed)
-        fields.update(status=200, outcome="allow", reason="ok")
-        return response
-
-    def _allow(self, identity: Identity | None) -> web.Response:
-        response = web.Response(status=200, headers=identity.headers if identity else EMPTY_HEADERS)
-        if self.config.server.nginx_cache_hint and identity is not None:
-            response.headers["X-Accel-Expires"] = str(self._cache_seconds(identity))
-        else:
-            response.headers.update(_NO_STORE)
-        return response
+            return self._challenge(exc, case.allowed)
+        if isinstance(exc, KeysUnavailable):
+            fields.update(status=503, outcome="unavailable", reason=exc.reason)
+            return Answer(503, {"Retry-After": str(exc.retry_after), **_NO_STORE})
+        # Fail closed. The class and frames go to the log; the message may hold input.
+        log.error("decision failed", extra={
+            "event": "decision_error", "exception": type(exc).__name__,
+            "frames": traceback.format_tb(exc.__traceback__, limit=-4),
+        })
+        fields.update(status=401, outcome="deny", reason="internal_error")
+        return self._challenge(Unauthenticated("internal_error"), self.chain.schemes)
 
     def _cache_seconds(self, identity: Identity) -> int:
         """How long nginx may cache this 200: never past a token's exp or the Basic cache TTL."""
@@ -188,22 +251,41 @@ class Decider:
             parts.append(challenge)
         return ", ".join(parts)
 
-    def _challenge(self, exc: Unauthenticated, schemes: tuple[str, ...]) -> web.Response:
+    def _challenge(self, exc: Unauthenticated, schemes: tuple[str, ...]) -> Answer:
         if not schemes:  # a location whose scheme= names nothing enabled: still challenge
             schemes = self.chain.schemes
-        return web.Response(
-            status=401,
-            headers={"WWW-Authenticate": self.challenge_header(schemes, exc), **_NO_STORE},
-        )
+        return Answer(401, {"WWW-Authenticate": self.challenge_header(schemes, exc), **_NO_STORE})
 
-    def _forbid(self, exc: Forbidden, scheme: str) -> web.Response:
+    def _forbid(self, exc: Forbidden, scheme: str) -> Answer:
         headers = dict(_NO_STORE)
         if exc.missing_scope and scheme == "bearer":
             headers["WWW-Authenticate"] = (
                 f'Bearer realm="{self._realm}", error="insufficient_scope", '
                 f'scope="{exc.missing_scope}"'
             )
-        return web.Response(status=403, headers=headers)
+        return Answer(403, headers)
+
+
+class _Case:
+    """One decision under way: what its log line will say, and the location's policy."""
+
+    __slots__ = ("fields", "policy", "allowed", "preflight", "_request", "_decider")
+
+    def __init__(self, decider: Decider, request: RequestView, fields: dict[str, Any],
+                 policy: Policy, allowed: tuple[str, ...], preflight: bool) -> None:
+        self._decider = decider
+        self._request = request
+        self.fields = fields
+        self.policy = policy
+        self.allowed = allowed
+        self.preflight = preflight
+
+    def credentials(self) -> AuthRequest:
+        """The request's credentials, for the scheme chain; raise Unauthenticated if unusable."""
+        credentials = parse_authorization(self._request.headers.getall("Authorization", []))
+        if credentials.scheme in self._decider.chain.schemes:  # never a client's word as a label
+            self.fields["scheme"] = credentials.scheme
+        return AuthRequest(credentials, self.fields["client"])
 
 
 @functools.lru_cache(maxsize=4096)
@@ -232,7 +314,8 @@ def refuse_unparseable(decider: Decider) -> web.Response:
     decider.metrics.parse_errors.inc()
     decider.metrics.record_decision("", "deny", "unparseable_request", 0.0)
     decider.decisions.write({"status": 401, "outcome": "deny", "reason": "unparseable_request"})
-    response = decider._challenge(Unauthenticated("unparseable_request"), decider.chain.schemes)
+    answer = decider._challenge(Unauthenticated("unparseable_request"), decider.chain.schemes)
+    response = web.Response(status=answer.status, headers=answer.headers)
     response.force_close()
     return response
 

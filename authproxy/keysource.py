@@ -147,6 +147,12 @@ class KeySource:
 
     # -- refreshing ----------------------------------------------------------------------------
 
+    def may_learn(self, kid: str) -> bool:
+        """Whether a refresh might bring this kid: no trusted set has it, there is an
+        endpoint, and no refresh lately came back without it."""
+        return (self.endpoint is not None and kid not in self._unknown_kids
+                and not self.knows_kid(kid))
+
     async def refresh_on_miss(self, kid: str) -> bool:
         """Refresh for a token whose kid no trusted set has; True if the kid is now known.
 
@@ -154,8 +160,8 @@ class KeySource:
         MISS_REFRESH_INTERVAL; a kid still unknown after a fetch is remembered that long, so a
         flood of made-up kids costs the endpoint one request per interval and fails fast.
         """
-        if self.endpoint is None or kid in self._unknown_kids:
-            return False
+        if not self.may_learn(kid):
+            return self.knows_kid(kid)
         if await self.miss_refresh() and self.knows_kid(kid):
             return True
         self._unknown_kids[kid] = len(kid) + 64

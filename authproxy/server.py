@@ -83,7 +83,7 @@ def _decisions_first(decider: Decider, route: _Handler) -> _Handler:
     async def dispatch(request: BaseRequest) -> web.StreamResponse:
         path = request.path
         if path == "/auth" or path.startswith("/auth/"):
-            return await decider.handle(request)  # type: ignore[arg-type]
+            return await decider.handle(request)
         return await route(request)
 
     return dispatch
