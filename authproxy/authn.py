@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import Unauthenticated
 from .identity import Identity
@@ -14,16 +13,14 @@ from .identity import Identity
 MAX_AUTHORIZATION = 16384
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
+class Credentials(NamedTuple):
     """The Authorization header split into its scheme (lower case) and the rest."""
 
     scheme: str
     value: str
 
 
-@dataclass(frozen=True, slots=True)
-class AuthRequest:
+class AuthRequest(NamedTuple):
     """What an authenticator may look at: the credentials and who is asking."""
 
     credentials: Credentials

@@ -8,7 +8,6 @@ an ``invalid_token``, never an exception.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -17,20 +16,15 @@ from typing import Any
 from .config import JwtConfig
 from .errors import Unauthenticated
 from .identity import Identity
-from .jose import invalid_token, no_duplicate_members
+from .jose import invalid_token, strict_json
 
 MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z: later is a forgery or a bug
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def decode_claims(payload: bytes) -> dict[str, Any]:
     """The payload as a JSON object (UTF-8, no duplicate names, no NaN/Infinity)."""
     try:
-        claims = json.loads(payload, object_pairs_hook=no_duplicate_members,
-                            parse_constant=_refuse_constant)
+        claims = strict_json(payload)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError included
         raise invalid_token("payload_not_json") from None
     if not isinstance(claims, dict):

@@ -8,8 +8,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -54,8 +53,7 @@ class RequestView(Protocol):
     def remote(self) -> str | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """A decision's response: a status and headers, never a body."""
 
     status: int
@@ -78,7 +76,10 @@ class Decider:
         self.metrics = metrics
         self.decisions = decisions
         self._realm = config.server.realm
-        self._trusted = config.server.trusted_networks
+        # Memoized per address: peers are few (the proxies); forwarded hops are
+        # client-chosen, hence the bound.
+        self._is_trusted = functools.lru_cache(maxsize=4096)(
+            functools.partial(_in_networks, networks=config.server.trusted_networks))
         self._wall_clock = wall_clock
 
     # -- the request ---------------------------------------------------------------------
@@ -100,9 +101,6 @@ class Decider:
             if not self._is_trusted(hop):
                 return hop
         return peer or "unix"
-
-    def _is_trusted(self, address: str) -> bool:
-        return _in_networks(address, self._trusted)
 
     @staticmethod
     def original(request: RequestView) -> tuple[str, str]:
@@ -269,7 +267,7 @@ class Decider:
 class _Case:
     """One decision under way: what its log line will say, and the location's policy."""
 
-    __slots__ = ("fields", "policy", "allowed", "preflight", "_request", "_decider")
+    __slots__ = ("_decider", "_request", "allowed", "fields", "policy", "preflight")
 
     def __init__(self, decider: Decider, request: RequestView, fields: dict[str, Any],
                  policy: Policy, allowed: tuple[str, ...], preflight: bool) -> None:
@@ -288,10 +286,8 @@ class _Case:
         return AuthRequest(credentials, self.fields["client"])
 
 
-@functools.lru_cache(maxsize=4096)
 def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
-    """Whether an address string lies in one of the networks. Memoized: peers are few (the
-    proxies); forwarded hops are client-chosen, hence the bound."""
+    """Whether an address string lies in one of the networks."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -10,7 +10,9 @@ from .errors import Unauthenticated
 IDENTITY_HEADERS = (
     "X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups", "X-Auth-Scopes",
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A control character would split or corrupt the response; a lone surrogate (JSON can spell
+# one: "\ud800") cannot be encoded at all.
+_UNSENDABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +22,7 @@ class Identity:
     ``expires_at`` is the wall-clock time (epoch seconds) after which this identity must not be
     served from any cache: a token's ``exp``; ``None`` for Basic (bounded by the cache TTL).
 
-    Raises Unauthenticated("unsafe_identity") when a value could not be sent as a header
-    (a control character in a claim would split or corrupt the response).
+    Raises Unauthenticated("unsafe_identity") when a value could not be sent as a header.
     """
 
     user: str
@@ -36,13 +37,14 @@ class Identity:
         # Every identity header, always all present (empty when unknown): proxies such as
         # Caddy before its GHSA-7r4p-vjf4-gxv4 fix leave a client-sent header in place when
         # the auth response lacks it.
-        headers = dict(zip(IDENTITY_HEADERS, (
-            self.user, self.method, self.subject,
-            ",".join(sorted(self.groups)), " ".join(sorted(self.scopes)),
-        ), strict=True))
-        if any(_CONTROL.search(value) for value in headers.values()):
+        groups = ",".join(sorted(self.groups)) if self.groups else ""
+        scopes = " ".join(sorted(self.scopes)) if self.scopes else ""
+        if _UNSENDABLE.search(f"{self.user}{self.method}{self.subject}{groups}{scopes}"):
             raise Unauthenticated("unsafe_identity", scheme=self.method)
-        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "headers", {
+            "X-Auth-User": self.user, "X-Auth-Method": self.method,
+            "X-Auth-Subject": self.subject, "X-Auth-Groups": groups, "X-Auth-Scopes": scopes,
+        })
 
 
 EMPTY_HEADERS = dict.fromkeys(IDENTITY_HEADERS, "")

@@ -11,20 +11,18 @@ class).
 
 from __future__ import annotations
 
-import base64
 import binascii
+import functools
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import Unauthenticated
 
 # Longest token considered. Real access tokens, even with many groups, stay well below this;
 # nginx's default header buffer (8 kB) cuts the whole header off earlier anyway.
 MAX_TOKEN_LENGTH = 12_288
-REFUSED_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
+REFUSED_HEADERS = frozenset(("jku", "x5u", "jwk", "x5c", "crit", "b64"))
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _SIGNATURE_LENGTHS = {
     "ES256": frozenset({64}), "ES384": frozenset({96}), "ES512": frozenset({132}),
@@ -54,8 +52,7 @@ def invalid_token(reason: str, kind: str = "malformed") -> Unauthenticated:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CheckedToken:
+class CheckedToken(NamedTuple):
     """A compact JWS that passed the pre-checks: the header fields that choose and constrain
     the key, and the decoded parts the signature is verified over."""
 
@@ -67,25 +64,57 @@ class CheckedToken:
     signature: bytes
 
 
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_SEXTET = {c: i for i, c in enumerate(_B64URL)}
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+# by length % 4: the padding to add, and the bits of the last character that carry no data
+# (a canonical encoding leaves them zero; RFC 4648 §3.5)
+_PADDING = {0: (b"", 0), 2: (b"==", 0x0F), 3: (b"=", 0x03)}
+
+
 def b64url_decode(segment: str) -> bytes:
-    """Decode unpadded base64url, refusing any spelling but the canonical one."""
-    if len(segment) % 4 == 1:
-        raise ValueError("impossible base64 length")
-    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+    """Decode unpadded base64url, refusing any spelling but the canonical one: only the
+    base64url alphabet, no padding, no impossible length, no stray bits in the last
+    character (which would make several spellings of one value)."""
+    # '+', '/' and '=' would pass the standard-alphabet decoder below; it refuses the rest
+    if not segment.isascii() or "+" in segment or "/" in segment or "=" in segment:
+        raise ValueError("not base64url")
+    try:
+        padding, unused_bits = _PADDING[len(segment) % 4]
+    except KeyError:
+        raise ValueError("impossible base64 length") from None
+    if segment and _SEXTET.get(segment[-1], 0) & unused_bits:
         raise ValueError("non-canonical base64")
-    return raw
+    return binascii.a2b_base64(segment.encode().translate(_TO_STANDARD) + padding,
+                               strict_mode=True)
 
 
 def no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """object_pairs_hook for json.loads: a repeated member makes the document invalid."""
+    """object_pairs_hook for json: a repeated member makes the document invalid."""
     result = dict(pairs)
     if len(result) != len(pairs):
         raise ValueError("duplicate member")
     return result
 
 
-def check_token(token: str, algorithms: Sequence[str], require_typ: str = "") -> CheckedToken:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Built once: json.loads with these arguments makes a decoder per call.
+STRICT_JSON = json.JSONDecoder(object_pairs_hook=no_duplicate_members,
+                               parse_constant=_refuse_constant)
+
+
+def strict_json(document: bytes) -> Any:
+    """A UTF-8 JSON text (RFC 8259 §8.1; not UTF-16 or -32, which json.loads would guess)
+    without repeated member names, NaN or Infinity; raise ValueError."""
+    return STRICT_JSON.decode(document.decode("utf-8"))
+
+
+def check_token(
+    token: str, algorithms: tuple[str, ...], require_typ: str = ""
+) -> CheckedToken:
     """Pre-check a compact JWS and return its parts; raise Unauthenticated (invalid_token).
 
     ``require_typ`` ``"at+jwt"`` demands RFC 9068 §2.1 explicit typing; ``application/at+jwt``
@@ -96,18 +125,37 @@ def check_token(token: str, algorithms: Sequence[str], require_typ: str = "") ->
     if not _COMPACT.fullmatch(token):
         raise invalid_token("not_compact_jws")
     header_b64, payload_b64, signature_b64 = token.split(".")
+    alg, kid, typ = _checked_header(header_b64, algorithms, require_typ)
     try:
-        header = json.loads(b64url_decode(header_b64), object_pairs_hook=no_duplicate_members)
         payload = b64url_decode(payload_b64)
         signature = b64url_decode(signature_b64)
-    except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError included
+    except ValueError:  # binascii.Error included
+        raise invalid_token("bad_encoding") from None
+    lengths = _SIGNATURE_LENGTHS.get(alg)
+    if lengths is not None and len(signature) not in lengths:
+        raise invalid_token("bad_signature_length", "bad_signature")
+    signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+    return CheckedToken(alg, kid, typ, signing_input, payload, signature)
+
+
+# An issuer's tokens share one header (alg, kid, typ), so its checks are remembered, by the
+# header's exact spelling: only headers that passed them (a refusal is an exception, which
+# lru_cache does not keep), at most this many.
+@functools.lru_cache(maxsize=256)
+def _checked_header(
+    header_b64: str, algorithms: tuple[str, ...], require_typ: str
+) -> tuple[str, str | None, str | None]:
+    """(alg, kid, typ) of a header that passes the checks; raise Unauthenticated."""
+    try:
+        header = strict_json(b64url_decode(header_b64))
+    except ValueError:  # UnicodeDecodeError, JSONDecodeError and binascii.Error included
         raise invalid_token("bad_encoding") from None
     if not isinstance(header, dict):
         raise invalid_token("header_not_object")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in algorithms:
         raise invalid_token("alg_not_allowed")
-    if any(name in header for name in REFUSED_HEADERS):
+    if not REFUSED_HEADERS.isdisjoint(header):
         raise invalid_token("refused_header")
     kid, typ = header.get("kid"), header.get("typ")
     if "kid" in header and not isinstance(kid, str):  # null included: RFC 7515 says a string
@@ -116,11 +164,7 @@ def check_token(token: str, algorithms: Sequence[str], require_typ: str = "") ->
         raise invalid_token("bad_typ")
     if require_typ and _media_type(typ) != require_typ:
         raise invalid_token("wrong_typ", "wrong_type")
-    lengths = _SIGNATURE_LENGTHS.get(alg)
-    if lengths is not None and len(signature) not in lengths:
-        raise invalid_token("bad_signature_length", "bad_signature")
-    signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
-    return CheckedToken(alg, kid, typ, signing_input, payload, signature)
+    return alg, kid, typ
 
 
 def _media_type(typ: str | None) -> str:

@@ -18,7 +18,8 @@ from aiohttp.web_request import BaseRequest
 
 from .app import DECIDER, RELOADERS, create_app
 from .config import Config
-from .handlers import Decider, refuse_unparseable
+from .connection import Connection
+from .handlers import Decider
 from .ipc import WorkerContext
 
 log = logging.getLogger("authproxy.server")
@@ -33,36 +34,17 @@ MAX_LINE_SIZE = 1 << 16
 UNIX_SOCKET_MODE = 0o666  # restrict access with the directory's permissions
 
 
-class _ParseErrorsDenied(RequestHandler):
-    """aiohttp answers a request its parser refuses with its own 400, which nginx turns into a
-    500 for the client; this handler answers 401 with our challenge instead."""
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        decider: Decider | None = getattr(self._manager, "decider", None)
-        if status == 400 and decider is not None and request.writer.output_size == 0:
-            log.info("request refused by the HTTP parser", extra={
-                "event": "parse_error", "exception": type(exc).__name__ if exc else "",
-            })
-            return refuse_unparseable(decider)
-        return super().handle_error(request, status, exc, message)
-
-
 class _Server(web.Server):
     decider: Decider
 
     def __call__(self) -> RequestHandler:
-        return _ParseErrorsDenied(self, loop=self._loop, **self._kwargs)
+        return Connection(self, loop=self._loop, **self._kwargs)
 
 
 class AuthRunner(web.AppRunner):
-    """An AppRunner whose connections answer parse errors with a 401 (see above), and which
-    hands decisions straight to the Decider."""
+    """An AppRunner whose connections answer decisions as they are parsed and parse errors
+    with a 401 (connection.py), and which hands the other decisions straight to the
+    Decider."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

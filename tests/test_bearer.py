@@ -111,6 +111,7 @@ async def test_bearer_with_nothing_after_it_is_invalid_request(
     ({"groups": [1, 2]}, "malformed"),
     ({"sub": "alice\r\nX-Auth-User: root"}, "malformed"),  # header injection
     ({"groups": ["ops\n"]}, "malformed"),
+    ({"sub": "alice\ud800"}, "malformed"),  # a lone surrogate: no header can carry it
     ({"iss": "https://evil.example"}, "wrong_issuer"),
     ({"iss": OMIT}, "wrong_issuer"),
     ({"aud": ["someone-else"]}, "wrong_audience"),

@@ -1,0 +1,179 @@
+"""One HTTP connection: aiohttp's RequestHandler, with decisions answered as they are parsed.
+
+aiohttp serves a request in steps that each cost about what a remembered decision costs: a
+future woken, a task started (one event-loop turn on Python 3.11), a request object and a
+response object made, the response's headers serialized. Every request to authproxy is a
+decision and most are answered from memory, so :class:`Connection` answers those as soon as
+the parser hands them over, in ``data_received``, by writing the response bytes itself:
+
+- only while aiohttp has nothing in hand on this connection (``start()`` idle, nothing queued,
+  the transport not paused), so responses keep the order of pipelined requests;
+- only for an HTTP/1.1 keep-alive request to /auth or /auth/... without a body, upgrade or
+  absolute URI, and only when the decision needs no waiting (``Decider.decide_now``).
+
+Everything else (a hash to verify, a key set to fetch, a body, HTTP/1.0, the other routes)
+goes through aiohttp as before; from the first such request on, the rest of that read does
+too, so the order holds. This leans on RequestHandler's internals (``_waiter``,
+``_messages``, the parser's message accounting), which is why setup.cfg pins aiohttp to the
+minor version these were read from, and tests/test_http_layer.py checks the behaviour.
+
+The other change: a request aiohttp's parser refuses gets our 401 with the challenge instead
+of aiohttp's 400, which nginx would turn into a 500 for the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import HttpVersion11
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDictProxy
+
+from .handlers import Answer, Decider, refuse_unparseable
+
+log = logging.getLogger("authproxy.server")
+
+_STATUS_LINES = {
+    200: "HTTP/1.1 200 OK\r\n",
+    401: "HTTP/1.1 401 Unauthorized\r\n",
+    403: "HTTP/1.1 403 Forbidden\r\n",
+    503: "HTTP/1.1 503 Service Unavailable\r\n",
+}
+
+
+def encode_answer(answer: Answer) -> bytes:
+    """The response head of an answer (no body: Content-Length 0)."""
+    head = [_STATUS_LINES[answer.status]]
+    head.extend(f"{name}: {value}\r\n" for name, value in answer.headers.items())
+    head.append(f"Content-Length: 0\r\nDate: {rfc822_formatted_time()}\r\n\r\n")
+    return "".join(head).encode("utf-8")
+
+
+class _Message:
+    """A parsed request as the Decider reads it (handlers.RequestView), without the cost of
+    aiohttp's request object; the same fields from the same parsed URL."""
+
+    __slots__ = ("_message", "path", "remote")
+
+    def __init__(self, message: RawRequestMessage, path: str, remote: str | None) -> None:
+        self._message = message
+        self.path = path
+        self.remote = remote
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._message.headers
+
+    @property
+    def method(self) -> str:
+        return self._message.method
+
+    @property
+    def path_qs(self) -> str:
+        return str(self._message.url)
+
+    @property
+    def query_string(self) -> str:
+        return self._message.url.query_string
+
+
+def remote_address(peername: Any) -> str | None:
+    """What aiohttp's ``request.remote`` says for this peer name."""
+    if peername is None:
+        return None
+    if isinstance(peername, (list, tuple)):
+        return str(peername[0])
+    return str(peername)
+
+
+class Connection(RequestHandler):
+    __slots__ = ("_decider", "_remote")
+
+    _decider: Decider
+    _remote: str | None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._decider = self._manager.decider  # type: ignore[union-attr]
+        self._remote = remote_address(transport.get_extra_info("peername"))
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if (waiter is None or waiter.done() or self._messages or self._buffer_paused
+                or self._payload_parser is not None or self._upgraded):
+            super().data_received(data)  # aiohttp has a request in hand: it keeps the order
+            return
+        # start() idles on ``waiter`` with nothing queued: parse without waking it, answer
+        # what can be answered now, and wake it for the rest.
+        self._waiter = None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        if self._close or self._force_close:
+            waiter.cancel()  # what close() would have done, had the waiter been in place
+            return
+        self._answer_queued()
+        if self._messages and not waiter.done():
+            waiter.set_result(None)
+
+    def _answer_queued(self) -> None:
+        messages = self._messages
+        answered = 0
+        while messages and self.transport is not None and not self._paused:
+            message, payload = messages[0]
+            head = self._answer_now(message, payload)
+            if head is None:
+                break
+            messages.popleft()
+            self._parser.message_consumed()  # type: ignore[union-attr]
+            self.transport.write(head)
+            answered += 1
+        if not answered:
+            return
+        self._manager.requests_count += answered  # type: ignore[union-attr]
+        # as start() does after each request: the keep-alive timeout counts from now
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
+            self._resume_reading_if_drained()
+
+    def _answer_now(self, message: Any, payload: Any) -> bytes | None:
+        """The response to a decision that needs no waiting; None to leave it to aiohttp."""
+        if (payload is not EMPTY_PAYLOAD or not isinstance(message, RawRequestMessage)
+                or message.should_close or message.upgrade or message.version != HttpVersion11):
+            return None
+        url = message.url
+        path = url.path
+        if url.absolute or not (path == "/auth" or path.startswith("/auth/")):
+            return None
+        try:
+            answer = self._decider.decide_now(_Message(message, path, self._remote))
+            return None if answer is None else encode_answer(answer)
+        except Exception as exc:  # aiohttp's path decides again, and reports what failed
+            log.error("decision not answered at once", extra={
+                "event": "decision_error", "exception": type(exc).__name__})
+            return None
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 400 and request.writer.output_size == 0:
+            log.info("request refused by the HTTP parser", extra={
+                "event": "parse_error", "exception": type(exc).__name__ if exc else "",
+            })
+            return refuse_unparseable(self._decider)
+        return super().handle_error(request, status, exc, message)
