@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from authproxy.app import METRICS, create_app
+from authproxy.app import DECIDER, METRICS, create_app
 from authproxy.server import make_runner, start_sites
 
 CHALLENGE = b'WWW-Authenticate: Basic realm="authproxy", charset="UTF-8"'
@@ -106,3 +106,83 @@ async def test_chunked_request_without_body_does_not_hang(server) -> None:
     raw = request(b"Authorization: " + GOOD.encode(), b"Transfer-Encoding: chunked")
     head = await exchange(server, raw, timeout=3)
     assert head.startswith(b"HTTP/1.1 200")
+
+
+# -- decisions answered as they are parsed (connection.py) -----------------------------------
+
+WRONG = "Basic " + base64.b64encode(b"alice:looking-glass").decode()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """(status, head, body) of one response."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    body = await asyncio.wait_for(reader.readexactly(length), 5)
+    return int(head.split()[1]), head, body
+
+
+async def test_pipelined_requests_are_answered_in_order(server) -> None:
+    """Requests answered at once wait behind one that needs a hash (or another route)."""
+    await exchange(server, request(b"Authorization: " + GOOD.encode()))  # alice remembered
+    reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
+    try:
+        writer.write(request(b"Authorization: " + GOOD.encode())
+                     + request(b"Authorization: " + WRONG.encode())  # a hash: aiohttp's path
+                     + b"GET /healthz HTTP/1.1\r\nHost: authproxy\r\n\r\n"
+                     + request(b"Authorization: " + GOOD.encode())
+                     + request())  # no credentials
+        answers = [await read_response(reader) for _ in range(5)]
+    finally:
+        writer.close()
+    assert [status for status, _, _ in answers] == [200, 401, 200, 200, 401]
+    assert b"X-Auth-User: alice" in answers[0][1] and b"X-Auth-User: alice" in answers[3][1]
+    assert answers[2][2] == b'{"status": "ok"}'
+    assert CHALLENGE in answers[4][1]
+
+
+async def test_decisions_needing_no_wait_never_become_aiohttp_requests(
+    server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decider = server["app"][DECIDER]
+    through_aiohttp: list[str] = []
+    handle = decider.handle
+
+    async def counted(request):  # noqa: ANN001, ANN202 - aiohttp's request, its response
+        through_aiohttp.append(request.headers.get("Authorization", "none"))
+        return await handle(request)
+
+    monkeypatch.setattr(decider, "handle", counted)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
+    try:
+        for headers, status in [
+            ((b"Authorization: " + GOOD.encode(),), 200),  # first sight: a hash
+            ((b"Authorization: " + GOOD.encode(),), 200),  # remembered
+            ((b"Authorization: " + GOOD.encode(), b"X-Original-URI: /x?y=1"), 200),
+            ((), 401),  # no credentials
+            ((b"Authorization: Basic !!!",), 401),  # malformed
+            ((b"Authorization: Digest x",), 401),  # unknown scheme
+        ]:
+            writer.write(request(*headers))
+            assert (await read_response(reader))[0] == status
+    finally:
+        writer.close()
+    assert through_aiohttp == [GOOD]
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /auth HTTP/1.0\r\nAuthorization: " + GOOD.encode() + b"\r\n\r\n",
+    request(b"Authorization: " + GOOD.encode(), b"Connection: close"),
+])
+async def test_a_request_that_closes_the_connection_gets_it_closed(server, raw: bytes) -> None:
+    await exchange(server, request(b"Authorization: " + GOOD.encode()))  # alice remembered
+    reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
+    try:
+        writer.write(raw)
+        status, head, _ = await read_response(reader)
+        assert status == 200 and b"X-Auth-User: alice" in head
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    finally:
+        writer.close()
