@@ -13,11 +13,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Protocol
 
-from cachetools import TTLCache
-
 from .authn import AuthRequest
 from .config import BasicConfig
 from .errors import Unauthenticated
+from .expiring import ExpiringCache
 from .identity import Identity
 from .lockout import FailureTracker
 from .metrics import Metrics
@@ -86,19 +85,21 @@ class BasicAuthenticator:
         self._executor = executor
         self._metrics = metrics
         self._token_verifier = token_verifier
-        self._secret = os.urandom(32)
+        self._keyed_hmac = hmac.new(os.urandom(32), digestmod=hashlib.sha256)
         # Values: the hash that verified and the identity built with it; a hit counts only
         # while that hash and the user's groups are still the current ones.
-        self._cache: TTLCache[bytes, tuple[PasswordHash, Identity]] | None = (
-            TTLCache(CACHE_SIZE, ttl=config.cache_ttl, timer=clock) if config.cache_ttl else None
+        self._cache: ExpiringCache[tuple[PasswordHash, Identity]] | None = (
+            ExpiringCache(CACHE_SIZE, clock) if config.cache_ttl else None
         )
+        self._cache_ttl = config.cache_ttl
+        self._clock = clock
         self._inflight: dict[bytes, asyncio.Future[None]] = {}
         self._lockout = lockout if lockout is not None else FailureTracker(
             config.max_failures, config.failure_window, config.ban_time, clock
         )
         metrics.bans_in_force.set_function(self._lockout.bans_in_force)
-        self._cache_hits = metrics.cache.labels("basic", "hit")
-        self._cache_misses = metrics.cache.labels("basic", "miss")
+        self._cache_hits = metrics.cache_lookups("basic", "hit")
+        self._cache_misses = metrics.cache_lookups("basic", "miss")
 
     def challenge(self, realm: str) -> str:
         return f'Basic realm="{realm}", charset="UTF-8"'
@@ -149,14 +150,16 @@ class BasicAuthenticator:
         identity = Identity(user=user, method="basic", subject=user,
                             groups=snapshot.groups.get(user, frozenset()))
         if self._cache is not None:
-            self._cache[key] = (entry, identity)
+            self._cache.put(key, (entry, identity), self._clock() + self._cache_ttl)
         return identity
 
     def _cache_key(self, value: str) -> bytes:
         # The cache is keyed by the exact credentials string, so a hit needs no decoding.
         # Strict decoding makes it one string per (user, password); a key is only ever
         # stored after that string decoded and verified.
-        return hmac.digest(self._secret, value.encode("utf-8", "surrogateescape"), hashlib.sha256)
+        mac = self._keyed_hmac.copy()  # the key's HMAC state, computed once
+        mac.update(value.encode("utf-8", "surrogateescape"))
+        return mac.digest()
 
     def _remembered(self, key: bytes) -> Identity | None:
         if self._cache is None:

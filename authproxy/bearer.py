@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from jwcrypto.jwa import JWA
 
@@ -27,17 +27,22 @@ from .basic import check_token_user, decode_basic
 from .claims import ClaimPolicy
 from .config import JwtConfig
 from .errors import Unauthenticated
+from .expiring import ExpiringCache
 from .identity import Identity
 from .jose import CheckedToken, check_token, invalid_token
 from .jwks import VerifyKey
 from .keysource import KeySource
 from .metrics import Metrics
-from .tokencache import TokenCache, Verified
 
 log = logging.getLogger("authproxy.bearer")
 
 CACHE_SIZE = 50_000  # verified tokens remembered; an entry is ~0.5 kB with a few groups
 MAX_KIDLESS_CANDIDATES = 8  # keys tried for a token without kid, bounding its cost
+
+
+class _Verified(NamedTuple):
+    identity: Identity
+    thumbprint: str  # the key that verified it: the entry dies when that key leaves the set
 
 
 def verify_signature(token: CheckedToken, key: VerifyKey) -> None:
@@ -76,12 +81,12 @@ class BearerAuthenticator:
         self._algorithms = config.algorithms
         self._require_typ = config.require_typ
         self._claims = ClaimPolicy(config, wall_clock)
-        self._cache_hits = metrics.cache.labels("bearer", "hit")
-        self._cache_misses = metrics.cache.labels("bearer", "miss")
+        self._cache_hits = metrics.cache_lookups("bearer", "hit")
+        self._cache_misses = metrics.cache_lookups("bearer", "miss")
         self._clock = clock
         self._wall_clock = wall_clock
-        self._secret = os.urandom(32)
-        self._cache = TokenCache(CACHE_SIZE, clock)
+        self._keyed_blake2b = hashlib.blake2b(key=os.urandom(32), digest_size=32)
+        self._cache: ExpiringCache[_Verified] = ExpiringCache(CACHE_SIZE, clock)
 
     def challenge(self, realm: str) -> str:
         return f'Bearer realm="{realm}"'
@@ -136,8 +141,9 @@ class BearerAuthenticator:
     def _cache_key(self, token: str) -> bytes:
         # Keyed by the exact string (two spellings of one token are two entries, never one),
         # with a per-process secret: BLAKE2b's keyed mode is a MAC, and costs half an HMAC.
-        return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), key=self._secret,
-                               digest_size=32).digest()
+        mac = self._keyed_blake2b.copy()  # the key's state, computed once
+        mac.update(token.encode("utf-8", "surrogatepass"))
+        return mac.digest()
 
     def _verified(
         self, cache_key: bytes, checked: CheckedToken, keys: tuple[VerifyKey, ...]
@@ -148,7 +154,8 @@ class BearerAuthenticator:
         identity = self._claims.identity(checked.payload)
         lifetime = (identity.expires_at or 0.0) - self._wall_clock()  # exp is required
         if lifetime > 0:
-            self._cache.put(cache_key, Verified(identity, key.thumbprint, self._clock() + lifetime))
+            self._cache.put(cache_key, _Verified(identity, key.thumbprint),
+                            self._clock() + lifetime)
         return identity
 
     def _verifying_key(self, header: CheckedToken, keys: tuple[VerifyKey, ...]) -> VerifyKey:

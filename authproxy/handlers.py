@@ -81,6 +81,7 @@ class Decider:
         self._is_trusted = functools.lru_cache(maxsize=4096)(
             functools.partial(_in_networks, networks=config.server.trusted_networks))
         self._wall_clock = wall_clock
+        self._cache_hint = config.server.nginx_cache_hint
 
     # -- the request ---------------------------------------------------------------------
 
@@ -169,7 +170,7 @@ class Decider:
     def _case(self, request: RequestView) -> _Case:
         method, uri = self.original(request)
         fields: dict[str, Any] = {
-            "client": self.client_address(request), "method": method, "uri": uri.split("?")[0],
+            "client": self.client_address(request), "method": method, "uri": uri.partition("?")[0],
             "scheme": "",
         }
         # Below /auth (Envoy) the query string is the client's, never a policy.
@@ -201,10 +202,11 @@ class Decider:
         if identity is None:
             fields.update(status=200, outcome="allow", reason="preflight")
             return Answer(200, {**EMPTY_HEADERS, **_NO_STORE})
-        fields.update(scheme=identity.method, user=identity.user)
+        fields["scheme"] = identity.method
+        fields["user"] = identity.user
         case.policy.check(identity)
-        fields.update(status=200, outcome="allow", reason="ok")
-        if self.config.server.nginx_cache_hint:
+        fields["status"], fields["outcome"], fields["reason"] = 200, "allow", "ok"
+        if self._cache_hint:
             expires = {"X-Accel-Expires": str(self._cache_seconds(identity))}
             return Answer(200, {**identity.headers, **expires})
         return Answer(200, {**identity.headers, **_NO_STORE})

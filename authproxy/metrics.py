@@ -20,8 +20,21 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+class Tally:
+    """One count in a plain int (see DecisionStats)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
 class DecisionStats(Collector):
-    """Decisions by (scheme, outcome, reason) and their latency, counted in plain ints.
+    """Decisions by (scheme, outcome, reason) and their latency, and credential cache
+    lookups by (cache, result), counted in plain ints.
 
     Every decision is counted, so this is the hot path: prometheus-client's labelled
     Counter and Histogram take a lock and several calls per update, which costs more than
@@ -33,6 +46,10 @@ class DecisionStats(Collector):
         self.counts: dict[tuple[str, str, str], float] = {}
         # per outcome: one count per bucket (+Inf last), then the sum of seconds
         self.latency: dict[str, list[float]] = {}
+        self.lookups: dict[tuple[str, str], Tally] = {}
+
+    def lookup_tally(self, cache: str, result: str) -> Tally:
+        return self.lookups.setdefault((cache, result), Tally())
 
     def record(self, scheme: str, outcome: str, reason: str, seconds: float) -> None:
         key = (scheme, outcome, reason)
@@ -62,6 +79,13 @@ class DecisionStats(Collector):
                 cumulative.append((bound, total))
             histogram.add_metric([outcome], cumulative, sum_value=buckets[-1])
         yield histogram
+        lookups = CounterMetricFamily(
+            "authproxy_cache_lookups", "Credential cache lookups by cache and result.",
+            labels=["cache", "result"],
+        )
+        for lookup, tally in sorted(self.lookups.items()):
+            lookups.add_metric(list(lookup), tally.value)
+        yield lookups
 
 
 class SharedDecisions:
@@ -83,8 +107,13 @@ class SharedDecisions:
             "authproxy_decision_seconds", "Time to decide, from request to response.",
             ["outcome"], buckets=LATENCY_BUCKETS, registry=None,
         )
+        self._lookups = Counter(
+            "authproxy_cache_lookups", "Credential cache lookups by cache and result.",
+            ["cache", "result"], registry=None,
+        )
         self._sent_counts: dict[tuple[str, str, str], float] = {}
         self._sent_latency: dict[str, list[float]] = {}
+        self._sent_lookups: dict[tuple[str, str], int] = {}
 
     def flush(self) -> None:
         for key, count in list(self._stats.counts.items()):
@@ -98,6 +127,11 @@ class SharedDecisions:
             if any(deltas):
                 _add_observations(self._seconds.labels(outcome), deltas[:-1], deltas[-1])
                 sent[:] = buckets
+        for lookup, tally in list(self._stats.lookups.items()):
+            delta = tally.value - self._sent_lookups.get(lookup, 0)
+            if delta:
+                self._lookups.labels(*lookup).inc(delta)
+                self._sent_lookups[lookup] = tally.value
 
 
 def _add_observations(histogram: Histogram, bucket_counts: list[float], total: float) -> None:
@@ -133,10 +167,6 @@ class Metrics:
         self.hash_seconds = Histogram(
             "authproxy_password_hash_seconds", "Time of one password hash verification.",
             ["scheme"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.cache = Counter(
-            "authproxy_cache_lookups_total", "Credential cache lookups by cache and result.",
-            ["cache", "result"], registry=registry,
         )
         self.bans_in_force = Gauge(
             "authproxy_bans_in_force",
@@ -176,6 +206,10 @@ class Metrics:
 
     def record_decision(self, scheme: str, outcome: str, reason: str, seconds: float) -> None:
         self.decisions.record(scheme, outcome, reason, seconds)
+
+    def cache_lookups(self, cache: str, result: str) -> Tally:
+        """The count of one cache's hits or misses, to ``inc()`` per lookup."""
+        return self.decisions.lookup_tally(cache, result)
 
     def flush(self) -> None:
         """Multi-worker mode: write this process's decisions and function-backed gauges to

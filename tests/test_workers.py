@@ -252,7 +252,8 @@ def test_metrics_of_any_worker_count_every_decision_of_all(tmp_path: Path) -> No
         assert get(address, "/auth", basic_header("alice", PASSWORD))[0] == 200  # warm a cache
         until(lambda: scrape(proxy, "authproxy_decisions_total") == 1, "the first decision")
         before = {name: scrape(proxy, name) for name in (
-            "authproxy_decisions_total", "authproxy_decision_seconds_count")}
+            "authproxy_decisions_total", "authproxy_decision_seconds_count",
+            "authproxy_cache_lookups_total")}
 
         sent = 0
         headers = [basic_header("alice", PASSWORD), basic_header("alice", "wrong"), {}]
@@ -265,13 +266,22 @@ def test_metrics_of_any_worker_count_every_decision_of_all(tmp_path: Path) -> No
                 assert sent < 600, "one worker took every connection"
 
         expected = {name: value + sent for name, value in before.items()}
+        # every right password is one lookup (a hit, or a miss on a worker's first); a wrong
+        # one is a miss unless a ban refuses it first
+        expected["authproxy_cache_lookups_total"] = before["authproxy_cache_lookups_total"] + (
+            sent // 3)
 
         def counted() -> bool:  # within the workers' flush interval
             return all(scrape(proxy, name) >= value for name, value in expected.items())
 
         until(counted, f"{sent} more decisions counted")
-        for _ in range(6):  # whichever worker answers the scrape, the whole service counts
-            assert {name: scrape(proxy, name) for name in expected} == expected
+        counts = [{name: scrape(proxy, name) for name in expected} for _ in range(6)]
+        # whichever worker answers the scrape, the whole service counts
+        assert all(c == counts[0] for c in counts)
+        lookups = "authproxy_cache_lookups_total"
+        assert {n: v for n, v in counts[0].items() if n != lookups} == {
+            n: v for n, v in expected.items() if n != lookups}
+        assert counts[0][lookups] >= expected[lookups]
 
 
 # -- bans for the whole service ----------------------------------------------------------------
