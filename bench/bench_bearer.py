@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--invalid", type=int, default=1_000_000, help="tokens for (c)")
-    parser.add_argument("--tokens-per-second", type=int, default=9000,
+    parser.add_argument("--tokens-per-second", type=int, default=20_000,
                         help="fresh tokens minted per second of an uncached run")
     args = parser.parse_args(argv)
     s, c = args.seconds, args.connections
