@@ -32,6 +32,9 @@ BACKOFF_FIRST = 1.0  # seconds before the first retry; doubled per failure up to
 UNKNOWN_KID_CHARS = 1 << 20  # characters of unknown kids remembered, so hostile kids stay cheap
 
 
+_NOT_LOOKED: tuple[float, list[KeySet], frozenset[str]] = (-math.inf, [], frozenset())
+
+
 def has_endpoint(config: JwtConfig) -> bool:
     """True when keys come from an endpoint (configured, or discovered from the issuer)."""
     return config.enabled and bool(config.jwks_endpoint or not config.jwks_file)
@@ -69,6 +72,7 @@ class KeySource:
             UNKNOWN_KID_CHARS, ttl=self._miss_interval, timer=clock, getsizeof=lambda n: n
         )
         self._inflight: asyncio.Future[KeySet] | None = None
+        self._trusted_memo = _NOT_LOOKED
         self._next_due = -math.inf
         self._wake = asyncio.Event()
         for state in self.states:
@@ -124,7 +128,23 @@ class KeySource:
         )
 
     def _trusted_sets(self) -> list[KeySet]:
-        return [s.keyset for s in self.states if s.keyset is not None and self.trusted(s)]
+        return self._trusted_now()[1]
+
+    def _trusted_now(self) -> tuple[float, list[KeySet], frozenset[str]]:
+        """(until, sets, their key thumbprints): the trusted sets, as found by the last look
+        and good until the clock passes ``until`` (when the endpoint's set turns stale) or
+        a set is installed. Every decision asks; the answer changes a few times a day."""
+        memo = self._trusted_memo
+        if self._clock() <= memo[0]:
+            return memo
+        sets, until = [], math.inf
+        for state in self.states:
+            if state.keyset is not None and state.loaded_at is not None and self.trusted(state):
+                sets.append(state.keyset)
+                if state is self.endpoint:
+                    until = state.loaded_at + self.config.jwks_max_stale
+        self._trusted_memo = (until, sets, frozenset(t for ks in sets for t in ks.thumbprints))
+        return self._trusted_memo
 
     def candidates(self, kid: str | None, alg: str) -> tuple[VerifyKey, ...]:
         """Trusted keys that may verify a token with this kid and alg, endpoint keys first.
@@ -143,7 +163,7 @@ class KeySource:
 
     def trusts(self, thumbprint: str) -> bool:
         """True while a key with this thumbprint is in a trusted set (for cached tokens)."""
-        return any(thumbprint in ks.thumbprints for ks in self._trusted_sets())
+        return thumbprint in self._trusted_now()[2]
 
     # -- refreshing ----------------------------------------------------------------------------
 
@@ -246,6 +266,7 @@ class KeySource:
         return True
 
     def _install(self, state: SourceState, keyset: KeySet, trigger: str) -> None:
+        self._trusted_memo = _NOT_LOOKED
         state.keyset, state.failures = keyset, 0
         state.loaded_at, state.fetched_at = self._clock(), self._wall_clock()
         for kid in keyset.kids:
@@ -263,6 +284,7 @@ class KeySource:
         state = self.endpoint
         if state is None:
             return
+        self._trusted_memo = _NOT_LOOKED
         if published.keyset is not None and published.keyset is not state.keyset:
             for kid in published.keyset.kids:
                 self._unknown_kids.pop(kid, None)
