@@ -115,7 +115,7 @@ def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
 
 
 FLUSH_INTERVAL = 0.1  # seconds a decision line may wait to be written with others
-FLUSH_LINES = 1000  # ... or until this many are waiting
+FLUSH_LINES = 128  # ... or until this many are waiting (a batch formats in ~0.3 ms)
 
 
 class DecisionLog:
