@@ -199,8 +199,6 @@ class BasicAuthenticator:
             self._metrics.hash_seconds.labels(hashed.scheme).observe(time.perf_counter() - started)
 
 
-
-
 def check_token_user(user: str, identity: Identity) -> None:
     """A JWT given as the Basic password passes for the user-id ``*`` or its own user only
     (SPEC §7)."""

@@ -56,9 +56,10 @@ def verify_signature(token: CheckedToken, key: VerifyKey) -> None:
     _signing_alg(token.alg).verify(key.jwk, token.signing_input, token.signature)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)
 def _signing_alg(alg: str) -> Any:
-    """jwcrypto's algorithm object for a (pinned, allowed) alg: stateless, made once."""
+    """jwcrypto's algorithm object for an alg (one of jwt.algorithms, already checked):
+    stateless, so made once."""
     return JWA.signing_alg(alg)
 
 

@@ -168,7 +168,6 @@ class DecisionLog:
             stream.write(chunk)
             stream.flush()
 
-
     def _json_line(self, at: float, fields: dict[str, Any]) -> str:
         # The fields encoded whole by json's C encoder, behind a prefix made once a
         # millisecond: half of format_line's cost.

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from authproxy.app import DECIDER, METRICS, create_app
 from authproxy.server import make_runner, start_sites
@@ -150,7 +151,7 @@ async def test_decisions_needing_no_wait_never_become_aiohttp_requests(
     through_aiohttp: list[str] = []
     handle = decider.handle
 
-    async def counted(request):  # noqa: ANN001, ANN202 - aiohttp's request, its response
+    async def counted(request: web.BaseRequest) -> web.StreamResponse:
         through_aiohttp.append(request.headers.get("Authorization", "none"))
         return await handle(request)
 
