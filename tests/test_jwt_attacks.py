@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from jwcrypto import jwe, jwk
 from authproxy.app import METRICS
 from authproxy.authn import MAX_AUTHORIZATION
 from authproxy.config import ConfigError
-from authproxy.jose import DESCRIPTIONS, MAX_TOKEN_LENGTH
+from authproxy.jose import DESCRIPTIONS, MAX_TOKEN_LENGTH, b64url_decode
 
 from .jwks_server import (
     OMIT,
@@ -315,6 +316,32 @@ async def test_15_non_canonical_base64url(
     await assert_refused(client, f"{head}.{payload}.{mangled}")
     await assert_refused(client, f"{head}.{payload}.{signature}==")
     await assert_refused(client, f"{head}.{payload}.{signature[:10]}+{signature[10:]}")
+
+
+def test_b64url_decode_accepts_exactly_the_canonical_spellings() -> None:
+    """Against the definition: a segment decodes iff re-encoding what it decodes to gives
+    the segment back (the decoder reads the last character's unused bits instead)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    strays = "+/= .\n\x00\xe9"
+    rng = random.Random(7)
+    accepted = 0
+    for _ in range(50_000):
+        segment = "".join(rng.choice(alphabet if rng.random() < 0.95 else strays)
+                          for _ in range(rng.randint(0, 9)))
+        try:
+            expected: bytes | None = base64.urlsafe_b64decode(segment + "==")
+        except ValueError:
+            expected = None
+        if expected is not None and base64.urlsafe_b64encode(expected).rstrip(b"=").decode(
+                "ascii") != segment:
+            expected = None
+        try:
+            got: bytes | None = b64url_decode(segment)
+        except ValueError:
+            got = None
+        assert got == expected, segment
+        accepted += got is not None
+    assert accepted > 10_000  # the sample holds plenty of canonical spellings too
 
 
 @pytest.mark.parametrize("extra", [
