@@ -53,7 +53,7 @@ class AdminApi:
 
     async def _as_admin(self, request: web.Request, action: str, run: Action) -> web.Response:
         fields: dict[str, Any] = {"event": "admin", "action": action,
-                                  "client": self._decider.client_address(request)}
+                                  "client": self._decider.origin.client_address(request)}
         chain = self._decider.chain
         try:
             credentials = parse_authorization(request.headers.getall("Authorization", []))

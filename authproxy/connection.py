@@ -57,7 +57,7 @@ def encode_answer(answer: Answer) -> bytes:
 
 
 class _Message:
-    """A parsed request as the Decider reads it (handlers.RequestView), without the cost of
+    """A parsed request as the Decider reads it (origin.RequestView), without the cost of
     aiohttp's request object; the same fields from the same parsed URL."""
 
     __slots__ = ("_message", "path", "remote")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import logging
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from .authn import AuthRequest, SchemeChain, parse_authorization
 from .config import Config
@@ -19,10 +16,10 @@ from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .identity import EMPTY_HEADERS, Identity
 from .logs import DecisionLog
 from .metrics import Metrics
+from .origin import Origin, RequestView
 from .policy import Policy, policy_for
 
 log = logging.getLogger("authproxy.handlers")
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NO_STORE = {"Cache-Control": "no-store"}
 # Denials carry no body: nginx never reads the body of an auth answer, so one would cost the
@@ -33,24 +30,6 @@ BEARER_DESCRIPTIONS = {
     "invalid_request": "The request is missing a valid bearer token",
     "invalid_token": "The access token is invalid",
 }
-
-
-class RequestView(Protocol):
-    """What a decision reads of a request: aiohttp's request object, or the parsed message
-    the server answers before aiohttp makes a request of it (connection.py)."""
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]: ...
-    @property
-    def method(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def path_qs(self) -> str: ...
-    @property
-    def query_string(self) -> str: ...
-    @property
-    def remote(self) -> str | None: ...
 
 
 class Answer(NamedTuple):
@@ -76,55 +55,9 @@ class Decider:
         self.metrics = metrics
         self.decisions = decisions
         self._realm = config.server.realm
-        # Memoized per address: peers are few (the proxies); forwarded hops are
-        # client-chosen, hence the bound.
-        self._is_trusted = functools.lru_cache(maxsize=4096)(
-            functools.partial(_in_networks, networks=config.server.trusted_networks))
+        self.origin = Origin(config.server.trusted_networks, config.server.allow_preflight)
         self._wall_clock = wall_clock
         self._cache_hint = config.server.nginx_cache_hint
-
-    # -- the request ---------------------------------------------------------------------
-
-    def client_address(self, request: RequestView) -> str:
-        """The client's address: forwarded headers are believed only from a trusted proxy."""
-        peer = request.remote or ""
-        if peer and not self._is_trusted(peer):
-            return peer
-        real_ip = request.headers.get("X-Real-IP", "").strip()
-        if real_ip and _is_ip(real_ip):
-            return real_ip
-        # Walk X-Forwarded-For from the right, past our own proxies, to the first stranger.
-        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
-        hops = [h.strip() for h in forwarded.split(",")]
-        for hop in reversed([h for h in hops if h]):
-            if not _is_ip(hop):
-                break
-            if not self._is_trusted(hop):
-                return hop
-        return peer or "unix"
-
-    @staticmethod
-    def original(request: RequestView) -> tuple[str, str]:
-        """The method and URI of the request being decided (nginx, Traefik/Caddy, Envoy)."""
-        headers = request.headers
-        method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method")
-        uri = headers.get("X-Original-URI") or headers.get("X-Forwarded-Uri")
-        if uri is None:
-            # Envoy ext_authz sends the original path under the /auth prefix.
-            uri = request.path_qs[len("/auth"):] or "/"
-        return method or request.method, uri
-
-    def _is_preflight(self, request: RequestView) -> bool:
-        """A CORS preflight, if allowed. Every method the request names must be OPTIONS:
-        nginx sets X-Original-Method but passes a client's X-Forwarded-Method on, Caddy and
-        Traefik do the reverse, so either header alone may be the client's own word."""
-        headers = request.headers
-        if not (self.config.server.allow_preflight and "Origin" in headers
-                and "Access-Control-Request-Method" in headers):
-            return False
-        claimed = [*headers.getall("X-Original-Method", []),
-                   *headers.getall("X-Forwarded-Method", [])]
-        return all(m.upper() == "OPTIONS" for m in claimed or [request.method])
 
     # -- the decision --------------------------------------------------------------------
 
@@ -168,15 +101,16 @@ class Decider:
         return self._conclude(case, outcome, started)
 
     def _case(self, request: RequestView) -> _Case:
-        method, uri = self.original(request)
+        origin = self.origin
+        method, uri = origin.original(request)
         fields: dict[str, Any] = {
-            "client": self.client_address(request), "method": method, "uri": uri.partition("?")[0],
-            "scheme": "",
+            "client": origin.client_address(request), "method": method,
+            "uri": uri.partition("?")[0], "scheme": "",
         }
         # Below /auth (Envoy) the query string is the client's, never a policy.
         policy = policy_for(request.query_string if request.path == "/auth" else "")
         return _Case(self, request, fields, policy, policy.allowed_schemes(self.chain.schemes),
-                     self._is_preflight(request))
+                     origin.is_preflight(request))
 
     def _conclude(
         self, case: _Case, outcome: Identity | Exception | None, started: float
@@ -286,24 +220,6 @@ class _Case:
         if credentials.scheme in self._decider.chain.schemes:  # never a client's word as a label
             self.fields["scheme"] = credentials.scheme
         return AuthRequest(credentials, self.fields["client"])
-
-
-def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
-    """Whether an address string lies in one of the networks."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def refuse_unparseable(decider: Decider) -> web.Response:
