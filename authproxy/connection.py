@@ -121,13 +121,20 @@ class Connection(RequestHandler):
             waiter.cancel()  # what close() would have done, had the waiter been in place
             return
         self._answer_queued()
-        if self._messages and not waiter.done():
+        if not self._messages or waiter.done():
+            return
+        if self.transport is None or self.transport.is_closing():
+            # A write above failed, and connection_lost is already scheduled: it must not
+            # find start() woken for a request, which it would then build without a parser.
+            waiter.cancel()
+        else:
             waiter.set_result(None)
 
     def _answer_queued(self) -> None:
         messages = self._messages
         answered = 0
-        while messages and self.transport is not None and not self._paused:
+        while (messages and self.transport is not None and not self.transport.is_closing()
+               and not self._paused):
             message, payload = messages[0]
             head = self._answer_now(message, payload)
             if head is None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,7 @@ async def server(make_config, htpasswd, tmp_path: Path):
     runner = make_runner(app)
     await runner.setup()
     await start_sites(runner, config)
-    yield {"port": port, "sock": str(sock), "app": app}
+    yield {"port": port, "sock": str(sock), "app": app, "runner": runner}
     await runner.cleanup()
 
 
@@ -187,3 +189,31 @@ async def test_a_request_that_closes_the_connection_gets_it_closed(server, raw: 
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
     finally:
         writer.close()
+
+
+async def test_a_client_gone_mid_pipeline_leaves_no_request_half_started(server) -> None:
+    """A client that resets the connection with requests still unanswered: the answer
+    written at once fails, and the request left for aiohttp (here /healthz) must not be
+    taken up after the connection is gone (aiohttp would build it without a parser)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        sock = socket.create_connection(("127.0.0.1", server["port"]))
+        sock.setblocking(False)
+        await loop.sock_sendall(sock, request(b"Authorization: " + GOOD.encode()))
+        assert (await loop.sock_recv(sock, 4096)).startswith(b"HTTP/1.1 200")  # remembered
+        # Without yielding to the loop: two more requests, then a reset. The server reads
+        # the requests after the reset (Linux keeps them readable), so its first write fails.
+        sock.send(request(b"Authorization: " + GOOD.encode())
+                  + b"GET /healthz HTTP/1.1\r\nHost: authproxy\r\n\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        deadline = loop.time() + 5
+        while server["runner"].server.connections:
+            assert loop.time() < deadline, "the connection was never dropped"
+            await asyncio.sleep(0.01)
+        gc.collect()  # a task that died of an exception reports it when collected
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
