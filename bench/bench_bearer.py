@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import NGINX, Result, free_port, nginx_conf, started, wrk
+from run import NGINX, Result, free_port, nginx_conf, print_table, record, started, wrk
 
 HERE = Path(__file__).resolve().parent
 KID = "bench-rs256"
@@ -102,11 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{ports['nginx']}"
     results: dict[str, Result] = {}
 
-    def record(name: str, rps: float, p99: float) -> None:
-        results.setdefault(name, Result()).rps.append(rps)
-        results[name].p99_ms.append(p99)
-        print(f"{name}: {rps:,.0f} req/s, p99 {p99:.2f} ms", file=sys.stderr)
-
     with contextlib.ExitStack() as stack:
         stack.enter_context(started([py, str(HERE / "bare.py"), str(ports["bare"])],
                                     ports["bare"], tmp / "bare.log"))
@@ -120,15 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         for target in ("authproxy", "bare"):
             wrk(f"{base}/{target}/index.html", 1, c, cached)
         for r in range(args.rounds):
-            record("nginx -> bare aiohttp 200", *wrk(f"{base}/bare/index.html", s, c, cached))
-            record("nginx -> authproxy, cached token",
-                   *wrk(f"{base}/authproxy/index.html", s, c, cached))
+            record(results, "nginx -> bare aiohttp 200",
+                   *wrk(f"{base}/bare/index.html", s, c, cached), r)
+            record(results, "nginx -> authproxy, cached token",
+                   *wrk(f"{base}/authproxy/index.html", s, c, cached), r)
             os.environ["TOKENS"] = str(files[r])
-            record("nginx -> authproxy, every token new (RS256)",
-                   *wrk(f"{base}/authproxy/index.html", s, c, script=str(HERE / "tokens.lua")))
+            record(results, "nginx -> authproxy, every token new (RS256)",
+                   *wrk(f"{base}/authproxy/index.html", s, c, script=str(HERE / "tokens.lua")), r)
             os.environ["TOKENS"] = str(files[-1])
-            record("nginx -> naive jwcrypto JWT(jwt=, key=JWKSet)",
-                   *wrk(f"{base}/naive/index.html", s, c, script=str(HERE / "tokens.lua")))
+            record(results, "nginx -> naive jwcrypto JWT(jwt=, key=JWKSet)",
+                   *wrk(f"{base}/naive/index.html", s, c, script=str(HERE / "tokens.lua")), r)
         before = rss_kib(authproxy.pid)
         os.environ["KNOWN_KID"] = KID
         started_at, sent = time.monotonic(), 0
@@ -144,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
 
     uncached = results["nginx -> authproxy, every token new (RS256)"].median_rps
-    print(f"\n{args.rounds} interleaved rounds, wrk -t1 -c{c} -d{s}s, medians; "
-          f"{os.cpu_count()} cores\n")
-    print("| scenario | req/s | p99 ms |\n|---|---:|---:|")
-    for name, result in results.items():
-        print(f"| {name} | {result.median_rps:,.0f} | {result.median_p99:.2f} |")
+    print_table(results, args.rounds, c, s)
     bare = results["nginx -> bare aiohttp 200"].median_rps
     print(f"\n(a) cached token / bare aiohttp behind nginx: "
           f"{results['nginx -> authproxy, cached token'].median_rps / bare:.2f} (target >= 0.85)")

@@ -98,6 +98,22 @@ class Result:
         return statistics.median(self.p99_ms)
 
 
+def record(results: dict[str, Result], name: str, rps: float, p99: float, round_no: int) -> None:
+    """Add one wrk run to ``results`` and show it on stderr as it happens."""
+    results.setdefault(name, Result()).rps.append(rps)
+    results[name].p99_ms.append(p99)
+    print(f"round {round_no + 1}: {name}: {rps:,.0f} req/s, p99 {p99:.2f} ms", file=sys.stderr)
+
+
+def print_table(results: dict[str, Result], rounds: int, connections: int, seconds: int) -> None:
+    """The medians of every scenario, as a Markdown table (what the README quotes)."""
+    print(f"\n{rounds} interleaved rounds, wrk -t1 -c{connections} -d{seconds}s, medians; "
+          f"{os.cpu_count()} cores\n")
+    print("| scenario | req/s | p99 ms |\n|---|---:|---:|")
+    for name, result in results.items():
+        print(f"| {name} | {result.median_rps:,.0f} | {result.median_p99:.2f} |")
+
+
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
@@ -169,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(["htpasswd", "-cbB", "-C", "10", str(tmp / "users"), "alice", "wonderland"],
                    check=True, capture_output=True)
     ports = {k: free_port() for k in ("authproxy", "nolockout", "workers2", "bare", "nginx")}
-    nginx_basic = (f'\n        location /nginx-basic/ {{ auth_basic "bench"; '
+    nginx_basic_location = (f'\n        location /nginx-basic/ {{ auth_basic "bench"; '
                    f"auth_basic_user_file {tmp}/users; }}")
     (tmp / "nginx.conf").write_text(nginx_conf(
-        tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"}, nginx_basic))
+        tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"}, nginx_basic_location))
     py = sys.executable
     good = basic("alice", "wonderland")
     base = f"http://127.0.0.1:{ports['nginx']}"
@@ -204,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for round_no in range(args.rounds):
             for name, (url, auth) in scenarios.items():
-                rps, p99 = wrk(url, s, c, auth)
-                results.setdefault(name, Result()).rps.append(rps)
-                results[name].p99_ms.append(p99)
-                print(f"round {round_no + 1}: {name}: {rps:,.0f} req/s, p99 {p99:.2f} ms",
-                      file=sys.stderr)
+                record(results, name, *wrk(url, s, c, auth), round_no)
             for label, target in (("flood, lockout on", "authproxy"),
                                   ("flood, lockout off", "nolockout")):
                 flood = subprocess.Popen(
@@ -217,20 +229,13 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1)  # let the flood reach full speed before measuring under it
                 rps, p99 = wrk(f"{base}/{target}/index.html", s, c // 2, good)
                 flood.wait()
-                name = f"cached Basic under a wrong-password {label}"
-                results.setdefault(name, Result()).rps.append(rps)
-                results[name].p99_ms.append(p99)
-                print(f"round {round_no + 1}: {name}: {rps:,.0f} req/s, p99 {p99:.2f} ms",
-                      file=sys.stderr)
+                record(results, f"cached Basic under a wrong-password {label}", rps, p99,
+                       round_no)
 
     bare = results["nginx -> bare aiohttp 200"].median_rps
     cached = results["nginx -> authproxy, cached Basic"].median_rps
     nginx_basic = results["nginx auth_basic, bcrypt cost 10"].median_rps
-    print(f"\n{args.rounds} interleaved rounds, wrk -t1 -c{c} -d{s:g}s, medians; "
-          f"{os.cpu_count()} cores\n")
-    print("| scenario | req/s | p99 ms |\n|---|---:|---:|")
-    for name, result in results.items():
-        print(f"| {name} | {result.median_rps:,.0f} | {result.median_p99:.2f} |")
+    print_table(results, args.rounds, c, s)
     print(f"\n(a) cached Basic / bare aiohttp behind nginx: {cached / bare:.2f} (target >= 0.85)")
     print(f"(b) cached Basic / nginx auth_basic bcrypt-10: {cached / nginx_basic:,.0f}x "
           "(target >= 500x)")
