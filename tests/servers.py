@@ -185,15 +185,9 @@ def start_authproxy(
             env=child_env,
         )
     handle = Authproxy(process, tuple(listen), log_path)
-    try:
-        for address in listen:
-            wait_until(partial(_healthy, address), f"authproxy on {address}", process)
+    ready = [(partial(_healthy, address), f"authproxy on {address}") for address in listen]
+    with _serving(process, ready, handle.log_text):
         yield handle
-    except BaseException:
-        _stop(process, signal.SIGTERM)
-        raise
-    status = _stop(process, signal.SIGTERM)
-    assert status == 0, f"authproxy exited with {status}:\n{handle.log_text()[-4000:]}"
 
 
 @contextmanager
@@ -217,6 +211,25 @@ def start_users_and_keys_authproxy(
     })
     with start_authproxy(config, [f"127.0.0.1:{free_port()}"], directory) as proxy:
         yield proxy
+
+
+@contextmanager
+def _serving(
+    process: subprocess.Popen[bytes],
+    ready: Sequence[tuple[Callable[[], bool], str]],
+    log_text: Callable[[], str],
+) -> Iterator[None]:
+    """Wait until every (check, what) of ``ready`` holds; at the end send SIGTERM and
+    assert a clean exit (status 0), showing the tail of ``log_text()`` if not."""
+    try:
+        for check, what in ready:
+            wait_until(check, what, process)
+        yield
+    except BaseException:
+        _stop(process, signal.SIGTERM)
+        raise
+    status = _stop(process, signal.SIGTERM)
+    assert status == 0, f"{ready[0][1]} exited with {status}:\n{log_text()[-4000:]}"
 
 
 def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> int:
@@ -323,14 +336,9 @@ def start_nginx(
             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
         )
     handle = Nginx(process, prefix, conf_path, error_log)
-    try:
-        wait_until(partial(accepts, port), f"nginx on port {port}", process)
+    with _serving(process, [(partial(accepts, port), f"nginx on port {port}")],
+                  handle.error_log_text):
         yield handle
-    except BaseException:
-        _stop(process, signal.SIGTERM)
-        raise
-    status = _stop(process, signal.SIGTERM)
-    assert status == 0, f"nginx exited with {status}:\n{handle.error_log_text()[-4000:]}"
 
 
 def accepts(port: int) -> bool:
