@@ -121,7 +121,7 @@ class BasicAuthenticator:
             if identity is not None:
                 check_token_user(user, identity)
             return identity
-        if self._lockout.is_banned(user, request.client):
+        if self._lockout.is_banned(*_lockout_keys(user, request.client)):
             raise Unauthenticated("banned", scheme="basic")
         return None
 
@@ -141,12 +141,14 @@ class BasicAuthenticator:
         entry = snapshot.table.get(user)
         try:
             await self._verify_shared(key, entry or snapshot.table.dummy, password)
+            verified = entry is not None
         except PasswordMismatch:
-            self._lockout.record_failure(user, request.client)
-            raise Unauthenticated("bad_password", scheme="basic", user=user) from None
-        if entry is None:
-            self._lockout.record_failure(user, request.client)
-            raise Unauthenticated("unknown_user", scheme="basic")
+            verified = False
+        if not verified:
+            self._lockout.record_failure(*_lockout_keys(user, request.client))
+            if entry is None:  # no user's name (a password typed in the wrong field?): unlogged
+                raise Unauthenticated("unknown_user", scheme="basic")
+            raise Unauthenticated("bad_password", scheme="basic", user=user)
         identity = Identity(user=user, method="basic", subject=user,
                             groups=snapshot.groups.get(user, frozenset()))
         if self._cache is not None:
@@ -197,6 +199,12 @@ class BasicAuthenticator:
             await loop.run_in_executor(self._executor, hashed.verify, password)
         finally:
             self._metrics.hash_seconds.labels(hashed.scheme).observe(time.perf_counter() - started)
+
+
+def _lockout_keys(user: str, client: str) -> tuple[str, str]:
+    """The lockout's keys for a user name and a client address: one key space for both, so
+    each is marked (a user-id may spell an address, and thereby get that address banned)."""
+    return f"user:{user}", f"client:{client}"
 
 
 def check_token_user(user: str, identity: Identity) -> None:

@@ -146,6 +146,17 @@ async def test_wrong_password_and_unknown_user_cost_one_hash_each(client) -> Non
     assert hashes_verified(app) == before + 2
 
 
+async def test_an_unknown_user_name_is_never_logged(client, capsys) -> None:
+    """It names no user, and may be a password typed in the user-id field."""
+    resp = await client.get("/auth", headers={"Authorization": basic("Tr0ub4dor&3", "x")})
+    assert resp.status == 401
+    log = decision_log(client, capsys)
+    assert '"reason":"unknown_user"' in log and "Tr0ub4dor" not in log
+    await client.get("/auth", headers={"Authorization": basic("alice", "x")})
+    log = decision_log(client, capsys)  # a real user with a wrong password is named
+    assert '"user":"alice"' in log and '"reason":"bad_password"' in log
+
+
 async def test_verified_password_is_cached_until_ttl(client, clock) -> None:
     app, auth = client.app, {"Authorization": basic("alice", "wonderland")}
     assert (await client.get("/auth", headers=auth)).status == 200
@@ -249,6 +260,18 @@ async def test_brute_force_bans_user_and_address_without_hashing(aiohttp_client,
     clock.now += 301
     resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland"),
                                               "X-Real-IP": "198.51.100.1"})
+    assert resp.status == 200
+
+
+async def test_a_user_id_spelling_an_address_does_not_ban_that_address(aiohttp_client, app_for,
+                                                                       clock) -> None:
+    client = await aiohttp_client(app_for(max_failures=3, failure_window=60, ban_time=300))
+    for _ in range(3):  # from one address, failures for a "user" named like another address
+        resp = await client.get("/auth", headers={"Authorization": basic("203.0.113.7", "x"),
+                                                  "X-Real-IP": "198.51.100.9"})
+        assert resp.status == 401
+    resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland"),
+                                              "X-Real-IP": "203.0.113.7"})
     assert resp.status == 200
 
 
