@@ -141,10 +141,10 @@ class BasicAuthenticator:
         entry = snapshot.table.get(user)
         try:
             await self._verify_shared(key, entry or snapshot.table.dummy, password)
-            verified = entry is not None
+            verified = True
         except PasswordMismatch:
             verified = False
-        if not verified:
+        if entry is None or not verified:  # the dummy never matches, but never trust it to
             self._lockout.record_failure(*_lockout_keys(user, request.client))
             if entry is None:  # no user's name (a password typed in the wrong field?): unlogged
                 raise Unauthenticated("unknown_user", scheme="basic")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .devcerts import write_dev_certs
+from .devcerts import write_dev_certs, write_private
 from .devissuer import create_issuer_app, load_or_create_key, mint, record_issuer
 from .userfile import add_user
 
@@ -187,8 +187,7 @@ def prepare_users(work: Path) -> dict[str, str]:
     for user, password in creds.items():
         add_user(users_file, user, password.encode())
     (work / "groups").write_text("admins: demo\n")
-    creds_file.write_text(json.dumps(creds))
-    creds_file.chmod(0o600)
+    write_private(creds_file, json.dumps(creds).encode())
     return creds
 
 
@@ -232,9 +231,10 @@ users = ["demo"]
     app.router.add_route("*", "/{tail:.*}", echo_app)
     base = f"https://localhost:{https_port}"
     reader, plain = work / "bearer-alice.header", work / "bearer-bob.header"
-    reader.write_text("Authorization: Bearer " + mint(
-        key, issuer=issuer, subject="alice", scopes=["reports:read"], ttl=3600))
-    plain.write_text("Authorization: Bearer " + mint(key, issuer=issuer, subject="bob", ttl=3600))
+    write_private(reader, b"Authorization: Bearer " + mint(
+        key, issuer=issuer, subject="alice", scopes=["reports:read"], ttl=3600).encode())
+    write_private(plain, b"Authorization: Bearer " + mint(
+        key, issuer=issuer, subject="bob", ttl=3600).encode())
     probes = [
         Probe("no credentials: 401 with a challenge", "/", 401),
         Probe("Basic, the demo user: 200", "/", 200, user=f"demo:{creds['demo']}"),

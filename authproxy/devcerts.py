@@ -24,9 +24,17 @@ def write_dev_certs(
     cert = ca.issue_cert(*(names or DEFAULT_NAMES))
     paths = {"ca": out / "ca.pem", "cert": out / "server.pem", "key": out / "server.key"}
     ca.cert_pem.write_to_path(str(paths["ca"]))
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    os.chmod(paths["key"], 0o600)
+    write_private(paths["key"], cert.private_key_pem.bytes())
     with open(paths["cert"], "wb") as fh:
         for blob in cert.cert_chain_pems:
             fh.write(blob.bytes())
     return paths
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from its first byte (also when the file was
+    there before), for keys, passwords and tokens."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # O_CREAT's mode applies only to a new file
+        fh.write(data)

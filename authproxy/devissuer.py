@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 from jwcrypto import jwk, jwt
 
+from .devcerts import write_private
+
 KEY_FILE = "issuer-key.json"
 ISSUER_FILE = "issuer.json"
 
@@ -29,9 +31,7 @@ def load_or_create_key(directory: str | os.PathLike[str]) -> jwk.JWK:
     path.parent.mkdir(parents=True, exist_ok=True)
     key = jwk.JWK.generate(kty="RSA", size=2048, alg="RS256", use="sig",
                            kid=f"dev-{secrets.token_hex(4)}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.export_private())
+    write_private(path, key.export_private().encode())
     return key
 
 
