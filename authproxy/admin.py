@@ -15,14 +15,13 @@ from aiohttp import web
 
 from .authn import AuthRequest, parse_authorization
 from .errors import Forbidden, KeysUnavailable, Unauthenticated
-from .handlers import Decider
+from .handlers import NO_STORE, Decider
 from .identity import Identity
 from .jwks import JwksError
 from .keysource import KeySource
 
 log = logging.getLogger("authproxy.admin")
 
-_NO_STORE = {"Cache-Control": "no-store"}
 Action = Callable[[Identity], Awaitable[web.Response]]
 
 
@@ -67,16 +66,16 @@ class AdminApi:
             return web.json_response(
                 {"error": "unauthenticated"}, status=401,
                 headers={"WWW-Authenticate": self._decider.challenge_header(chain.schemes, exc),
-                         **_NO_STORE},
+                         **NO_STORE},
             )
         except Forbidden as exc:
             log.info("admin request refused", extra={**fields, "status": 403, "reason": exc.reason})
-            return web.json_response({"error": "forbidden"}, status=403, headers=_NO_STORE)
+            return web.json_response({"error": "forbidden"}, status=403, headers=NO_STORE)
         except KeysUnavailable as exc:
             log.info("admin request refused", extra={**fields, "status": 503, "reason": exc.reason})
             return web.json_response(
                 {"error": "signing keys unavailable"}, status=503,
-                headers={"Retry-After": str(exc.retry_after), **_NO_STORE},
+                headers={"Retry-After": str(exc.retry_after), **NO_STORE},
             )
         response = await run(identity)
         log.info("admin request", extra={**fields, "status": response.status})
@@ -87,7 +86,7 @@ class AdminApi:
             return web.json_response(
                 {"error": "not_configured",
                  "detail": "no jwt.jwks_endpoint (or jwt.issuer to discover one) is configured"},
-                status=409, headers=_NO_STORE,
+                status=409, headers=NO_STORE,
             )
         try:
             keyset = await self._keys.refresh("admin")
@@ -96,15 +95,15 @@ class AdminApi:
             return web.json_response({
                 "error": exc.reason, "detail": exc.detail,
                 "kept_kids": kept.kids if kept else [],
-            }, status=502, headers=_NO_STORE)
+            }, status=502, headers=NO_STORE)
         return web.json_response({
             "keys": len(keyset.keys), "kids": keyset.kids, "skipped": keyset.skipped,
             "fetched_at": iso_time(self._keys.endpoint.fetched_at),
-        }, headers=_NO_STORE)
+        }, headers=NO_STORE)
 
     async def _jwks(self, identity: Identity) -> web.Response:
         if self._keys is None:
-            return web.json_response({"sources": [], "ready": False}, headers=_NO_STORE)
+            return web.json_response({"sources": [], "ready": False}, headers=NO_STORE)
         keys = self._keys
         sources = [{
             "source": s.name, "location": s.location,
@@ -117,5 +116,5 @@ class AdminApi:
             "next_fetch_in": keys.next_fetch_in() if s is keys.endpoint else None,
         } for s in keys.states]
         return web.json_response(
-            {"sources": sources, "ready": self._keys.not_ready() is None}, headers=_NO_STORE
+            {"sources": sources, "ready": self._keys.not_ready() is None}, headers=NO_STORE
         )

@@ -19,7 +19,7 @@ from .authn import Authenticator, SchemeChain
 from .banshare import SharedFailureTracker
 from .basic import BasicAuthenticator
 from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
-from .config import Config
+from .config import METRICS_FLUSH_INTERVAL, Config
 from .handlers import Decider, healthz, metrics_handler, readyz_handler
 from .ipc import WorkerContext
 from .keyshare import SharedKeySource
@@ -28,14 +28,12 @@ from .logs import DecisionLog
 from .metrics import Metrics
 from .userstore import UserStore
 
-CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 DECIDER = web.AppKey("decider", Decider)
 USER_STORE = web.AppKey("user_store", UserStore)
 KEY_SOURCE = web.AppKey("key_source", KeySource)
 # Coroutines run on SIGHUP: each re-reads one file-backed source, keeping the old on failure.
 RELOADERS = web.AppKey("reloaders", list[Callable[[str], Awaitable[bool]]])
-METRICS_FLUSH_INTERVAL = 1.0  # seconds; multi-worker mode only (see metrics.py)
 
 
 def create_app(
@@ -59,7 +57,6 @@ def create_app(
         # after the last decision
         app.cleanup_ctx.append(_background(partial(_every, METRICS_FLUSH_INTERVAL, metrics.flush),
                                            then=metrics.flush))
-    app[CONFIG] = config
     app[METRICS] = metrics
     app[RELOADERS] = []
     executor = ThreadPoolExecutor(max_workers=hash_threads(),

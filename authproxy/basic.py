@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .users import PasswordHash, PasswordMismatch
 from .userstore import UserSnapshot, UserStore
 
-CACHE_SIZE = 50_000  # remembered (user, password) pairs; each is ~200 bytes
+CACHE_SIZE = 50_000  # remembered (user, password) pairs; ~600 bytes each with the identity
 MAX_PENDING = 256  # verifications queued or running before further ones are refused
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # ASCII only

@@ -29,7 +29,7 @@ from .config import JwtConfig
 from .errors import Unauthenticated
 from .expiring import ExpiringCache
 from .identity import Identity
-from .jose import CheckedToken, check_token, invalid_token
+from .jose import DESCRIPTIONS, CheckedToken, check_token, invalid_token
 from .jwks import VerifyKey
 from .keysource import KeySource
 from .metrics import Metrics
@@ -105,7 +105,8 @@ class BearerAuthenticator:
     def _token(request: AuthRequest) -> str:
         token = request.credentials.value
         if not token:
-            raise Unauthenticated("missing_token", scheme="bearer", bearer_error="invalid_request")
+            raise Unauthenticated("missing_token", scheme="bearer", bearer_error="invalid_request",
+                                  bearer_description=DESCRIPTIONS["missing"])
         return token
 
     def verify_now(self, token: str) -> Identity | None:

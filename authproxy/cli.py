@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config, load_config
 from .errors import ConfigError
-from .users import UserFileError, UserTable
+from .userfile import NEW_HASH_SCHEMES
+from .users import UserFileError
+from .userstore import UserStore
 
 EXIT_CONFIG = 2
 
@@ -29,12 +31,8 @@ def _config_problems(args: argparse.Namespace) -> tuple[Config | None, list[str]
         return None, exc.problems
     problems = []
     if config.basic.users_file:
-        from .groups import load_groups
-
-        try:
-            UserTable.load(config.basic.users_file)
-            if config.basic.groups_file:
-                load_groups(config.basic.groups_file)
+        try:  # as serve loads them
+            UserStore(config.basic.users_file, config.basic.groups_file)
         except UserFileError as exc:
             problems.append(str(exc))
     return config, problems
@@ -74,7 +72,7 @@ def _report(problems: Sequence[str]) -> int:
 def _read_password(args: argparse.Namespace) -> bytes:
     if args.password_stdin:
         data = sys.stdin.buffer.read()
-        return data[:-1] if data.endswith(b"\n") else data
+        return data.removesuffix(b"\n")
     first = getpass.getpass("New password: ")
     if getpass.getpass("Re-type new password: ") != first:
         raise ValueError("passwords do not match")
@@ -173,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("user")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input (one trailing newline dropped)")
-    add.add_argument("--scheme", choices=["bcrypt", "argon2id"], default="bcrypt")
+    add.add_argument("--scheme", choices=NEW_HASH_SCHEMES, default="bcrypt")
     delete = actions.add_parser("delete", help="remove a user")
     delete.add_argument("file")
     delete.add_argument("user")

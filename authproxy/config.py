@@ -1,6 +1,7 @@
 """Configuration: a TOML file, ``AUTHPROXY_<SECTION>_<KEY>`` overrides, validated once.
 
-``load_config()`` is the only reader of the config file and the environment. It collects every
+``load_config()`` is the only reader of the config file and of the ``AUTHPROXY_<SECTION>_<KEY>``
+variables (the CLI reads ``AUTHPROXY_CONFIG``, the file's path). It collects every
 problem it finds and raises one :class:`ConfigError` listing them all; code downstream trusts
 the returned :class:`Config` and never re-checks it.
 """
@@ -20,6 +21,11 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 ENV_PREFIX = "AUTHPROXY_"
+# Not configuration keys, but shared by the server and the supervisor (which must not import
+# the server: see supervisor.py), so kept with the settings they go with.
+SHUTDOWN_TIMEOUT = 10.0  # seconds in-flight decisions get to finish after SIGTERM
+UNIX_SOCKET_MODE = 0o666  # restrict access with the directory's permissions
+METRICS_FLUSH_INTERVAL = 1.0  # seconds between workers' metric flushes (see metrics.py)
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )
@@ -246,7 +252,6 @@ class Config:
     basic: BasicConfig = field(default_factory=BasicConfig)
     jwt: JwtConfig = field(default_factory=JwtConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
-    source: str = ""  # the file it came from, for messages; "" when built in code
 
     @property
     def worker_count(self) -> int:
@@ -364,7 +369,7 @@ def load_config(
             values[name] = value
         sections[section] = cls(**values)
 
-    config = Config(**sections, source=path or "")
+    config = Config(**sections)
     problems.extend(_cross_checks(config))
     if problems:
         raise ConfigError(problems)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -36,16 +37,11 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDictProxy
 
-from .handlers import Answer, Decider, refuse_unparseable
+from .handlers import Answer, Decider, is_decision_path, refuse_unparseable
 
 log = logging.getLogger("authproxy.server")
 
-_STATUS_LINES = {
-    200: "HTTP/1.1 200 OK\r\n",
-    401: "HTTP/1.1 401 Unauthorized\r\n",
-    403: "HTTP/1.1 403 Forbidden\r\n",
-    503: "HTTP/1.1 503 Service Unavailable\r\n",
-}
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 
 
 def encode_answer(answer: Answer) -> bytes:
@@ -161,7 +157,7 @@ class Connection(RequestHandler):
             return None
         url = message.url
         path = url.path
-        if url.absolute or not (path == "/auth" or path.startswith("/auth/")):
+        if url.absolute or not is_decision_path(path):
             return None
         try:
             answer = self._decider.decide_now(_Message(message, path, self._remote))

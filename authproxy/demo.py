@@ -1,7 +1,8 @@
 """``authproxy demo``: authproxy behind a real nginx over TLS, on loopback, in one command.
 
 Starts a demo app, a local token issuer, authproxy (the real CLI, as a subprocess) and nginx
-(with the repository's nginx/ snippets, included as they are), then prints curl lines to try.
+(with the repository's nginx/ snippets, the upstream one pointed at the demo's port), then
+prints curl lines to try.
 Ctrl-C stops everything. ``--check`` runs those lines itself and exits 0 only if each gives
 the status it promises.
 """

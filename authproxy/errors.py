@@ -21,10 +21,6 @@ class ConfigError(AuthProxyError):
         self.problems = list(problems)
 
 
-class NotMyScheme(AuthProxyError):
-    """An authenticator does not handle this Authorization scheme; the chain tries the next."""
-
-
 class Unauthenticated(AuthProxyError):
     """No valid credentials: a 401 with a challenge.
 

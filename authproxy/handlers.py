@@ -21,15 +21,15 @@ from .policy import Policy, policy_for
 
 log = logging.getLogger("authproxy.handlers")
 
-_NO_STORE = {"Cache-Control": "no-store"}
+NO_STORE = {"Cache-Control": "no-store"}
+_PREFLIGHT_HEADERS = {**EMPTY_HEADERS, **NO_STORE}
 # Denials carry no body: nginx never reads the body of an auth answer, so one would cost the
 # kept-alive upstream connection on every 401; the status and challenge say everything.
 
-# RFC 6750 error_description values: fixed, printable ASCII without '"' or '\'.
-BEARER_DESCRIPTIONS = {
-    "invalid_request": "The request is missing a valid bearer token",
-    "invalid_token": "The access token is invalid",
-}
+
+def is_decision_path(path: str) -> bool:
+    """/auth and any path below it (Envoy asks /auth/<original path>)."""
+    return path == "/auth" or path.startswith("/auth/")
 
 
 class Answer(NamedTuple):
@@ -135,7 +135,7 @@ class Decider:
         fields = case.fields
         if identity is None:
             fields.update(status=200, outcome="allow", reason="preflight")
-            return Answer(200, {**EMPTY_HEADERS, **_NO_STORE})
+            return Answer(200, _PREFLIGHT_HEADERS)
         fields["scheme"] = identity.method
         fields["user"] = identity.user
         case.policy.check(identity)
@@ -143,7 +143,7 @@ class Decider:
         if self._cache_hint:
             expires = {"X-Accel-Expires": str(self._cache_seconds(identity))}
             return Answer(200, {**identity.headers, **expires})
-        return Answer(200, {**identity.headers, **_NO_STORE})
+        return Answer(200, {**identity.headers, **NO_STORE})
 
     def _refusal(self, exc: Exception, case: _Case) -> Answer:
         fields = case.fields
@@ -152,13 +152,12 @@ class Decider:
             return self._forbid(exc, fields["scheme"])
         if isinstance(exc, Unauthenticated):
             fields.update(status=401, outcome="deny", reason=exc.reason)
-            fields.pop("user", None)
             if exc.user:
                 fields["user"] = exc.user
             return self._challenge(exc, case.allowed)
         if isinstance(exc, KeysUnavailable):
             fields.update(status=503, outcome="unavailable", reason=exc.reason)
-            return Answer(503, {"Retry-After": str(exc.retry_after), **_NO_STORE})
+            return Answer(503, {"Retry-After": str(exc.retry_after), **NO_STORE})
         # Fail closed. The class and frames go to the log; the message may hold input.
         log.error("decision failed", extra={
             "event": "decision_error", "exception": type(exc).__name__,
@@ -180,18 +179,18 @@ class Decider:
         parts = []
         for scheme, challenge in self.chain.challenges(self._realm, schemes):
             if scheme == "bearer" and exc.bearer_error:
-                description = exc.bearer_description or BEARER_DESCRIPTIONS[exc.bearer_error]
-                challenge += f', error="{exc.bearer_error}", error_description="{description}"'
+                challenge += (f', error="{exc.bearer_error}", '
+                              f'error_description="{exc.bearer_description}"')
             parts.append(challenge)
         return ", ".join(parts)
 
     def _challenge(self, exc: Unauthenticated, schemes: tuple[str, ...]) -> Answer:
         if not schemes:  # a location whose scheme= names nothing enabled: still challenge
             schemes = self.chain.schemes
-        return Answer(401, {"WWW-Authenticate": self.challenge_header(schemes, exc), **_NO_STORE})
+        return Answer(401, {"WWW-Authenticate": self.challenge_header(schemes, exc), **NO_STORE})
 
     def _forbid(self, exc: Forbidden, scheme: str) -> Answer:
-        headers = dict(_NO_STORE)
+        headers = dict(NO_STORE)
         if exc.missing_scope and scheme == "bearer":
             headers["WWW-Authenticate"] = (
                 f'Bearer realm="{self._realm}", error="insufficient_scope", '
@@ -235,7 +234,7 @@ def refuse_unparseable(decider: Decider) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"}, headers=_NO_STORE)
+    return web.json_response({"status": "ok"}, headers=NO_STORE)
 
 
 def readyz_handler(chain: SchemeChain) -> Callable[[web.Request], Any]:
@@ -243,7 +242,7 @@ def readyz_handler(chain: SchemeChain) -> Callable[[web.Request], Any]:
         missing = chain.not_ready()
         status = 503 if missing else 200
         return web.json_response({"ready": not missing, "missing": missing}, status=status,
-                                 headers=_NO_STORE)
+                                 headers=NO_STORE)
     return readyz
 
 

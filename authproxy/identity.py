@@ -37,14 +37,11 @@ class Identity:
         # Every identity header, always all present (empty when unknown): proxies such as
         # Caddy before its GHSA-7r4p-vjf4-gxv4 fix leave a client-sent header in place when
         # the auth response lacks it.
-        groups = ",".join(sorted(self.groups)) if self.groups else ""
-        scopes = " ".join(sorted(self.scopes)) if self.scopes else ""
-        if _UNSENDABLE.search(f"{self.user}{self.method}{self.subject}{groups}{scopes}"):
+        values = (self.user, self.method, self.subject,
+                  ",".join(sorted(self.groups)), " ".join(sorted(self.scopes)))
+        if _UNSENDABLE.search("".join(values)):
             raise Unauthenticated("unsafe_identity", scheme=self.method)
-        object.__setattr__(self, "headers", {
-            "X-Auth-User": self.user, "X-Auth-Method": self.method,
-            "X-Auth-Subject": self.subject, "X-Auth-Groups": groups, "X-Auth-Scopes": scopes,
-        })
+        object.__setattr__(self, "headers", dict(zip(IDENTITY_HEADERS, values, strict=True)))
 
 
 EMPTY_HEADERS = dict.fromkeys(IDENTITY_HEADERS, "")

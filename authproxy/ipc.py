@@ -86,7 +86,8 @@ class MasterLink:
         return cls(reader, writer), config, boot
 
     def start(self, on_lost: Callable[[], None]) -> None:
-        """Read notices and replies until end-of-file, then call ``on_lost``."""
+        """Read notices and replies until end-of-file or an unreadable line, then call
+        ``on_lost``."""
         self._task = asyncio.create_task(self._read(on_lost))
 
     def subscribe(self, op: str, callback: Callable[[Message], None]) -> None:

@@ -40,6 +40,7 @@ DESCRIPTIONS = {
     "wrong_issuer": "The access token issuer is not accepted",
     "wrong_audience": "The access token audience is not accepted",
     "wrong_type": "The access token type is not accepted",
+    "missing": "The request is missing a valid bearer token",  # with invalid_request
 }
 
 

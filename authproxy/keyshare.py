@@ -125,7 +125,7 @@ class KeyPublisher:
 class SharedKeySource(KeySource):
     """A worker's KeySource: the endpoint's set comes from the supervisor, never fetched here.
 
-    Overrides :meth:`lifetime` (no HTTP client, no refresh loop) and ``_fetch``, the one place
+    Overrides :meth:`lifetime` (no fetching, no refresh loop) and ``_fetch``, the one place
     a KeySource obtains the endpoint's set; everything else (lookups, staleness, the miss
     rate limit within this worker, the file source) is KeySource's own.
     """

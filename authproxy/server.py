@@ -17,21 +17,19 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .app import DECIDER, RELOADERS, create_app
-from .config import Config
+from .config import SHUTDOWN_TIMEOUT, UNIX_SOCKET_MODE, Config
 from .connection import Connection
-from .handlers import Decider
+from .handlers import Decider, is_decision_path
 from .ipc import WorkerContext
 
 log = logging.getLogger("authproxy.server")
 _Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 GC_THRESHOLDS = (50_000, 20, 100)  # allocations per young collection; the defaults: 700, 10, 10
-SHUTDOWN_TIMEOUT = 10.0  # seconds in-flight decisions get to finish after SIGTERM
 # nginx forwards whatever header size its large_client_header_buffers allow; the credential is
 # judged (and refused, past MAX_AUTHORIZATION) by us rather than the request by the parser.
 MAX_FIELD_SIZE = 1 << 20
 MAX_LINE_SIZE = 1 << 16
-UNIX_SOCKET_MODE = 0o666  # restrict access with the directory's permissions
 
 
 class _Server(web.Server):
@@ -48,8 +46,8 @@ class AuthRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        # aiohttp has no public hook for the protocol class; _Server adds no state, only
-        # the factory method, so re-classing the instance it built is safe.
+        # aiohttp has no public hook for the protocol class; _Server adds no __init__ state,
+        # only the factory method and the decider set here, so re-classing is safe.
         server.__class__ = _Server
         decider = server.decider = self.app[DECIDER]  # type: ignore[attr-defined]
         server.request_handler = _decisions_first(decider, server.request_handler)
@@ -63,8 +61,7 @@ def _decisions_first(decider: Decider, route: _Handler) -> _Handler:
     for test clients and anything else that runs the Application itself."""
 
     async def dispatch(request: BaseRequest) -> web.StreamResponse:
-        path = request.path
-        if path == "/auth" or path.startswith("/auth/"):
+        if is_decision_path(request.path):
             return await decider.handle(request)
         return await route(request)
 

@@ -49,7 +49,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .banshare import BanCoordinator
-from .config import Config, ListenAddress
+from .config import (
+    METRICS_FLUSH_INTERVAL,
+    SHUTDOWN_TIMEOUT,
+    UNIX_SOCKET_MODE,
+    Config,
+    ListenAddress,
+)
 from .ipc import MAX_MESSAGE, Message, bootstrap_message, encode, read_message
 
 if TYPE_CHECKING:
@@ -59,14 +65,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("authproxy.workers")
 
 BACKLOG = 128  # aiohttp's default for its sites
-UNIX_SOCKET_MODE = 0o666  # as server.UNIX_SOCKET_MODE: restrict access with the directory
 RESTART_BACKOFF_FIRST = 0.5  # seconds before restarting a worker that died
 RESTART_BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # seconds a worker must run for its next death to count as the first
 MAX_RESTARTS = 10  # restarts within RESTART_WINDOW seconds before the supervisor gives up
 RESTART_WINDOW = 60.0
-STOP_GRACE = 15.0  # seconds after SIGTERM before a worker is killed (drain takes up to 10)
-METRICS_FLUSH_INTERVAL = 1.0
+STOP_GRACE = SHUTDOWN_TIMEOUT + 5.0  # seconds after SIGTERM before a worker is killed
 
 
 def supervise(config: Config) -> int:

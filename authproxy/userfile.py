@@ -15,12 +15,13 @@ import unicodedata
 import bcrypt
 from argon2 import PasswordHasher
 
-from .users import parse_hash, split_entry
+from .users import BCRYPT_COST, BCRYPT_MAX_PASSWORD, parse_hash, split_entry
 
-_BCRYPT_COST = 10
-_BCRYPT_MAX_PASSWORD = 72
 _MAX_USER_BYTES = 255
 _NEW_FILE_MODE = 0o640
+
+
+NEW_HASH_SCHEMES = ("bcrypt", "argon2id")  # what hash_password writes
 
 
 def hash_password(password: bytes, scheme: str = "bcrypt") -> str:
@@ -30,11 +31,11 @@ def hash_password(password: bytes, scheme: str = "bcrypt") -> str:
     store whole: over 72 bytes, or containing NUL (Apache's C bcrypt stops there).
     """
     if scheme == "bcrypt":
-        if len(password) > _BCRYPT_MAX_PASSWORD:
+        if len(password) > BCRYPT_MAX_PASSWORD:
             raise ValueError("bcrypt uses only the first 72 bytes of a password; use argon2id")
         if b"\0" in password:
             raise ValueError("a bcrypt password cannot contain NUL bytes")
-        hashed = bcrypt.hashpw(password, bcrypt.gensalt(_BCRYPT_COST)).decode("ascii")
+        hashed = bcrypt.hashpw(password, bcrypt.gensalt(BCRYPT_COST)).decode("ascii")
         # gensalt writes $2b$; $2y$ is the same algorithm under the prefix htpasswd uses.
         text = "$2y$" + hashed.removeprefix("$2b$")
     elif scheme == "argon2id":

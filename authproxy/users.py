@@ -1,7 +1,7 @@
 """The user table: htpasswd parsing and the password hash schemes it accepts.
 
 Blocking code only: hashing is slow by design, so callers run ``PasswordHash.verify`` and
-``UserTable.load`` in a thread.
+``UserTable.load`` in a thread (but at start-up, before anything is served).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ _PREFIXES = (
     ("{SHA}", "sha1"), ("{SSHA}", "ssha"),
 )  # fmt: skip
 _SHA1_LEN = 20
-_BCRYPT_MAX_PASSWORD = 72
-_EMPTY_TABLE_BCRYPT_COST = 10
+BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads of a password (Apache's C bcrypt too)
+BCRYPT_COST = 10  # Apache htpasswd's: new passwords, and the dummy of an empty table
 
 
 class UserFileError(AuthProxyError):
@@ -93,7 +93,7 @@ class PasswordHash:
 
 def _matches(scheme: str, value: str, password: bytes) -> bool:
     if scheme == "bcrypt":
-        return bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], value.encode("ascii"))
+        return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], value.encode("ascii"))
     if scheme == "argon2id":
         return PasswordHasher().verify(value, password)
     if scheme in _PASSLIB:
@@ -296,5 +296,5 @@ def _table_dummy(hashes: Iterable[PasswordHash]) -> PasswordHash:
         by_params.setdefault(key, h)
         counts[key] += 1
     if not counts:
-        return _bcrypt_dummy("$2y$", _EMPTY_TABLE_BCRYPT_COST, secrets.token_urlsafe(24))
+        return _bcrypt_dummy("$2y$", BCRYPT_COST, secrets.token_urlsafe(24))
     return dummy_for(by_params[counts.most_common(1)[0][0]])

@@ -1,8 +1,7 @@
 """A JWKS server the tests control, and tokens minted with PyJWT (not jwcrypto) for interop.
 
 Its fixtures (``jwks_server``, ``clock``, ``start_app``...) are in :mod:`tests.jwks_fixtures`;
-benchmarks and other tests import the helpers from here (``JwksServer``, ``signing_key``,
-``mint``...).
+other tests import the helpers from here (``JwksServer``, ``signing_key``, ``mint``...).
 
 The server is a real aiohttp app over HTTPS with a trustme CA. A test can rotate its keys
 (``serve``), slow it down (``hold``), break it (``status``, ``body``, ``headers``), take it

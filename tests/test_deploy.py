@@ -32,8 +32,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from authproxy.config import load_config, parse_listen
-from authproxy.server import SHUTDOWN_TIMEOUT
+from authproxy.config import SHUTDOWN_TIMEOUT, load_config, parse_listen
 
 from .conftest import bcrypt_hash
 from .servers import (
