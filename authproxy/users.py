@@ -243,7 +243,12 @@ class UserTable:
                 data = fh.read()
         except OSError as exc:
             raise UserFileError(name, None, f"cannot read: {exc.strerror}") from None
-        return cls(_parse_entries(name, data))
+        hashes = _parse_entries(name, data)
+        try:
+            return cls(hashes)
+        except Exception as exc:  # parameters that parse but cannot be hashed with (argon2's m)
+            raise UserFileError(name, None, "cannot hash with its most common parameters "
+                                f"({type(exc).__name__})") from None
 
     @property
     def dummy(self) -> PasswordHash:

@@ -62,9 +62,11 @@ class UserStore:
         signature = self._signatures()
         try:
             snapshot = await asyncio.get_running_loop().run_in_executor(None, self._load)
-        except UserFileError as exc:
+        except Exception as exc:  # whatever it is, the old table stays
+            # A UserFileError names file and line, never a hash; anything else, its class only.
+            error = str(exc) if isinstance(exc, UserFileError) else type(exc).__name__
             log.error("user table reload failed, keeping the old one", extra={
-                "event": "users_reload", "outcome": "error", "trigger": why, "error": str(exc),
+                "event": "users_reload", "outcome": "error", "trigger": why, "error": error,
             })
             self._signature = signature  # do not retry the same broken file every second
             self._on_reload(False)

@@ -226,6 +226,23 @@ async def test_broken_reload_keeps_old_table_and_readiness(client, users, caplog
     assert value == 1
 
 
+async def test_a_reload_failing_in_any_way_keeps_the_old_table(client, users) -> None:
+    """Not only UserFileError: whatever a reload raises, the old table serves on and the
+    failure is counted (before, anything else ended the file watcher silently)."""
+    store = client.app[USER_STORE]
+
+    def failing_load() -> None:
+        raise MemoryError
+
+    store._load = failing_load  # the one step a reload runs off the loop
+    assert await store.reload("test") is False
+    assert (await client.get("/auth", headers={
+        "Authorization": basic("bob", "builder")})).status == 200
+    value = client.app[METRICS].registry.get_sample_value(
+        "authproxy_user_table_reloads_total", {"outcome": "error"})
+    assert value == 1
+
+
 async def test_file_change_is_noticed_without_a_signal(client, users) -> None:
     users.write_text(users.read_text() + "dave:" + bcrypt_hash("d") + "\n")
     registry = client.app[METRICS].registry

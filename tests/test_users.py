@@ -259,6 +259,20 @@ def test_load_error_for_non_utf8_line(tmp_path: Path) -> None:
     assert info.value.lineno == 2
 
 
+UNUSABLE_ARGON2 = (  # parses (m is up to 10 digits) but argon2 cannot allocate 4 TB
+    "$argon2id$v=19$m=4000000000,t=2,p=1$c29tZXNhbHRzb21lc2FsdA"
+    "$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY"
+)
+
+
+def test_load_error_for_parameters_no_dummy_can_be_made_with(tmp_path: Path) -> None:
+    path = write(tmp_path / "users", f"eve:{UNUSABLE_ARGON2}\n".encode())
+    with pytest.raises(UserFileError) as info:
+        UserTable.load(path)
+    assert str(info.value).startswith(f"{path}: cannot hash with its most common parameters")
+    assert "c29tZXNhbHRz" not in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["missing", "a-directory"])
 def test_load_unreadable_file(tmp_path: Path, name: str) -> None:
     (tmp_path / "a-directory").mkdir()
