@@ -48,6 +48,10 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self._offset += seconds
 
+    def jump_wall(self, seconds: float) -> None:
+        """Move the wall clock alone (an NTP step), leaving the monotonic clock where it is."""
+        self._wall_start += seconds
+
 
 # -- keys and tokens -----------------------------------------------------------------------
 

@@ -129,6 +129,8 @@ async def test_bad_credentials_are_401_and_logged(client, capsys, name: str) -> 
     assert resp.headers["WWW-Authenticate"] == CHALLENGE
     log = decision_log(client, capsys)
     assert '"outcome":"deny"' in log and "wonderland" not in log
+    sent = BAD_CREDENTIALS[name].partition(" ")[2]  # nor the credentials as sent
+    assert not sent or sent not in log
 
 
 async def test_two_authorization_headers_even_identical(client) -> None:

@@ -8,6 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from authproxy.app import DECIDER
+from authproxy.bearer import MAX_KIDLESS_CANDIDATES
 from authproxy.config import ConfigError
 from authproxy.jose import DESCRIPTIONS
 
@@ -195,6 +196,19 @@ async def test_token_without_kid_is_tried_against_keys_that_fit_its_alg(
     assert invalid_token("bad_signature") in single_challenge(response)
 
 
+async def test_a_token_without_kid_is_tried_against_at_most_eight_keys(
+    start_app: StartApp, jwks_server: JwksServer, clock: FakeClock
+) -> None:
+    """Each candidate costs a signature verification: a kid-less token's cost is bounded."""
+    keys = [signing_key("RS256", None, name=f"kidless-{i}") for i in range(MAX_KIDLESS_CANDIDATES + 1)]
+    jwks_server.serve(*keys)
+    client = await start_app()
+    assert (await get_auth(client, mint(keys[-2], clock.time()))).status == 200  # the 8th
+    response = await get_auth(client, mint(keys[-1], clock.time()))  # the 9th: never tried
+    assert response.status == 401
+    assert invalid_token("bad_signature") in single_challenge(response)
+
+
 async def test_bad_signature_is_refused(start_app: StartApp, clock: FakeClock) -> None:
     client = await start_app()
     forged = mint(signing_key("RS256", "k1", name="attacker"), clock.time())
@@ -232,6 +246,19 @@ async def test_a_cached_token_never_outlives_its_exp(
     token = mint(K1, clock.time(), exp=int(clock.time()) + 30)
     assert (await get_auth(client, token)).status == 200
     clock.advance(31)
+    response = await get_auth(client, token)
+    assert response.status == 401
+    assert invalid_token("expired") in single_challenge(response)
+
+
+async def test_a_cached_token_ends_at_exp_when_the_wall_clock_jumps_there(
+    start_app: StartApp, clock: FakeClock
+) -> None:
+    """The cache's own deadline runs on the monotonic clock; exp is wall-clock time."""
+    client = await start_app(leeway=0)
+    token = mint(K1, clock.time(), exp=int(clock.time()) + 30)
+    assert (await get_auth(client, token)).status == 200
+    clock.jump_wall(31)
     response = await get_auth(client, token)
     assert response.status == 401
     assert invalid_token("expired") in single_challenge(response)

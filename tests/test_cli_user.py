@@ -64,7 +64,8 @@ def test_bad_user_names_are_refused(tmp_path: Path, monkeypatch, capsys) -> None
 
 def test_password_never_echoed(tmp_path: Path, monkeypatch, capsys) -> None:
     path = tmp_path / "users"
-    run(["user", "add", str(path), "dave", "--password-stdin"], b"hunter2-secret\n", monkeypatch)
+    assert run(["user", "add", str(path), "dave", "--password-stdin"], b"hunter2-secret\n",
+               monkeypatch) == 0
     out = capsys.readouterr()
     assert "hunter2-secret" not in out.out + out.err
 

@@ -339,13 +339,13 @@ def test_answers_without_an_identity_are_never_cached(
 
 def test_a_cached_token_stops_working_at_its_exp(site: Site, hinting_authproxy: Authproxy) -> None:
     """nginx keeps the answer no longer than authproxy's X-Accel-Expires: the token's exp."""
-    credentials = bearer(ttl=2)
+    credentials = bearer(ttl=4)  # X-Accel-Expires: 3 or 4, by where in the second it is
     decisions = Decisions(hinting_authproxy)
     assert site.get("cached", "/", (credentials,)).status == 200
     assert site.get("cached", "/", (credentials,)).status == 200
-    assert decisions.made in (1, 2)  # 2 only if the first answer said X-Accel-Expires: 0
+    assert decisions.made == 1  # the second came from nginx's cache
     wait_until(lambda: site.get("cached", "/", (credentials,)).status == 401,
-               "the cached token's end", deadline=6.0)
+               "the cached token's end", deadline=8.0)
 
 
 def test_an_oversized_authorization_is_challenged_not_failed(site: Site) -> None:
