@@ -219,8 +219,8 @@ def _serving(
     ready: Sequence[tuple[Callable[[], bool], str]],
     log_text: Callable[[], str],
 ) -> Iterator[None]:
-    """Wait until every (check, what) of ``ready`` holds; at the end send SIGTERM and
-    assert a clean exit (status 0), showing the tail of ``log_text()`` if not."""
+    """Wait until every (check, what) of ``ready`` (at least one) holds; at the end send
+    SIGTERM and assert a clean exit (status 0), showing the tail of ``log_text()`` if not."""
     try:
         for check, what in ready:
             wait_until(check, what, process)
@@ -585,15 +585,9 @@ def start_process(
             list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
             cwd=log_path.parent,
         )
-    try:
-        wait_until(ready, what, process)
+    with _serving(process, [(ready, what)],
+                  lambda: log_path.read_text(encoding="utf-8", errors="replace")):
         yield process
-    except BaseException:
-        _stop(process, signal.SIGTERM)
-        raise
-    status = _stop(process, signal.SIGTERM)
-    log_tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-    assert status == 0, f"{what} exited with {status}:\n{log_tail}"
 
 
 @dataclass(frozen=True, slots=True)
