@@ -76,7 +76,22 @@ class Decider:
         credential, a refusal found by parsing, a signature against a key at hand. None when
         it does (a hash to verify, a key set to fetch); then :meth:`decide`."""
         started = time.perf_counter()
+        return self._decide_now(self._case(request), started)
+
+    async def decide(self, request: RequestView) -> Answer:
+        started = time.perf_counter()
         case = self._case(request)
+        answer = self._decide_now(case, started)
+        if answer is not None:
+            return answer
+        outcome: Identity | Exception
+        try:
+            outcome = await self.chain.authenticate(case.credentials(), case.allowed)
+        except Exception as exc:
+            outcome = exc
+        return self._conclude(case, outcome, started)
+
+    def _decide_now(self, case: _Case, started: float) -> Answer | None:
         if case.preflight:
             return self._conclude(case, None, started)
         try:
@@ -84,21 +99,8 @@ class Decider:
         except Exception as exc:
             return self._conclude(case, exc, started)
         if identity is None:
-            return None
+            return None  # nothing logged or counted: decide() goes on with the same case
         return self._conclude(case, identity, started)
-
-    async def decide(self, request: RequestView) -> Answer:
-        answer = self.decide_now(request)
-        if answer is not None:
-            return answer
-        started = time.perf_counter()
-        case = self._case(request)
-        outcome: Identity | Exception
-        try:
-            outcome = await self.chain.authenticate(case.credentials(), case.allowed)
-        except Exception as exc:
-            outcome = exc
-        return self._conclude(case, outcome, started)
 
     def _case(self, request: RequestView) -> _Case:
         origin = self.origin
