@@ -256,42 +256,36 @@ async def test_file_change_is_noticed_without_a_signal(client, users) -> None:
     assert (await client.get("/auth", headers={"Authorization": basic("dave", "d")})).status == 200
 
 
+async def status_from(client, user: str, password: str, address: str) -> int:
+    """The status of one decision for ``user``/``password`` from client ``address``."""
+    headers = {"Authorization": basic(user, password), "X-Real-IP": address}
+    return (await client.get("/auth", headers=headers)).status
+
+
 async def test_brute_force_bans_user_and_address_without_hashing(aiohttp_client, app_for,
                                                                   clock) -> None:
     client = await aiohttp_client(app_for(max_failures=3, failure_window=60, ban_time=300))
     app = client.app
     for _ in range(3):
-        resp = await client.get("/auth", headers={"Authorization": basic("alice", "guess"),
-                                                  "X-Real-IP": "203.0.113.9"})
-        assert resp.status == 401
+        assert await status_from(client, "alice", "guess", "203.0.113.9") == 401
     verified = hashes_verified(app)
     # the right password, for the banned user, from another address: refused, nothing hashed
-    resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland"),
-                                              "X-Real-IP": "198.51.100.1"})
-    assert resp.status == 401
+    assert await status_from(client, "alice", "wonderland", "198.51.100.1") == 401
     # another user from the banned address: refused too
-    resp = await client.get("/auth", headers={"Authorization": basic("bob", "builder"),
-                                              "X-Real-IP": "203.0.113.9"})
-    assert resp.status == 401
+    assert await status_from(client, "bob", "builder", "203.0.113.9") == 401
     assert hashes_verified(app) == verified
     banned = app[METRICS].registry.get_sample_value("authproxy_bans_in_force")
     assert banned == 2
     clock.now += 301
-    resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland"),
-                                              "X-Real-IP": "198.51.100.1"})
-    assert resp.status == 200
+    assert await status_from(client, "alice", "wonderland", "198.51.100.1") == 200
 
 
-async def test_a_user_id_spelling_an_address_does_not_ban_that_address(aiohttp_client, app_for,
-                                                                       clock) -> None:
+async def test_a_user_id_spelling_an_address_does_not_ban_that_address(aiohttp_client,
+                                                                       app_for) -> None:
     client = await aiohttp_client(app_for(max_failures=3, failure_window=60, ban_time=300))
     for _ in range(3):  # from one address, failures for a "user" named like another address
-        resp = await client.get("/auth", headers={"Authorization": basic("203.0.113.7", "x"),
-                                                  "X-Real-IP": "198.51.100.9"})
-        assert resp.status == 401
-    resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland"),
-                                              "X-Real-IP": "203.0.113.7"})
-    assert resp.status == 200
+        assert await status_from(client, "203.0.113.7", "x", "198.51.100.9") == 401
+    assert await status_from(client, "alice", "wonderland", "203.0.113.7") == 200
 
 
 async def test_failures_outside_the_window_do_not_add_up(aiohttp_client, app_for, clock) -> None:
