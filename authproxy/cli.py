@@ -134,6 +134,9 @@ def cmd_dev_issuer(args: argparse.Namespace) -> int:
     from .config import parse_listen
 
     address = parse_listen(args.listen)
+    if address.is_unix:  # a token issuer's URL must be one a browser or curl can reach
+        print("authproxy: dev-issuer --listen: HOST:PORT, not a unix socket", file=sys.stderr)
+        return 2
     issuer = f"http://{address}"
     devissuer.record_issuer(args.dir, issuer)
     print(f"dev issuer {issuer}: JWKS at {issuer}/.well-known/jwks.json", flush=True)

@@ -75,3 +75,11 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(argv)
     assert caught.value.code == 2
+
+
+def test_dev_issuer_refuses_to_serve_on_a_unix_socket(tmp_path: Path, capsys) -> None:
+    """Its URL goes into tokens and the JWKS location: it must be HOST:PORT (before, a unix
+    address made it serve on every interface, at a random port)."""
+    argv = ["dev-issuer", "serve", "--dir", str(tmp_path), "--listen", f"unix:{tmp_path}/i.sock"]
+    assert main(argv) == 2
+    assert "not a unix socket" in capsys.readouterr().err
