@@ -45,12 +45,24 @@ _POLL_INTERVAL = 0.02
 _UPSTREAM_SERVER = re.compile(r"^(\s*server\s+)127\.0\.0\.1:9180;", re.MULTILINE)
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that this test run has
+    not handed out before.
+
+    A port handed out but not yet listened on (an authproxy started later in the test, say)
+    looks free to the kernel, which may offer it again; remembering them keeps two servers of
+    one test from being given the same port.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def wait_until(

@@ -19,14 +19,10 @@ from aiohttp import web
 from authproxy.app import DECIDER, METRICS, create_app
 from authproxy.server import make_runner, start_sites
 
+from .servers import free_port
+
 CHALLENGE = b'WWW-Authenticate: Basic realm="authproxy", charset="UTF-8"'
 GOOD = "Basic " + base64.b64encode(b"alice:wonderland").decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
