@@ -85,10 +85,20 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int, taken: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1, none equal to ``taken``.
+
+    Nothing listens on a port between asking and starting its server, so the kernel may offer
+    the same one twice; that is checked here.
+    """
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != taken and port not in ports:
+            ports.append(port)
+    return ports
 
 
 def nginx_conf(
@@ -202,9 +212,9 @@ async def run(work: Path, check: bool) -> int:
     creds = prepare_users(work)
     https_port = PREFERRED_HTTPS_PORT
     if not port_is_free(https_port):
-        https_port = free_port()
+        https_port = free_ports(1, taken=0)[0]
         print(f"port {PREFERRED_HTTPS_PORT} is busy; using {https_port} instead")
-    app_port, issuer_port, authproxy_port = free_port(), free_port(), free_port()
+    app_port, issuer_port, authproxy_port = free_ports(3, taken=https_port)
     issuer = f"http://127.0.0.1:{issuer_port}"
     key = load_or_create_key(work / "issuer")
     record_issuer(work / "issuer", issuer)

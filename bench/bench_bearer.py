@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import NGINX, Result, free_port, nginx_conf, print_table, record, started, wrk
+from run import NGINX, Result, free_ports, nginx_conf, print_table, record, started, wrk
 
 HERE = Path(__file__).resolve().parent
 KID = "bench-rs256"
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         path = tmp / f"tokens-{r}.txt"
         path.write_text("\n".join(tokens[r * per_round:(r + 1) * per_round]) + "\n")
         files.append(path)
-    ports = {k: free_port() for k in ("authproxy", "naive", "bare", "nginx")}
+    ports = free_ports("authproxy", "naive", "bare", "nginx")
     (tmp / "nginx.conf").write_text(
         nginx_conf(tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"}))
     (tmp / "authproxy.toml").write_text(

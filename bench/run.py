@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from authproxy.demo import free_ports as demo_free_ports
+
 HERE = Path(__file__).resolve().parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -69,10 +71,9 @@ def nginx_conf(tmp: Path, port: int, auth_upstreams: dict[str, int], extra: str 
     return NGINX_CONF.format(tmp=tmp, port=port, upstreams=upstreams, locations=locations)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(*names: str) -> dict[str, int]:
+    """A distinct free port on 127.0.0.1 for each name."""
+    return dict(zip(names, demo_free_ports(len(names), taken=0), strict=True))
 
 
 def wait_for_port(port: int, deadline: float = 15.0) -> None:
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     (tmp / "www" / "nginx-basic" / "index.html").write_text("ok\n")
     subprocess.run(["htpasswd", "-cbB", "-C", "10", str(tmp / "users"), "alice", "wonderland"],
                    check=True, capture_output=True)
-    ports = {k: free_port() for k in ("authproxy", "nolockout", "workers2", "bare", "nginx")}
+    ports = free_ports("authproxy", "nolockout", "workers2", "bare", "nginx")
     nginx_basic_location = (f'\n        location /nginx-basic/ {{ auth_basic "bench"; '
                    f"auth_basic_user_file {tmp}/users; }}")
     (tmp / "nginx.conf").write_text(nginx_conf(
