@@ -157,13 +157,16 @@ class _Slot:
 class Supervisor:
     """Keeps ``config.worker_count`` workers running on ``sockets``; see the module docstring.
     ``publisher``, set before :meth:`run` when the config has a JWKS endpoint, fetches for all.
+    ``interpreter``: the Python that runs the workers (this one's, unless a test says).
     """
 
     def __init__(
-        self, config: Config, sockets: list[socket.socket], state_dir: str, metrics: Metrics
+        self, config: Config, sockets: list[socket.socket], state_dir: str, metrics: Metrics,
+        interpreter: str = sys.executable,
     ) -> None:
         self.config = config
         self.publisher: KeyPublisher | None = None
+        self.interpreter = interpreter
         self._sockets = sockets
         self._state_dir = state_dir
         self._metrics = metrics
@@ -180,6 +183,8 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         async with contextlib.AsyncExitStack() as stack:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                stack.callback(loop.remove_signal_handler, sig)
             if self.publisher is not None:
                 await stack.enter_async_context(self.publisher.running())
             flushing = asyncio.create_task(self._flush_metrics())
@@ -228,6 +233,9 @@ class Supervisor:
 
     async def _keep_running(self, slot: _Slot) -> None:
         while not self._stopping.is_set():
+            # Set before trying: a start that fails counts as a death right after it, so the
+            # back-off grows as it does for workers that die young.
+            slot.started_at = time.monotonic()
             try:
                 process = await self._spawn(slot)
             except Exception as exc:  # counted as a death: restarted, within the same bounds
@@ -260,22 +268,29 @@ class Supervisor:
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         from .worker import PROGRAM
 
+        # The channel is ready and the bootstrap waits in it before the process exists: once
+        # it does, nothing is left that could fail and leave it running unwatched.
         ours, theirs = socket.socketpair()
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_MESSAGE)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        writer.write(encode(bootstrap_message(self.config, slot.index, self._state_dir,
+                                              self._metrics.multiprocess_dir or "")))
         fds = [theirs.fileno(), *(s.fileno() for s in self._sockets)]
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", PROGRAM, *map(str, fds),
+                self.interpreter, "-c", PROGRAM, *map(str, fds),
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=fds,
             )
         except BaseException:
-            ours.close()
+            writer.close()
             raise
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_MESSAGE)
-        writer.write(encode(bootstrap_message(self.config, slot.index, self._state_dir,
-                                              self._metrics.multiprocess_dir or "")))
-        slot.process, slot.channel, slot.started_at = process, writer, time.monotonic()
+        slot.process, slot.channel = process, writer
         self._start(self._answer_requests(reader, writer))
         log.info("worker started", extra={
             "event": "worker_start", "worker": slot.index, "worker_pid": process.pid,

@@ -16,6 +16,7 @@ import http.client
 import ipaddress
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -31,8 +32,10 @@ import aiohttp
 import pytest
 
 from authproxy.banshare import MAX_KEY, BanCoordinator
-from authproxy.config import BasicConfig
+from authproxy.config import BasicConfig, Config, parse_listen
 from authproxy.lockout import FailureTracker
+from authproxy.metrics import Metrics
+from authproxy.supervisor import Supervisor, bind
 
 from .conftest import bcrypt_hash, toml_text
 from .jwks_server import JwksServer, mint, signing_key
@@ -213,6 +216,30 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
         assert len(events(proxy, "worker_restart")) == 1
         for _ in range(10):
             assert get(proxy.tcp_address, "/auth", basic_header("alice", PASSWORD))[0] == 200
+
+
+async def test_a_worker_that_cannot_be_started_is_retried_with_a_growing_back_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Python that runs the workers is gone (an upgrade removed it, say): every failed
+    start counts as a death right after it, so restarts back off as for workers that die young."""
+    caplog.set_level(logging.INFO, logger="authproxy.workers")
+    sockets = bind(parse_listen(f"127.0.0.1:{free_port()}"))
+    supervisor = Supervisor(Config(), sockets, str(tmp_path), Metrics(),
+                            interpreter=str(tmp_path / "gone" / "python"))
+
+    def logged(event: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) == event]
+
+    running = asyncio.create_task(supervisor.run())
+    async with asyncio.timeout(DEADLINE):
+        while len(logged("worker_restart")) < 3:
+            await asyncio.sleep(0.05)
+    supervisor.stop()
+    assert await running == 0
+    assert [r.__dict__["delay_seconds"] for r in logged("worker_restart")][:3] == [0.5, 1.0, 2.0]
+    assert "FileNotFoundError" in logged("worker_error")[0].__dict__["error"]
+    assert all(sock.fileno() == -1 for sock in sockets)
 
 
 def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
