@@ -8,7 +8,8 @@ monotonic clock, so staleness is judged as in one process), and the last error. 
 written to a temporary file of mode 0600 and renamed over the old one: a reader sees the old
 file or the new one, never part of one.
 
-Workers (:class:`SharedKeySource`) load the file at start and on each notice, and never fetch:
+Workers (:class:`SharedKeySource`) load the file at start and on each notice (read and parsed
+in a thread, adopted on the event loop if newer than what they hold), and never fetch:
 an unknown kid or ``POST /api/v2/jwks_setup`` asks the supervisor, whose KeySource shares a
 fetch under way and rate-limits misses for the whole service, and waits for its answer. The
 ``jwt.jwks_file`` stays each worker's own (re-read on SIGHUP).
@@ -16,6 +17,7 @@ fetch under way and rate-limits misses for the whole service, and waits for its 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -70,6 +72,27 @@ def write_state(path: Path, keys: KeySource, generation: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def read_published(
+    path: Path, algorithms: tuple[str, ...], loaded_at: float | None, keyset: KeySet | None
+) -> tuple[int, SourceState, float]:
+    """The state in ``path``: its generation, the endpoint's state and when its next fetch is
+    due. Its key set is parsed only if it is not the one loaded at ``loaded_at``
+    (``keyset``, reused as it is)."""
+    document = json.loads(path.read_bytes())
+    if document["keys"] is None:
+        keyset = None
+    elif document["loaded_at"] != loaded_at:  # a new set: parse it
+        body = json.dumps({"keys": document["keys"]}).encode()
+        keyset = dataclasses.replace(parse_jwks(body, algorithms, "endpoint"),
+                                     skipped=int(document["skipped"]))
+    published = SourceState(
+        "endpoint", str(document["location"]), keyset, document["loaded_at"],
+        document["fetched_at"], document["last_error"], document["last_error_at"],
+        int(document["failures"]),
+    )
+    return int(document["generation"]), published, float(document["next_due"])
 
 
 class KeyPublisher:
@@ -139,57 +162,54 @@ class SharedKeySource(KeySource):
         self._link = link
         self._path = Path(state_dir) / STATE_FILE
         self._generation = 0
+        self._loads: set[asyncio.Task[None]] = set()
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         if self.file is not None:
             await self.reload_file("startup")
         if self.endpoint is not None:
-            self.load_published()
+            await self.load_published()
             self._link.subscribe("published", self._on_published)
         try:
             yield
         finally:
             self._link.unsubscribe("published")
+            for task in list(self._loads):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def _on_published(self, notice: Message) -> None:
         if notice.get("generation", 0) > self._generation:
-            self.load_published()
+            task = asyncio.create_task(self.load_published())
+            self._loads.add(task)
+            task.add_done_callback(self._loads.discard)
 
-    def load_published(self) -> None:
-        """Adopt the supervisor's latest publication; on a broken one, keep what we have."""
+    async def load_published(self) -> None:
+        """Adopt the supervisor's latest publication; on a broken one, keep what we have.
+
+        Loads may overlap (a notice and a reply): one that finishes after a newer one is
+        dropped, so the adopted generation only goes up.
+        """
+        assert self.endpoint is not None
+        current = self.endpoint
         try:
-            document = json.loads(self._path.read_bytes())
-            published, next_due = self._parse(document)
+            generation, published, next_due = await asyncio.to_thread(
+                read_published, self._path, self.config.algorithms, current.loaded_at,
+                current.keyset)
         except (OSError, ValueError, KeyError, TypeError, JwksError) as exc:
             log.error("cannot load the published JWKS, keeping the previous one", extra={
                 "event": "jwks_adopt", "error": type(exc).__name__,
             })
             return
-        self._generation = document["generation"]
+        if generation <= self._generation:
+            return
+        self._generation = generation
         self.adopt(published, next_due)
         log.debug("JWKS adopted from the supervisor", extra={
-            "event": "jwks_adopt", "generation": self._generation,
+            "event": "jwks_adopt", "generation": generation,
             "kids": published.keyset.kids if published.keyset else [],
         })
-
-    def _parse(self, document: dict[str, Any]) -> tuple[SourceState, float]:
-        assert self.endpoint is not None
-        current = self.endpoint
-        keyset: KeySet | None = current.keyset
-        if document["keys"] is None:
-            keyset = None
-        elif document["loaded_at"] != current.loaded_at:  # a new set: parse it
-            body = json.dumps({"keys": document["keys"]}).encode()
-            keyset = dataclasses.replace(
-                parse_jwks(body, self.config.algorithms, "endpoint"),
-                skipped=int(document["skipped"]),
-            )
-        published = SourceState(
-            "endpoint", str(document["location"]), keyset, document["loaded_at"],
-            document["fetched_at"], document["last_error"], document["last_error_at"],
-            int(document["failures"]),
-        )
-        return published, float(document["next_due"])
 
     async def _fetch(self, state: SourceState, trigger: str) -> KeySet:
         try:
@@ -200,7 +220,7 @@ class SharedKeySource(KeySource):
         except ConnectionError:
             raise JwksError("internal_error", "the supervisor went away") from None
         if reply.get("generation", 0) > self._generation:
-            self.load_published()
+            await self.load_published()
         if not reply.get("ok"):
             raise JwksError(str(reply.get("reason")), str(reply.get("detail")))
         if state.keyset is None:

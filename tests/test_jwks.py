@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,27 @@ async def test_a_token_signed_by_a_skipped_key_is_refused(
     client = await start_app()
     assert await status_of(client, mint(weak, clock.time())) == 401
     assert source_of(client).knows_kid("weak") is False
+
+
+async def test_fetched_and_file_sets_are_parsed_off_the_event_loop(
+    start_app: StartApp, jwks_server: JwksServer, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JWK Set of up to 1 MiB is thousands of key imports (a third of a second measured):
+    parsed on the event loop, it would hold every decision up. Each set here has a key that
+    is skipped, whose log line tells which thread parsed it."""
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [K2.public_jwk, BAD_KEYS["symmetric"]]}))
+    jwks_server.serve(K1)
+    jwks_server.extra = [BAD_KEYS["weak_rsa"]]
+    with caplog.at_level(logging.WARNING, logger="authproxy.jwks"):
+        client = await start_app(jwks_file=str(path))
+        assert [await reload("sighup") for reload in client.app[RELOADERS]] == [True]
+    skips = [r for r in caplog.records if getattr(r, "event", None) == "jwks_key_skipped"]
+    assert sorted(r.__dict__["source"] for r in skips) == ["endpoint", "file", "file"]
+    loop_thread = threading.get_ident()
+    assert all(r.thread != loop_thread for r in skips)
+    assert source_of(client).knows_kid("k1") and source_of(client).knows_kid("k2")
 
 
 # -- TLS ---------------------------------------------------------------------------------------
