@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import stat
 import sys
 import time
@@ -32,13 +33,15 @@ import aiohttp
 import pytest
 
 from authproxy.banshare import MAX_KEY, BanCoordinator
-from authproxy.config import BasicConfig, Config, parse_listen
+from authproxy.config import BasicConfig, Config, JwtConfig, parse_listen
+from authproxy.ipc import MasterLink
+from authproxy.keyshare import STATE_FILE, KeyPublisher, SharedKeySource
 from authproxy.lockout import FailureTracker
 from authproxy.metrics import Metrics
 from authproxy.supervisor import Supervisor, bind
 
 from .conftest import bcrypt_hash, toml_text
-from .jwks_server import JwksServer, mint, signing_key
+from .jwks_server import JwksServer, jwt_section, mint, signing_key
 from .servers import Authproxy, free_port, start_authproxy, wait_until
 
 pytest_plugins = ["tests.jwks_fixtures"]
@@ -110,8 +113,6 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        import socket
-
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
         self.sock.connect(self._path)
@@ -436,6 +437,31 @@ async def wait_for(check: Callable[[], Awaitable[bool]], what: str, deadline: fl
     while not await check():
         assert time.monotonic() < end, f"{what}: not within {deadline} s"
         await asyncio.sleep(0.05)
+
+
+async def test_a_worker_never_goes_back_to_an_older_publication(
+    tmp_path: Path, jwks_server: JwksServer
+) -> None:
+    """A worker's loads of the published set may overlap (a notice and a reply): one that
+    ends after a newer one must not put the older set back."""
+    config = JwtConfig(**jwt_section(jwks_server))
+    state = tmp_path / STATE_FILE
+    publisher = KeyPublisher(config, Metrics(), state, notify=lambda notice: None)
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    worker = SharedKeySource(config, Metrics(), link=MasterLink(reader, writer),
+                             state_dir=str(tmp_path))
+    async with publisher.running():
+        older = state.read_bytes()  # generation 1: k1
+        jwks_server.serve(K2)
+        await publisher.keys.refresh("admin")  # generation 2: k2
+    await worker.load_published()
+    assert worker.knows_kid("k2") and not worker.knows_kid("k1")
+    state.write_bytes(older)
+    await worker.load_published()
+    assert worker.knows_kid("k2") and not worker.knows_kid("k1")
+    writer.close()
+    theirs.close()
 
 
 async def test_four_workers_fetch_on_one_schedule_and_judge_staleness_alike(
