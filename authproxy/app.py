@@ -20,7 +20,7 @@ from .banshare import SharedFailureTracker
 from .basic import BasicAuthenticator
 from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .config import METRICS_FLUSH_INTERVAL, Config
-from .handlers import Decider, healthz, metrics_handler, readyz_handler
+from .handlers import Decider, healthz, metrics_handler, name_the_server, readyz_handler
 from .ipc import WorkerContext
 from .keyshare import SharedKeySource
 from .keysource import KeySource
@@ -51,6 +51,7 @@ def create_app(
     bans are the whole service's (see banshare.py).
     """
     app = web.Application()
+    app.on_response_prepare.append(name_the_server)
     metrics = Metrics(worker.metrics_dir if worker else None)
     if worker is not None:
         # multi-worker mode: metrics reach the shared files once a second, and once more

@@ -37,7 +37,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDictProxy
 
-from .handlers import Answer, Decider, is_decision_path, refuse_unparseable
+from .handlers import SERVER, Answer, Decider, is_decision_path, refuse_unparseable
 
 log = logging.getLogger("authproxy.server")
 
@@ -48,7 +48,7 @@ def encode_answer(answer: Answer) -> bytes:
     """The response head of an answer (no body: Content-Length 0)."""
     head = [_STATUS_LINES[answer.status]]
     head.extend(f"{name}: {value}\r\n" for name, value in answer.headers.items())
-    head.append(f"Content-Length: 0\r\nDate: {rfc822_formatted_time()}\r\n\r\n")
+    head.append(f"Content-Length: 0\r\nServer: {SERVER}\r\nDate: {rfc822_formatted_time()}\r\n\r\n")
     return "".join(head).encode("utf-8")
 
 

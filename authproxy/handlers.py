@@ -22,6 +22,9 @@ from .policy import Policy, policy_for
 log = logging.getLogger("authproxy.handlers")
 
 NO_STORE = {"Cache-Control": "no-store"}
+# Every response names the service without a version (aiohttp's own names Python's and its
+# own): behind Traefik or Caddy, a denial's headers reach the client.
+SERVER = "authproxy"
 _PREFLIGHT_HEADERS = {**EMPTY_HEADERS, **NO_STORE}
 # Denials carry no body: nginx never reads the body of an auth answer, so one would cost the
 # kept-alive upstream connection on every 401; the status and challenge say everything.
@@ -37,6 +40,11 @@ class Answer(NamedTuple):
 
     status: int
     headers: dict[str, str]
+
+    def response(self) -> web.Response:
+        """As aiohttp's response (decisions it handles bypass the router, and so
+        :func:`name_the_server`)."""
+        return web.Response(status=self.status, headers={**self.headers, "Server": SERVER})
 
 
 class Decider:
@@ -64,8 +72,7 @@ class Decider:
     async def handle(self, request: web.BaseRequest) -> web.Response:
         """The aiohttp handler for /auth (the server answers most decisions before aiohttp
         makes a request of them: see connection.py)."""
-        answer = await self.decide(request)
-        response = web.Response(status=answer.status, headers=answer.headers)
+        response = (await self.decide(request)).response()
         if request.body_exists:
             # We never read a body; do not keep the connection to drain one we ignored.
             response.force_close()
@@ -230,9 +237,15 @@ def refuse_unparseable(decider: Decider) -> web.Response:
     decider.metrics.record_decision("", "deny", "unparseable_request", 0.0)
     decider.decisions.write({"status": 401, "outcome": "deny", "reason": "unparseable_request"})
     answer = decider._challenge(Unauthenticated("unparseable_request"), decider.chain.schemes)
-    response = web.Response(status=answer.status, headers=answer.headers)
+    response = answer.response()
     response.force_close()
     return response
+
+
+async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the Server header of every routed response (healthz, metrics,
+    the admin API)."""
+    response.headers["Server"] = SERVER
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -56,6 +56,12 @@ async def exchange(server, raw: bytes, *, family: str = "ipv4", timeout: float =
         writer.close()
 
 
+def server_names(head: bytes) -> list[bytes]:
+    """The Server header values of a response head."""
+    return [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+            if line.lower().startswith(b"server:")]
+
+
 def request(*headers: bytes, method: bytes = b"GET") -> bytes:
     return method + b" /auth HTTP/1.1\r\nHost: authproxy\r\n" + b"".join(
         h + b"\r\n" for h in headers) + b"\r\n"
@@ -77,6 +83,7 @@ async def test_parser_refusals_become_401_with_challenge(server, header: bytes) 
     head = await exchange(server, request(header))
     assert head.startswith(b"HTTP/1.1 401") or head.startswith(b"HTTP/1.0 401"), head[:40]
     assert CHALLENGE in head
+    assert server_names(head) == [b"authproxy"]
     assert server["app"][METRICS].registry.get_sample_value(
         "authproxy_http_parse_errors_total") == 1
 
@@ -140,6 +147,8 @@ async def test_pipelined_requests_are_answered_in_order(server) -> None:
     assert b"X-Auth-User: alice" in answers[0][1] and b"X-Auth-User: alice" in answers[3][1]
     assert answers[2][2] == b'{"status": "ok"}'
     assert CHALLENGE in answers[4][1]
+    # answered at once or by aiohttp, every response names the service, and no versions
+    assert [server_names(head) for _, head, _ in answers] == [[b"authproxy"]] * 5
 
 
 async def test_decisions_needing_no_wait_never_become_aiohttp_requests(
