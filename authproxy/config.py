@@ -333,47 +333,55 @@ def load_config(
         elif not isinstance(value, dict):
             problems.append(f"[{name}] must be a table")
 
-    sections: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        raw_table = data.get(section)
-        table: dict[str, Any] = raw_table if isinstance(raw_table, dict) else {}
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for key in table:
-            if key not in fields:
-                problems.append(f"{section}.{key}: unknown key")
-        env_prefix = f"{ENV_PREFIX}{section.upper()}_"
-        for env_name in environ:
-            if env_name.startswith(env_prefix) and env_name[len(env_prefix):].lower() not in fields:
-                problems.append(f"{env_name}: unknown key {section}.{env_name[len(env_prefix):]}")
-        values: dict[str, Any] = {}
-        for name, f in fields.items():
-            env_name = env_prefix + name.upper()
-            raw, from_env = table.get(name), False
-            if env_name in environ:
-                raw, from_env = environ[env_name], True
-            if section == "server" and name == "listen" and listen:
-                raw, from_env = list(listen), False
-            if raw is None:
-                continue
-            where = env_name if from_env else f"{section}.{name}"
-            try:
-                value = _coerce(_field_kind(f), raw, from_env)
-            except ValueError as exc:
-                problems.append(f"{where}: {exc}")
-                continue
-            check = f.metadata.get("check")
-            message = check(value) if check else None
-            if message:
-                problems.append(f"{where}: {message}")
-                continue
-            values[name] = value
-        sections[section] = cls(**values)
-
+    sections = {
+        section: _section(section, cls, data.get(section), environ, listen, problems)
+        for section, cls in SECTIONS.items()
+    }
     config = Config(**sections)
     problems.extend(_cross_checks(config))
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _section(
+    section: str, cls: type[Any], raw_table: Any, environ: Mapping[str, str],
+    listen: Sequence[str] | None, problems: list[str],
+) -> Any:
+    """One section's dataclass from its TOML table, the environment and ``listen``; each
+    problem is added to ``problems`` and its key left at the default."""
+    table: dict[str, Any] = raw_table if isinstance(raw_table, dict) else {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            problems.append(f"{section}.{key}: unknown key")
+    env_prefix = f"{ENV_PREFIX}{section.upper()}_"
+    for env_name in environ:
+        if env_name.startswith(env_prefix) and env_name[len(env_prefix):].lower() not in fields:
+            problems.append(f"{env_name}: unknown key {section}.{env_name[len(env_prefix):]}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        env_name = env_prefix + name.upper()
+        raw, from_env = table.get(name), False
+        if env_name in environ:
+            raw, from_env = environ[env_name], True
+        if section == "server" and name == "listen" and listen:
+            raw, from_env = list(listen), False
+        if raw is None:
+            continue
+        where = env_name if from_env else f"{section}.{name}"
+        try:
+            value = _coerce(_field_kind(f), raw, from_env)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        check = f.metadata.get("check")
+        message = check(value) if check else None
+        if message:
+            problems.append(f"{where}: {message}")
+            continue
+        values[name] = value
+    return cls(**values)
 
 
 def _cross_checks(config: Config) -> list[str]:
