@@ -59,7 +59,6 @@ class CheckedToken(NamedTuple):
 
     alg: str
     kid: str | None
-    typ: str | None
     signing_input: bytes  # ASCII "header.payload", exactly as received
     payload: bytes
     signature: bytes
@@ -126,7 +125,7 @@ def check_token(
     if not _COMPACT.fullmatch(token):
         raise invalid_token("not_compact_jws")
     header_b64, payload_b64, signature_b64 = token.split(".")
-    alg, kid, typ = _checked_header(header_b64, algorithms, require_typ)
+    alg, kid = _checked_header(header_b64, algorithms, require_typ)
     try:
         payload = b64url_decode(payload_b64)
         signature = b64url_decode(signature_b64)
@@ -136,7 +135,7 @@ def check_token(
     if lengths is not None and len(signature) not in lengths:
         raise invalid_token("bad_signature_length", "bad_signature")
     signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
-    return CheckedToken(alg, kid, typ, signing_input, payload, signature)
+    return CheckedToken(alg, kid, signing_input, payload, signature)
 
 
 # An issuer's tokens share one header (alg, kid, typ), so its checks are remembered, by the
@@ -145,8 +144,8 @@ def check_token(
 @functools.lru_cache(maxsize=256)
 def _checked_header(
     header_b64: str, algorithms: tuple[str, ...], require_typ: str
-) -> tuple[str, str | None, str | None]:
-    """(alg, kid, typ) of a header that passes the checks; raise Unauthenticated."""
+) -> tuple[str, str | None]:
+    """(alg, kid) of a header that passes the checks; raise Unauthenticated."""
     try:
         header = strict_json(b64url_decode(header_b64))
     except ValueError:  # UnicodeDecodeError, JSONDecodeError and binascii.Error included
@@ -165,7 +164,7 @@ def _checked_header(
         raise invalid_token("bad_typ")
     if require_typ and _media_type(typ) != require_typ:
         raise invalid_token("wrong_typ", "wrong_type")
-    return alg, kid, typ
+    return alg, kid
 
 
 def _media_type(typ: str | None) -> str:

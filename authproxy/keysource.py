@@ -174,19 +174,17 @@ class KeySource:
         return (self.endpoint is not None and kid not in self._unknown_kids
                 and not self.knows_kid(kid))
 
-    async def refresh_on_miss(self, kid: str) -> bool:
-        """Refresh for a token whose kid no trusted set has; True if the kid is now known.
+    async def refresh_on_miss(self, kid: str) -> None:
+        """Refresh for a token whose kid no trusted set has (unless it may not be learnt).
 
         All concurrent misses share one fetch, and misses start at most one fetch per
         MISS_REFRESH_INTERVAL; a kid still unknown after a fetch is remembered that long, so a
         flood of made-up kids costs the endpoint one request per interval and fails fast.
         """
         if not self.may_learn(kid):
-            return self.knows_kid(kid)
-        if await self.miss_refresh() and self.knows_kid(kid):
-            return True
-        self._unknown_kids[kid] = len(kid) + 64
-        return False
+            return
+        if not await self.miss_refresh() or not self.knows_kid(kid):
+            self._unknown_kids[kid] = len(kid) + 64
 
     async def miss_refresh(self) -> bool:
         """Join the fetch under way, or start a "miss" fetch unless one started within
