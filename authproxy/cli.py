@@ -131,7 +131,7 @@ def cmd_dev_issuer(args: argparse.Namespace) -> int:
         return 0
     from aiohttp import web
 
-    from .config import parse_listen
+    from .listen import parse_listen
 
     address = parse_listen(args.listen)
     if address.is_unix:  # a token issuer's URL must be one a browser or curl can reach

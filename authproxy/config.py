@@ -19,54 +19,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .listen import ListenAddress, parse_listen
 
 ENV_PREFIX = "AUTHPROXY_"
 # Not configuration keys, but shared by the server and the supervisor (which must not import
 # the server: see supervisor.py), so kept with the settings they go with.
 SHUTDOWN_TIMEOUT = 10.0  # seconds in-flight decisions get to finish after SIGTERM
-UNIX_SOCKET_MODE = 0o666  # restrict access with the directory's permissions
 METRICS_FLUSH_INTERVAL = 1.0  # seconds between workers' metric flushes (see metrics.py)
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )
 _HEADER_SAFE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """One socket to listen on: TCP ``host:port`` or a unix socket ``path``."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @property
-    def is_unix(self) -> bool:
-        return bool(self.path)
-
-    def __str__(self) -> str:
-        if self.path:
-            return f"unix:{self.path}"
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_listen(text: str) -> ListenAddress:
-    """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``unix:/path``; raise ValueError if it is neither."""
-    if text.startswith("unix:"):
-        path = text[5:]
-        if not path.startswith("/"):
-            raise ValueError(f"{text!r}: a unix socket path must be absolute")
-        return ListenAddress(path=path)
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
-    if not match:
-        raise ValueError(f"{text!r} is not HOST:PORT, [V6]:PORT or unix:/path")
-    host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
-    if not 0 < port < 65536:
-        raise ValueError(f"{text!r}: port out of range")
-    if match.group(1):
-        ipaddress.IPv6Address(host)
-    return ListenAddress(host=host, port=port)
 
 
 def _meta(doc: str, check: Callable[[Any], str | None] | None = None) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,10 +16,11 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .app import DECIDER, RELOADERS, create_app
-from .config import SHUTDOWN_TIMEOUT, UNIX_SOCKET_MODE, Config
+from .config import SHUTDOWN_TIMEOUT, Config
 from .connection import Connection
 from .handlers import Decider, is_decision_path
 from .ipc import WorkerContext
+from .listen import bind_all
 
 log = logging.getLogger("authproxy.server")
 _Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
@@ -78,25 +78,11 @@ def make_runner(app: web.Application) -> AuthRunner:
     )
 
 
-async def start_sites(runner: AuthRunner, config: Config) -> list[web.BaseSite]:
-    sites: list[web.BaseSite] = []
-    for address in config.server.listen_addresses:
-        site: web.BaseSite
-        if address.is_unix:
-            site = web.UnixSite(runner, address.path)
-        else:
-            site = web.TCPSite(runner, address.host, address.port)
-        await site.start()
-        if address.is_unix:
-            os.chmod(address.path, UNIX_SOCKET_MODE)
-        sites.append(site)
-    return sites
-
-
 async def start_socket_sites(
     runner: AuthRunner, sockets: Sequence[socket.socket]
 ) -> list[web.BaseSite]:
-    """Serve sockets already bound and listening (a worker's, inherited from the supervisor)."""
+    """Serve sockets already bound and listening (listen.bind_all's, or a worker's, inherited
+    from the supervisor)."""
     sites: list[web.BaseSite] = []
     for sock in sockets:
         site = web.SockSite(runner, sock)
@@ -106,22 +92,20 @@ async def start_socket_sites(
 
 
 async def run(
-    config: Config, worker: WorkerContext | None = None, sockets: Sequence[socket.socket] = ()
+    config: Config, sockets: Sequence[socket.socket], worker: WorkerContext | None = None
 ) -> int:
-    """Serve until SIGTERM or SIGINT; reload file-backed state on SIGHUP. Returns 0.
+    """Serve ``sockets`` until SIGTERM or SIGINT; reload file-backed state on SIGHUP.
+    Returns 0.
 
     On SIGTERM the listening sockets close at once; requests under way get SHUTDOWN_TIMEOUT
     seconds to finish, and only then do the cleanup contexts (hash threads, key refresh) end.
-    A worker process (``worker``) serves the supervisor's ``sockets`` instead of binding.
+    ``worker``: this process is one of the supervisor's, serving the sockets it inherited.
     """
     app = create_app(config, worker=worker)
     runner = make_runner(app)
     await runner.setup()
     try:
-        if worker is None:
-            await start_sites(runner, config)
-        else:
-            await start_socket_sites(runner, sockets)
+        await start_socket_sites(runner, sockets)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,7 +156,11 @@ def event_loop() -> asyncio.Runner:
 
 
 def serve(config: Config) -> int:
-    """Run the event loop around :func:`run`: the single-process service (server.workers 1)."""
+    """The single-process service (server.workers 1): bind, then run the event loop around
+    :func:`run`. Exit status 1 if an address cannot be listened on."""
+    sockets = bind_all(config.server.listen_addresses)
+    if sockets is None:
+        return 1
     with event_loop() as runner:
-        return runner.run(run(config))
+        return runner.run(run(config, sockets))
 

@@ -2,8 +2,8 @@
 
 How, and why:
 
-- **The supervisor binds every listening socket once** (TCP with SO_REUSEADDR; a unix socket
-  after removing a stale one, then mode 0666, as with one process), and every worker inherits
+- **The supervisor binds every listening socket once** (listen.bind_all, as one process
+  does), and every worker inherits
   and serves the same sockets (``web.SockSite``). One accept queue per address works the same
   for TCP and unix sockets (SO_REUSEPORT balances only TCP), a worker that stops or dies
   leaves no queue of accepted-but-unserved connections behind, and nobody else can bind a
@@ -38,7 +38,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import tempfile
 import time
@@ -49,14 +48,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .banshare import BanCoordinator
-from .config import (
-    METRICS_FLUSH_INTERVAL,
-    SHUTDOWN_TIMEOUT,
-    UNIX_SOCKET_MODE,
-    Config,
-    ListenAddress,
-)
+from .config import METRICS_FLUSH_INTERVAL, SHUTDOWN_TIMEOUT, Config
 from .ipc import MAX_MESSAGE, Message, bootstrap_message, encode, read_message
+from .listen import bind_all
 
 if TYPE_CHECKING:
     from .keyshare import KeyPublisher
@@ -64,7 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("authproxy.workers")
 
-BACKLOG = 128  # aiohttp's default for its sites
 RESTART_BACKOFF_FIRST = 0.5  # seconds before restarting a worker that died
 RESTART_BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # seconds a worker must run for its next death to count as the first
@@ -89,10 +82,8 @@ def supervise(config: Config) -> int:
         from .metrics import Metrics
         from .server import event_loop
 
-        try:
-            sockets = [s for address in config.server.listen_addresses for s in bind(address)]
-        except OSError as exc:
-            log.error("cannot listen", extra={"event": "listen_error", "error": str(exc)})
+        sockets = bind_all(config.server.listen_addresses)
+        if sockets is None:
             return 1
         metrics = Metrics(metrics_dir)
         with event_loop() as runner:
@@ -102,45 +93,6 @@ def supervise(config: Config) -> int:
                                                     Path(state_dir) / STATE_FILE,
                                                     supervisor.broadcast)
             return runner.run(supervisor.run())
-
-
-def bind(address: ListenAddress) -> list[socket.socket]:
-    """Listening sockets for ``address``: one per address a host name resolves to."""
-    if address.is_unix:
-        return [_bind_unix(address.path)]
-    sockets = []
-    infos = socket.getaddrinfo(address.host or None, address.port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
-    try:
-        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(BACKLOG)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def _bind_unix(path: str) -> socket.socket:
-    # As asyncio does: a socket file left by an earlier run is replaced, anything else is not.
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        os.chmod(path, UNIX_SOCKET_MODE)
-        sock.listen(BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 @dataclass(slots=True)

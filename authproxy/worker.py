@@ -39,7 +39,7 @@ async def _serve(control_fd: int, listen_fds: list[int]) -> int:
     link.start(on_lost=_supervisor_gone)
     sockets = [socket.socket(fileno=fd) for fd in listen_fds]
     try:
-        return await run(config, worker, sockets)
+        return await run(config, sockets, worker)
     except UserFileError as exc:  # the file broke after the supervisor checked it
         log.error("worker cannot start", extra={"event": "worker_error", "error": str(exc)})
         return 1

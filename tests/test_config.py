@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from authproxy.cli import main
-from authproxy.config import ListenAddress, load_config, parse_listen
+from authproxy.config import load_config
 from authproxy.errors import ConfigError
+from authproxy.listen import ListenAddress, parse_listen
 
 
 def test_defaults_and_file_values(make_config, htpasswd) -> None:

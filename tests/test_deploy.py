@@ -32,7 +32,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from authproxy.config import SHUTDOWN_TIMEOUT, load_config, parse_listen
+from authproxy.config import SHUTDOWN_TIMEOUT, load_config
+from authproxy.listen import parse_listen
 
 from .conftest import bcrypt_hash
 from .servers import (

@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 
 from authproxy.app import DECIDER, METRICS, create_app
-from authproxy.server import make_runner, start_sites
+from authproxy.listen import bind_all
+from authproxy.server import make_runner, start_socket_sites
 
 from .servers import free_port
 
@@ -36,7 +37,9 @@ async def server(make_config, htpasswd, tmp_path: Path):
     app = create_app(config)
     runner = make_runner(app)
     await runner.setup()
-    await start_sites(runner, config)
+    sockets = bind_all(config.server.listen_addresses)
+    assert sockets is not None
+    await start_socket_sites(runner, sockets)
     yield {"port": port, "sock": str(sock), "app": app, "runner": runner}
     await runner.cleanup()
 

@@ -6,8 +6,12 @@ finds a broken user file keeps the running table everywhere.
 from __future__ import annotations
 
 import errno
+import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -82,6 +86,32 @@ def test_sigterm_finishes_in_flight_decisions_refuses_new_ones_and_exits_0(
     if workers > 1:
         exits = events(proxy, "worker_exit")
         assert [e["status"] for e in exits] == [0] * workers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_address_in_use_is_one_log_line_and_exit_status_1(
+    tmp_path: Path, workers: int
+) -> None:
+    """Bound before anything starts, one process or a supervisor alike: nothing half-serves
+    (the unix socket, bound first, is released), no traceback, and the service manager sees 1."""
+    users = write_users(tmp_path / "users", alice=PASSWORD)
+    (tmp_path / "authproxy.toml").write_text(config_text(users, workers))
+    sock = tmp_path / "authproxy.sock"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "authproxy", "serve", "--config", "authproxy.toml",
+             "--listen", f"unix:{sock}", "--listen", busy],
+            cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AUTHPROXY_")})
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(e["event"], e["level"]) for e in lines] == [("listen_error", "error")]
+    assert "in use" in lines[0]["error"]
+    with socket.socket(socket.AF_UNIX) as client, pytest.raises(ConnectionRefusedError):
+        client.connect(str(sock))
 
 
 def test_a_failed_reload_keeps_the_running_table_in_every_worker(tmp_path: Path) -> None:

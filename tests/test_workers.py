@@ -33,12 +33,13 @@ import aiohttp
 import pytest
 
 from authproxy.banshare import MAX_KEY, BanCoordinator
-from authproxy.config import BasicConfig, Config, JwtConfig, parse_listen
+from authproxy.config import BasicConfig, Config, JwtConfig
 from authproxy.ipc import MasterLink
 from authproxy.keyshare import STATE_FILE, KeyPublisher, SharedKeySource
+from authproxy.listen import bind, parse_listen
 from authproxy.lockout import FailureTracker
 from authproxy.metrics import Metrics
-from authproxy.supervisor import Supervisor, bind
+from authproxy.supervisor import Supervisor
 
 from .conftest import bcrypt_hash, toml_text
 from .jwks_server import JwksServer, jwt_section, mint, signing_key
