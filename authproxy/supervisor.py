@@ -3,12 +3,12 @@
 How, and why:
 
 - **The supervisor binds every listening socket once** (listen.bind_all, as one process
-  does), and every worker inherits
-  and serves the same sockets (``web.SockSite``). One accept queue per address works the same
-  for TCP and unix sockets (SO_REUSEPORT balances only TCP), a worker that stops or dies
-  leaves no queue of accepted-but-unserved connections behind, and nobody else can bind a
-  second socket on the port and take a share of the connections. An idle worker accepts
-  first, which spreads the load without a balancer.
+  does), and every worker inherits and serves the same sockets (``web.SockSite``). One
+  accept queue per address works the same for TCP and unix sockets (SO_REUSEPORT balances
+  only TCP), a worker that stops or dies leaves no queue of accepted-but-unserved
+  connections behind, and nobody else can bind a second socket on the port and take a share
+  of the connections. An idle worker accepts first, which spreads the load without a
+  balancer.
 - **Workers are spawned, not forked**: ``python -c worker.PROGRAM`` with the sockets and a
   control channel passed as file descriptors. The supervisor runs an event loop (the JWKS
   refresh, the control channels) and has threads (the resolver, the child watcher); a fork
