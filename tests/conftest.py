@@ -43,7 +43,7 @@ def bcrypt_hash(password: str, cost: int = 4) -> str:
 
 @pytest.fixture
 def htpasswd(tmp_path: Path) -> Callable[..., Path]:
-    """write(name="users", **{user: password}) -> path of a bcrypt htpasswd file."""
+    """write(name="users.htpasswd", **{user: password}) -> path of a bcrypt htpasswd file."""
 
     def write(name: str = "users.htpasswd", **users: str) -> Path:
         path = tmp_path / name

@@ -11,7 +11,7 @@ import pytest
 import trustme
 from aiohttp.test_utils import TestClient, TestServer
 
-from authproxy.app import KEY_SOURCE, create_app
+from authproxy.app import create_app
 from authproxy.server import MAX_FIELD_SIZE, MAX_LINE_SIZE
 
 from .jwks_server import FakeClock, JwksServer, StartApp, jwt_section, signing_key
@@ -47,17 +47,15 @@ def clock() -> FakeClock:
 @pytest.fixture
 def start_app(aiohttp_client: Any, make_config: Any, jwks_server: JwksServer,
               clock: FakeClock) -> StartApp:
-    """start_app(sections={...}, fetch_timeout=None, **jwt) -> a TestClient of create_app
+    """start_app(sections={...}, **jwt) -> a TestClient of create_app
     with the fake clock, its [jwt] pointing at ``jwks_server`` plus ``jwt`` overrides."""
 
     async def start(sections: dict[str, dict[str, Any]] | None = None,
-                    fetch_timeout: float | None = None, **jwt: Any) -> TestClient[Any, Any]:
+                    **jwt: Any) -> TestClient[Any, Any]:
         all_sections = dict(sections or {})
         all_sections["jwt"] = {**jwt_section(jwks_server), **all_sections.get("jwt", {}), **jwt}
         app = create_app(make_config(all_sections), clock=clock.monotonic,
                          wall_clock=clock.time)
-        if fetch_timeout is not None and KEY_SOURCE in app:
-            app[KEY_SOURCE].client.timeout = fetch_timeout
         # the parser limits of `authproxy serve`, so credentials up to them reach the app
         # (aiohttp's TestServer takes them in start_server only, not in its constructor)
         server = TestServer(app)

@@ -11,16 +11,9 @@ import pytest
 from authproxy.app import DECIDER, METRICS, USER_STORE, create_app
 
 from .conftest import IDENTITY_HEADERS, bcrypt_hash
+from .jwks_server import FakeClock
 
 CHALLENGE = 'Basic realm="authproxy", charset="UTF-8"'
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def basic(user: str | bytes, password: str | bytes) -> str:
@@ -54,7 +47,7 @@ def app_for(make_config, users, tmp_path, clock):
                               **basic_overrides}}
         if server:
             sections["server"] = server
-        return create_app(make_config(sections), clock=clock)
+        return create_app(make_config(sections), clock=clock.monotonic)
     return build
 
 
@@ -166,7 +159,7 @@ async def test_verified_password_is_cached_until_ttl(client, clock) -> None:
     for _ in range(5):
         assert (await client.get("/auth", headers=auth)).status == 200
     assert hashes_verified(app) == verified
-    clock.now += 301  # past basic.cache_ttl (300)
+    clock.advance(301)  # past basic.cache_ttl (300)
     assert (await client.get("/auth", headers=auth)).status == 200
     assert hashes_verified(app) == verified + 1
 
@@ -178,10 +171,17 @@ async def test_wrong_password_is_never_cached(client) -> None:
     assert hashes_verified(app) == 3
 
 
-async def test_concurrent_identical_checks_share_one_verification(client) -> None:
+async def test_concurrent_identical_checks_share_one_verification(
+    aiohttp_client, app_for, users: Path
+) -> None:
+    users.write_text(f"bob:{bcrypt_hash('builder', 10)}\n")  # a verification long enough
+    client = await aiohttp_client(app_for())  # for all 20 requests to arrive during it
     auth = {"Authorization": basic("bob", "builder")}
     responses = await asyncio.gather(*(client.get("/auth", headers=auth) for _ in range(20)))
     assert [r.status for r in responses] == [200] * 20
+    # all 20 missed the cache (none came after the verification), and one verified for all
+    assert client.app[METRICS].registry.get_sample_value(
+        "authproxy_cache_lookups_total", {"cache": "basic", "result": "miss"}) == 20
     assert hashes_verified(client.app) == 1
 
 
@@ -276,7 +276,7 @@ async def test_brute_force_bans_user_and_address_without_hashing(aiohttp_client,
     assert hashes_verified(app) == verified
     banned = app[METRICS].registry.get_sample_value("authproxy_bans_in_force")
     assert banned == 2
-    clock.now += 301
+    clock.advance(301)
     assert await status_from(client, "alice", "wonderland", "198.51.100.1") == 200
 
 
@@ -292,7 +292,7 @@ async def test_failures_outside_the_window_do_not_add_up(aiohttp_client, app_for
     client = await aiohttp_client(app_for(max_failures=3, failure_window=60))
     for _ in range(2):
         await client.get("/auth", headers={"Authorization": basic("alice", "guess")})
-    clock.now += 61
+    clock.advance(61)
     await client.get("/auth", headers={"Authorization": basic("alice", "guess")})
     resp = await client.get("/auth", headers={"Authorization": basic("alice", "wonderland")})
     assert resp.status == 200

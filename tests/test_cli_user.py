@@ -16,7 +16,7 @@ from authproxy.users import UserTable
 HTPASSWD = shutil.which("htpasswd")
 
 
-def run(argv: list[str], stdin: bytes = b"", monkeypatch=None) -> int:
+def run(argv: list[str], stdin: bytes, monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
     return main(argv)
 

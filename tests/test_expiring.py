@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from authproxy.expiring import SWEEP_EVERY, ExpiringCache
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.start = self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from .jwks_server import FakeClock
 
 
 def test_past_its_size_the_oldest_entry_goes() -> None:
     clock = FakeClock()
-    cache = ExpiringCache[str](3, clock)
+    cache = ExpiringCache[str](3, clock.monotonic)
     for i in range(5):
-        cache.put(bytes([i]), "value", clock() + 100)
+        cache.put(bytes([i]), "value", clock.monotonic() + 100)
     assert len(cache) == 3
     assert cache.get(b"\x00") is None and cache.get(b"\x01") is None
     assert all(cache.get(bytes([i])) is not None for i in (2, 3, 4))
@@ -28,8 +19,8 @@ def test_past_its_size_the_oldest_entry_goes() -> None:
 
 def test_an_entry_is_never_served_at_or_past_its_deadline() -> None:
     clock = FakeClock()
-    cache = ExpiringCache[str](10, clock)
-    cache.put(b"k", "value", clock() + 5)
+    cache = ExpiringCache[str](10, clock.monotonic)
+    cache.put(b"k", "value", clock.monotonic() + 5)
     clock.advance(4.999)
     assert cache.get(b"k") == "value"
     clock.advance(0.001)
@@ -39,25 +30,25 @@ def test_an_entry_is_never_served_at_or_past_its_deadline() -> None:
 
 def test_inserts_drop_expired_entries_from_the_old_end() -> None:
     clock = FakeClock()
-    cache = ExpiringCache[str](10_000, clock)
+    cache = ExpiringCache[str](10_000, clock.monotonic)
     expiring = 3 * SWEEP_EVERY - 2
     for i in range(expiring):
-        cache.put(i.to_bytes(2, "big"), "value", clock() + 1)
-    cache.put(b"long", "value", clock() + 1000)  # one insert short of the next sweep
+        cache.put(i.to_bytes(2, "big"), "value", clock.monotonic() + 1)
+    cache.put(b"long", "value", clock.monotonic() + 1000)  # one insert short of the next sweep
     clock.advance(2)
     assert len(cache) == expiring + 1  # expired, but only reads and sweeps drop them
-    cache.put(b"new", "value", clock() + 1)  # a sweep: drops 2 * SWEEP_EVERY expired ones
+    cache.put(b"new", "value", clock.monotonic() + 1)  # a sweep: drops 2 * SWEEP_EVERY expired ones
     assert len(cache) == expiring - 2 * SWEEP_EVERY + 2
     for i in range(SWEEP_EVERY):  # the next sweep drops the rest, then stops at "long"
-        cache.put(b"newer-%d" % i, "value", clock() + 1)
+        cache.put(b"newer-%d" % i, "value", clock.monotonic() + 1)
     assert len(cache) == 2 + SWEEP_EVERY
     assert cache.get(b"long") is not None and cache.get(b"new") is not None
 
 
 def test_a_sweep_that_expires_everything_leaves_an_empty_cache() -> None:
     clock = FakeClock()
-    cache = ExpiringCache[str](10_000, clock)
+    cache = ExpiringCache[str](10_000, clock.monotonic)
     for i in range(SWEEP_EVERY):  # deadline now: expired at once
-        cache.put(i.to_bytes(2, "big"), "value", clock())
+        cache.put(i.to_bytes(2, "big"), "value", clock.monotonic())
     assert len(cache) == 0
     cache.pop(b"\x00\x00")  # popping what is not there is fine

@@ -216,7 +216,7 @@ async def test_9_pbes2_huge_iteration_count_is_refused_fast(
     started = time.perf_counter()
     await assert_refused(client, f"{b64url(header)}.{b64url(bytes(40))}.AAAA.AAAA.AAAA")
     await assert_refused(client, compact(header, {"sub": "alice"}, bytes(64)))
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 5.0  # 2**31 iterations would take hours
 
 
 async def test_10_json_serialization(client: TestClient[Any, Any], clock: FakeClock) -> None:
@@ -231,26 +231,8 @@ async def test_10_json_serialization(client: TestClient[Any, Any], clock: FakeCl
         await assert_refused(client, json.dumps(document))
 
 
-@pytest.mark.parametrize(("claims", "headers"), [
-    ({"iss": "https://evil.example"}, {}),
-    ({"iss": OMIT}, {}),
-    ({"aud": ["other"]}, {}),
-    ({"aud": OMIT}, {}),
-    ({"exp": "past-leeway"}, {}),
-    ({"nbf": "future"}, {}),
-    ({"exp": "9999999999"}, {}),
-    ({"exp": True}, {}),
-    ({"exp": "past-float"}, {}),
-])
-async def test_11_claim_confusion(
-    client: TestClient[Any, Any], clock: FakeClock, claims: dict[str, Any],
-    headers: dict[str, Any],
-) -> None:
-    now = clock.time()
-    times = {"past-leeway": int(now) - 61, "future": int(now) + 3600, "past-float": now - 61.5}
-    claims = {k: times.get(v, v) if isinstance(v, str) else v for k, v in claims.items()}
-    await assert_refused(client, resign(K1, {"alg": "RS256", "kid": "k1", **headers},
-                                        good_claims(clock, **claims)))
+# 11, claim confusion (wrong iss or aud, exp past or of the wrong type, nbf ahead): the claim
+# table of test_bearer.test_bad_claims_are_401_invalid_token_with_a_fixed_description.
 
 
 async def test_11_an_id_token_where_an_access_token_is_required(
