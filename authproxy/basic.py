@@ -93,7 +93,7 @@ class BasicAuthenticator:
         )
         self._cache_ttl = config.cache_ttl
         self._clock = clock
-        self._inflight: dict[bytes, asyncio.Future[None]] = {}
+        self._inflight: dict[tuple[bytes, PasswordHash], asyncio.Future[None]] = {}
         self._lockout = lockout if lockout is not None else FailureTracker(
             config.max_failures, config.failure_window, config.ban_time, clock
         )
@@ -182,13 +182,16 @@ class BasicAuthenticator:
 
     async def _verify_shared(self, key: bytes, hashed: PasswordHash, password: bytes) -> None:
         """Verify once for all concurrent requests with the same credentials."""
-        future = self._inflight.get(key)
+        # By the hash too: a request arriving after a reload must not join a verification
+        # against the entry it replaced, whose success would be remembered for the new one.
+        shared = (key, hashed)
+        future = self._inflight.get(shared)
         if future is None:
             if len(self._inflight) >= MAX_PENDING:
                 raise Unauthenticated("overloaded", scheme="basic")
             future = asyncio.ensure_future(self._verify(hashed, password))
-            self._inflight[key] = future
-            future.add_done_callback(lambda _: self._inflight.pop(key, None))
+            self._inflight[shared] = future
+            future.add_done_callback(lambda _: self._inflight.pop(shared, None))
         # shield: one waiter going away (client disconnect) must not cancel the others' result
         await asyncio.shield(future)
 

@@ -214,6 +214,28 @@ async def test_reload_forgets_changed_user_and_keeps_others(client, users) -> No
     assert hashes_verified(client.app) == verified + 2
 
 
+async def test_a_check_under_way_when_the_password_changes_does_not_vouch_for_the_new_one(
+    aiohttp_client, app_for, users: Path
+) -> None:
+    """A request arriving after a reload must not join a verification begun against the old
+    entry: its success would be remembered for the new one, and the old password would keep
+    working for basic.cache_ttl."""
+    users.write_text(f"alice:{bcrypt_hash('old-password', 12)}\n")  # ~0.25 s a verification
+    client = await aiohttp_client(app_for())
+    old = {"Authorization": basic("alice", "old-password")}
+    started = asyncio.ensure_future(client.get("/auth", headers=old))
+    registry = client.app[METRICS].registry
+    while not registry.get_sample_value("authproxy_cache_lookups_total",
+                                         {"cache": "basic", "result": "miss"}):
+        await asyncio.sleep(0.005)  # until the first verification is under way
+    users.write_text(f"alice:{bcrypt_hash('new-password')}\n")
+    assert await client.app[USER_STORE].reload("test") is True
+    assert hashes_verified(client.app) == 0, "the first verification ended before the reload"
+    assert (await client.get("/auth", headers=old)).status == 401
+    assert (await started).status == 200  # checked against the entry it began with
+    assert (await client.get("/auth", headers=old)).status == 401
+
+
 async def test_broken_reload_keeps_old_table_and_readiness(client, users, caplog) -> None:
     users.write_text("alice:plaintext-is-never-accepted\n")
     assert await client.app[USER_STORE].reload("test") is False
