@@ -8,7 +8,6 @@ an ``invalid_token``, never an exception.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +38,9 @@ def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
     # bool is an int in Python, and "9999999999" an int to jwcrypto: neither is a NumericDate
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise invalid_token(f"bad_{name}")
-    if not (math.isfinite(value) and 0 <= value <= MAX_NUMERIC_DATE):
+    # comparisons refuse NaN and infinities too, and never overflow (math.isfinite does, on
+    # an integer past any float)
+    if not 0 <= value <= MAX_NUMERIC_DATE:
         raise invalid_token(f"bad_{name}")
     return float(value)
 
