@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from authproxy.app import create_app
 from authproxy.server import MAX_FIELD_SIZE, MAX_LINE_SIZE
 
-from .jwks_server import FakeClock, JwksServer, StartApp, jwt_section, signing_key
+from .jwks_server import K1, FakeClock, JwksServer, StartApp, jwt_section
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def ca_file(tls_ca: trustme.CA, tmp_path: Path) -> Path:
 async def jwks_server(tls_ca: trustme.CA, ca_file: Path) -> AsyncIterator[JwksServer]:
     """A running JWKS server publishing one RS256 key, kid ``k1``."""
     server = JwksServer(tls_ca, ca_file)
-    server.serve(signing_key("RS256", "k1"))
+    server.serve(K1)
     await server.start()
     yield server
     await server.close()

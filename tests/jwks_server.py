@@ -110,6 +110,13 @@ def signing_key(alg: str = "RS256", kid: str | None = "k1", *, name: str = "",
     return SigningKey(alg, kid, private_key(kind, name or str(kid)), jwk_members)
 
 
+
+# The keys most tests sign with: K1 is the one the jwks_server fixture publishes, K2 a second
+# one for rotations.
+K1 = signing_key("RS256", "k1")
+K2 = signing_key("RS256", "k2")
+
+
 def claims_at(now: float, **claims: Any) -> dict[str, Any]:
     """Default claims valid at ``now`` (sub alice, iat now, exp now+300), overridden by
     ``claims``; an OMIT value removes the claim."""

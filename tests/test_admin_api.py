@@ -10,19 +10,18 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from .jwks_server import (
+    K1,
+    K2,
     FakeClock,
     JwksServer,
     StartApp,
     basic,
     bearer,
     mint,
-    signing_key,
 )
 
 pytest_plugins = ["tests.jwks_fixtures"]
 
-K1 = signing_key("RS256", "k1")
-K2 = signing_key("RS256", "k2")
 
 
 @pytest.fixture
@@ -88,9 +87,7 @@ async def test_jwks_setup_is_not_rate_limited(admin_app: Any, jwks_server: JwksS
     assert jwks_server.fetches == 4
 
 
-async def test_an_admin_may_use_a_bearer_token(
-    admin_app: Any, jwks_server: JwksServer, clock: FakeClock
-) -> None:
+async def test_an_admin_may_use_a_bearer_token(admin_app: Any, clock: FakeClock) -> None:
     client = await admin_app()
     response = await setup(client, bearer(mint(K1, clock.time(), sub="ops-bot")))
     assert response.status == 200

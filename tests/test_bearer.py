@@ -12,7 +12,10 @@ from authproxy.bearer import MAX_KIDLESS_CANDIDATES
 from authproxy.config import ConfigError
 from authproxy.jose import DESCRIPTIONS
 
+from .conftest import IDENTITY_HEADERS
 from .jwks_server import (
+    K1,
+    K2,
     OMIT,
     TOKEN_ALGORITHMS,
     FakeClock,
@@ -26,7 +29,6 @@ from .jwks_server import (
 
 pytest_plugins = ["tests.jwks_fixtures"]
 
-K1 = signing_key("RS256", "k1")
 
 
 def single_challenge(response: Any) -> str:
@@ -43,6 +45,10 @@ async def get_auth(client: TestClient[Any, Any], token: str, query: str = "") ->
     return await client.get(f"/auth{query}", headers=bearer(token))
 
 
+def identity_headers(response: Any) -> dict[str, str]:
+    return {name: response.headers[name] for name in IDENTITY_HEADERS}
+
+
 @pytest.mark.parametrize("alg", TOKEN_ALGORITHMS)
 async def test_pyjwt_tokens_of_every_algorithm_verify(
     start_app: StartApp, jwks_server: JwksServer, clock: FakeClock, alg: str
@@ -52,9 +58,9 @@ async def test_pyjwt_tokens_of_every_algorithm_verify(
     client = await start_app()
     response = await get_auth(client, mint(key, clock.time(), sub="alice"))
     assert response.status == 200
-    assert response.headers["X-Auth-User"] == "alice"
-    assert response.headers["X-Auth-Method"] == "bearer"
-    assert response.headers["X-Auth-Subject"] == "alice"
+    assert identity_headers(response) == {
+        "X-Auth-User": "alice", "X-Auth-Method": "bearer", "X-Auth-Subject": "alice",
+        "X-Auth-Groups": "", "X-Auth-Scopes": ""}
 
 
 async def test_identity_comes_from_the_configured_claims(
@@ -65,10 +71,9 @@ async def test_identity_comes_from_the_configured_claims(
                  groups=["ops", "dev"], scope="read write", scp=["admin"])
     response = await get_auth(client, token)
     assert response.status == 200
-    assert response.headers["X-Auth-User"] == "alice@example.com"
-    assert response.headers["X-Auth-Subject"] == "u-123"
-    assert response.headers["X-Auth-Groups"] == "dev,ops"
-    assert response.headers["X-Auth-Scopes"] == "admin read write"
+    assert identity_headers(response) == {
+        "X-Auth-User": "alice@example.com", "X-Auth-Method": "bearer", "X-Auth-Subject": "u-123",
+        "X-Auth-Groups": "dev,ops", "X-Auth-Scopes": "admin read write"}
 
 
 async def test_no_credentials_challenge_names_both_schemes_on_one_line(
@@ -199,15 +204,15 @@ async def test_token_without_kid_is_tried_against_keys_that_fit_its_alg(
     assert invalid_token("bad_signature") in single_challenge(response)
 
 
-async def test_a_token_without_kid_is_tried_against_at_most_eight_keys(
+async def test_a_token_without_kid_is_tried_against_a_bounded_number_of_keys(
     start_app: StartApp, jwks_server: JwksServer, clock: FakeClock
 ) -> None:
     """Each candidate costs a signature verification: a kid-less token's cost is bounded."""
     keys = [signing_key("RS256", None, name=f"kidless-{i}") for i in range(MAX_KIDLESS_CANDIDATES + 1)]
     jwks_server.serve(*keys)
     client = await start_app()
-    assert (await get_auth(client, mint(keys[-2], clock.time()))).status == 200  # the 8th
-    response = await get_auth(client, mint(keys[-1], clock.time()))  # the 9th: never tried
+    assert (await get_auth(client, mint(keys[-2], clock.time()))).status == 200  # the last tried
+    response = await get_auth(client, mint(keys[-1], clock.time()))  # one past: never tried
     assert response.status == 401
     assert invalid_token("bad_signature") in single_challenge(response)
 
@@ -263,9 +268,8 @@ async def test_a_cached_token_dies_with_its_key(
     client = await start_app()
     old = mint(K1, clock.time())
     assert (await get_auth(client, old)).status == 200
-    k2 = signing_key("RS256", "k2")
-    jwks_server.serve(k2)  # rotation: k1 is withdrawn
-    assert (await get_auth(client, mint(k2, clock.time()))).status == 200  # refresh on miss
+    jwks_server.serve(K2)  # rotation: k1 is withdrawn
+    assert (await get_auth(client, mint(K2, clock.time()))).status == 200  # refresh on miss
     response = await get_auth(client, old)
     assert response.status == 401
     assert invalid_token("unknown_key") in single_challenge(response)
@@ -390,7 +394,7 @@ async def test_no_key_set_means_503_for_tokens_but_401_for_garbage(
 
 
 async def test_bearer_only_config_leaves_basic_out_of_the_challenge(
-    start_app: StartApp, clock: FakeClock
+    start_app: StartApp
 ) -> None:
     client = await start_app()
     response = await client.get("/auth", headers=basic("bob", "pw"))

@@ -3,9 +3,7 @@ than a token's exp or basic.cache_ttl; absent (no-store) unless asked for."""
 
 from __future__ import annotations
 
-from .jwks_server import bearer, mint, signing_key
-
-K1 = signing_key("RS256", "k1")  # what the jwks_server fixture publishes
+from .jwks_server import K1, bearer, mint
 
 pytest_plugins = ["tests.jwks_fixtures"]
 

@@ -21,6 +21,8 @@ from authproxy.jwks import JwksError, parse_jwks
 from authproxy.keysource import KeySource
 
 from .jwks_server import (
+    K1,
+    K2,
     TOKEN_ALGORITHMS,
     FakeClock,
     JwksServer,
@@ -32,8 +34,6 @@ from .jwks_server import (
 
 pytest_plugins = ["tests.jwks_fixtures"]
 
-K1 = signing_key("RS256", "k1")
-K2 = signing_key("RS256", "k2")
 
 
 def source_of(client: TestClient[Any, Any]) -> KeySource:

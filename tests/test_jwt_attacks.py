@@ -25,6 +25,7 @@ from authproxy.config import ConfigError
 from authproxy.jose import DESCRIPTIONS, MAX_TOKEN_LENGTH, b64url_decode
 
 from .jwks_server import (
+    K1,
     OMIT,
     FakeClock,
     JwksServer,
@@ -41,7 +42,6 @@ from .jwks_server import (
 
 pytest_plugins = ["tests.jwks_fixtures"]
 
-K1 = signing_key("RS256", "k1")
 NOT_UTF8 = b"\xff\xfe\xfd"
 EC1 = signing_key("ES256", "ec1")
 ATTACKER = signing_key("RS256", "k1", name="attacker")  # claims our kid, holds its own key

@@ -41,13 +41,13 @@ from authproxy.metrics import Metrics
 from authproxy.supervisor import Supervisor
 
 from .conftest import bcrypt_hash, toml_text
-from .jwks_server import JwksServer, basic, jwt_section, mint, signing_key
+from .jwks_server import K1, K2, JwksServer, basic, jwt_section, mint, signing_key
 from .servers import Authproxy, free_port, start_authproxy, wait_until
 
 pytest_plugins = ["tests.jwks_fixtures"]
 
 PASSWORD = "Corr3ct-horse"
-K1, K2, K3 = (signing_key("RS256", kid) for kid in ("k1", "k2", "k3"))
+K3 = signing_key("RS256", "k3")
 DEADLINE = 15.0
 
 
