@@ -124,7 +124,10 @@ pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    access_log {work}/nginx-access.log;
+    # not nginx's combined format: it logs $remote_user (any Basic user-id sent) and queries
+    log_format authproxy_safe '$remote_addr [$time_local] "$request_method $uri $server_protocol" '
+                              '$status $body_bytes_sent';
+    access_log {work}/nginx-access.log authproxy_safe;
     client_body_temp_path {work}/body-temp;
     proxy_temp_path {work}/proxy-temp;
     fastcgi_temp_path {work}/fastcgi-temp;

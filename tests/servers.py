@@ -323,6 +323,26 @@ def write_nginx_conf(http_conf: str, prefix: Path, access_log: bool = True) -> P
     return conf_path
 
 
+# What an access log must not hold: $remote_user is the user-id of any Basic header a client
+# sent, checked or not (a password typed in the wrong field, too); the rest carry query
+# strings, credentials or cookies.
+_UNSAFE_LOG_VARIABLE = re.compile(
+    r"\$(remote_user|request|request_uri|args|query_string|http_referer|http_authorization"
+    r"|http_cookie)\b")
+
+
+def unsafe_access_logs(conf: str) -> list[str]:
+    """The access_log lines of an nginx config that log an unsafe variable, or use nginx's
+    default format (combined, which logs $remote_user and $request); [] if none does."""
+    formats = dict(re.findall(r"log_format\s+(\w+)\s+((?:'[^']*'\s*)+);", conf))
+    unsafe = []
+    for line, path, name in re.findall(r"^\s*(access_log\s+(\S+?)(?:\s+(\w+))?;)", conf,
+                                       re.MULTILINE):
+        if path != "off" and (name not in formats or _UNSAFE_LOG_VARIABLE.search(formats[name])):
+            unsafe.append(line)
+    return unsafe
+
+
 def nginx_test_config(conf_path: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
     """Run ``nginx -t`` on ``conf_path``."""
     if not os.access(NGINX, os.X_OK):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import DEADLINE, wait_until
+from .servers import DEADLINE, unsafe_access_logs, wait_until
 
 PREFERRED_PORT = 8443
 READY_LINE = "Ctrl-C stops everything."
@@ -85,6 +85,11 @@ def test_check_passes_twice_and_moves_off_a_busy_port(tmp_path: Path) -> None:
     first = run_check(directory)
     assert_every_printed_line_passed(first)
     credentials = (directory / "credentials.json").read_text()
+    # The curl lines sent Basic user-ids, a wrong password's too: nginx logged none of them.
+    access_log = (directory / "nginx-access.log").read_text()
+    assert '"GET /admin/ HTTP/1.1" 403' in access_log
+    assert not [user for user in json.loads(credentials) if f" {user} " in access_log]
+    assert unsafe_access_logs((directory / "nginx.conf").read_text()) == []
 
     with port_taken(PREFERRED_PORT):
         second = run_check(directory)

@@ -37,6 +37,7 @@ from .servers import (
     start_authproxy,
     start_protected_site,
     tls_files,
+    unsafe_access_logs,
     write_nginx_conf,
 )
 
@@ -511,8 +512,11 @@ def test_example_site_passes_nginx_t(tmp_path: Path, tls_files: TLSFiles) -> Non
         ("/etc/nginx/authproxy/tls/server.pem", tls_files.server_cert),
         ("/etc/nginx/authproxy/tls/server.key", tls_files.server_key),
         ("/etc/nginx/authproxy/", f"{NGINX_DIR}/"),
+        ("/var/log/nginx/app.access.log", str(tmp_path / "access.log")),
     ):
         assert installed in text
         text = text.replace(installed, str(here))
     result = nginx_test_config(write_nginx_conf(text, tmp_path), tmp_path)
     assert result.returncode == 0, result.stderr
+    assert unsafe_access_logs(text) == []  # and its TLS site has an access log
+    assert "access.log authproxy_safe;" in text
