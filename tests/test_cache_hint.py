@@ -3,7 +3,7 @@ than a token's exp or basic.cache_ttl; absent (no-store) unless asked for."""
 
 from __future__ import annotations
 
-from .jwks_server import K1, bearer, mint
+from .jwks_server import K1, basic, bearer, mint
 
 pytest_plugins = ["tests.jwks_fixtures"]
 
@@ -38,3 +38,29 @@ async def test_denials_never_carry_a_hint(start_app, clock) -> None:
     client = await start_app(sections={"server": {"nginx_cache_hint": True}})
     resp = await client.get("/auth")
     assert resp.status == 401 and "X-Accel-Expires" not in resp.headers
+
+
+async def test_basic_hint_is_the_cache_ttl(start_app, htpasswd) -> None:
+    client = await start_app(sections={"server": {"nginx_cache_hint": True},
+                                       "basic": {"users_file": str(htpasswd(bob="pw")),
+                                                 "cache_ttl": 45}})
+    resp = await client.get("/auth", headers=basic("bob", "pw"))
+    assert resp.status == 200 and resp.headers["X-Accel-Expires"] == "45"
+
+
+async def test_cache_ttl_0_means_nginx_keeps_nothing(start_app, clock) -> None:
+    client = await start_app(sections={"server": {"nginx_cache_hint": True},
+                                       "basic": {"cache_ttl": 0}})
+    resp = await client.get("/auth", headers=bearer(mint(K1, clock.time())))
+    assert resp.status == 200 and resp.headers["X-Accel-Expires"] == "0"
+
+
+async def test_a_403_or_a_503_never_carries_a_hint(start_app, jwks_server, clock) -> None:
+    client = await start_app(sections={"server": {"nginx_cache_hint": True}})
+    token = bearer(mint(K1, clock.time()))
+    forbidden = await client.get("/auth?scope=admin", headers=token)
+    assert forbidden.status == 403 and "X-Accel-Expires" not in forbidden.headers
+    await jwks_server.stop()
+    client = await start_app(sections={"server": {"nginx_cache_hint": True}})
+    unavailable = await client.get("/auth", headers=token)
+    assert unavailable.status == 503 and "X-Accel-Expires" not in unavailable.headers
