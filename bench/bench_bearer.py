@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Result] = {}
 
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, True)  # on any exit, Ctrl-C and errors too
         stack.enter_context(started([py, str(HERE / "bare.py"), str(ports["bare"])],
                                     ports["bare"], tmp / "bare.log"))
         stack.enter_context(started([py, str(HERE / "naive_jwt.py"), str(ports["naive"]),
@@ -151,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
               "cache hits; raise --tokens-per-second)")
     print(f"(c) RSS after {sent:,} distinct invalid tokens: {after[0] / 1024:.0f} MiB "
           f"(before {before[0] / 1024:.0f} MiB, peak {after[1] / 1024:.0f} MiB; target < 150 MB)")
-    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

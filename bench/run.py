@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     s, c = args.seconds, args.connections
 
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, True)  # on any exit, Ctrl-C and errors too
         stack.enter_context(started([py, str(HERE / "bare.py"), str(ports["bare"])],
                                     ports["bare"], tmp / "bare.log"))
         for name, extra in (("authproxy", {}), ("nolockout", {"max_failures": 10**9}),
@@ -248,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         one = results[f"{via}, cached Basic"].median_rps
         print(f"(d) workers=2 / workers=1, {via.split(':')[0].split(' ')[0]}: {two / one:.2f} "
               f"(nginx and wrk share the {os.cpu_count()} cores with the workers)")
-    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -347,6 +347,18 @@ def containerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def test_the_build_context_is_only_what_the_containerfile_copies() -> None:
+    """.dockerignore shuts out everything else: .venv, and .demo with its passwords and keys."""
+    lines = [line for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+             if line and not line.startswith("#")]
+    assert lines[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    copied = {source.rstrip("/") for word, args in containerfile_instructions()
+              if word == "COPY" and not args.startswith("--from")
+              for source in args.split()[:-1]}
+    assert allowed == copied
+
+
 def test_containerfile_runs_what_the_manifest_runs(objects: list[dict[str, Any]]) -> None:
     instructions = containerfile_instructions()
     stages = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
