@@ -82,15 +82,9 @@ class SchemeChain:
         self.schemes = tuple(a.scheme for a in self.authenticators)
         self._by_scheme = {a.scheme: a for a in self.authenticators}
 
-    def challenges(
-        self, realm: str, schemes: Sequence[str] | None = None
-    ) -> list[tuple[str, str]]:
-        """(scheme, bare challenge) for the given (default: all) enabled schemes, in order."""
-        return [
-            (a.scheme, a.challenge(realm))
-            for a in self.authenticators
-            if schemes is None or a.scheme in schemes
-        ]
+    def challenges(self, realm: str, schemes: Sequence[str]) -> list[tuple[str, str]]:
+        """(scheme, bare challenge) for those of ``schemes`` that are enabled, in order."""
+        return [(a.scheme, a.challenge(realm)) for a in self.authenticators if a.scheme in schemes]
 
     def authenticator(self, request: AuthRequest, allowed: Sequence[str]) -> Authenticator:
         """The authenticator of the request's scheme, if that scheme is enabled and allowed."""
@@ -98,7 +92,7 @@ class SchemeChain:
         if authenticator is None:
             raise Unauthenticated("unknown_scheme")
         if authenticator.scheme not in allowed:
-            raise Unauthenticated("scheme_not_allowed", scheme=authenticator.scheme)
+            raise Unauthenticated("scheme_not_allowed")
         return authenticator
 
     def authenticate_now(self, request: AuthRequest, allowed: Sequence[str]) -> Identity | None:

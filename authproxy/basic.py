@@ -46,14 +46,14 @@ def decode_basic(value: str) -> tuple[str, bytes]:
     try:
         raw = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
     except (UnicodeEncodeError, binascii.Error):
-        raise Unauthenticated("malformed", scheme="basic") from None
+        raise Unauthenticated("malformed") from None
     user_bytes, colon, password = raw.partition(b":")
     if not colon or not user_bytes or _CONTROL.search(raw):
-        raise Unauthenticated("malformed", scheme="basic")
+        raise Unauthenticated("malformed")
     try:
         return user_bytes.decode("utf-8"), password
     except UnicodeDecodeError:
-        raise Unauthenticated("malformed", scheme="basic") from None
+        raise Unauthenticated("malformed") from None
 
 
 class BasicAuthenticator:
@@ -122,7 +122,7 @@ class BasicAuthenticator:
                 check_token_user(user, identity)
             return identity
         if self._lockout.is_banned(*_lockout_keys(user, request.client)):
-            raise Unauthenticated("banned", scheme="basic")
+            raise Unauthenticated("banned")
         return None
 
     async def authenticate(self, request: AuthRequest) -> Identity:
@@ -147,8 +147,8 @@ class BasicAuthenticator:
         if entry is None or not verified:  # the dummy never matches, but never trust it to
             self._lockout.record_failure(*_lockout_keys(user, request.client))
             if entry is None:  # no user's name (a password typed in the wrong field?): unlogged
-                raise Unauthenticated("unknown_user", scheme="basic")
-            raise Unauthenticated("bad_password", scheme="basic", user=user)
+                raise Unauthenticated("unknown_user")
+            raise Unauthenticated("bad_password", user=user)
         identity = Identity(user=user, method="basic", subject=user,
                             groups=snapshot.groups.get(user, frozenset()))
         if self._cache is not None:
@@ -188,7 +188,7 @@ class BasicAuthenticator:
         future = self._inflight.get(shared)
         if future is None:
             if len(self._inflight) >= MAX_PENDING:
-                raise Unauthenticated("overloaded", scheme="basic")
+                raise Unauthenticated("overloaded")
             future = asyncio.ensure_future(self._verify(hashed, password))
             self._inflight[shared] = future
             future.add_done_callback(lambda _: self._inflight.pop(shared, None))
@@ -214,4 +214,4 @@ def check_token_user(user: str, identity: Identity) -> None:
     """A JWT given as the Basic password passes for the user-id ``*`` or its own user only
     (SPEC §7)."""
     if user not in ("*", identity.user):
-        raise Unauthenticated("token_user_mismatch", scheme="bearer")
+        raise Unauthenticated("token_user_mismatch")

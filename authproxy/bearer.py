@@ -105,7 +105,7 @@ class BearerAuthenticator:
     def _token(request: AuthRequest) -> str:
         token = request.credentials.value
         if not token:
-            raise Unauthenticated("missing_token", scheme="bearer", bearer_error="invalid_request",
+            raise Unauthenticated("missing_token", bearer_error="invalid_request",
                                   bearer_description=DESCRIPTIONS["missing"])
         return token
 
@@ -211,4 +211,4 @@ class TokenInBasicAuthenticator:
         try:
             return user, password.decode("ascii")
         except UnicodeDecodeError:
-            raise Unauthenticated("malformed", scheme="basic") from None
+            raise Unauthenticated("malformed") from None

@@ -25,7 +25,8 @@ class Unauthenticated(AuthProxyError):
     """No valid credentials: a 401 with a challenge.
 
     ``reason`` is a fixed token for logs and metrics (``missing``, ``bad_password``...).
-    ``scheme`` names the scheme the credentials claimed, if any; ``bearer_error`` and
+    ``user`` is logged with it: only ever a name found in the user table, never a user-id as
+    sent (which may be a password typed in the wrong field). ``bearer_error`` and
     ``bearer_description`` are the RFC 6750 error attributes when a bearer token was presented.
     """
 
@@ -33,14 +34,12 @@ class Unauthenticated(AuthProxyError):
         self,
         reason: str,
         *,
-        scheme: str = "",
         user: str = "",
         bearer_error: str = "",
         bearer_description: str = "",
     ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.scheme = scheme
         self.user = user
         self.bearer_error = bearer_error
         self.bearer_description = bearer_description
@@ -49,19 +48,20 @@ class Unauthenticated(AuthProxyError):
 class Forbidden(AuthProxyError):
     """Authenticated, but the location's policy refuses: a 403.
 
-    ``missing_scope`` is set when a required scope was missing (RFC 6750 insufficient_scope).
+    ``required_scopes`` (space-separated) is set when a required scope was missing: RFC 6750
+    insufficient_scope names every scope the resource needs, not only the missing ones.
     """
 
-    def __init__(self, reason: str, *, missing_scope: str = "") -> None:
+    def __init__(self, reason: str, *, required_scopes: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
-        self.missing_scope = missing_scope
+        self.required_scopes = required_scopes
 
 
 class KeysUnavailable(AuthProxyError):
     """A bearer token arrived and no usable signing key set is loaded: a 503."""
 
-    def __init__(self, reason: str = "no_keys", retry_after: int = 30) -> None:
+    def __init__(self, reason: str, retry_after: int) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after

@@ -118,7 +118,8 @@ class Decider:
         }
         # Below /auth (Envoy) the query string is the client's, never a policy.
         policy = policy_for(request.query_string if request.path == "/auth" else "")
-        return _Case(self, request, fields, policy, policy.allowed_schemes(self.chain.schemes),
+        enabled = self.chain.schemes
+        return _Case(enabled, request, fields, policy, policy.allowed_schemes(enabled),
                      origin.is_preflight(request))
 
     def _conclude(
@@ -200,10 +201,10 @@ class Decider:
 
     def _forbid(self, exc: Forbidden, scheme: str) -> Answer:
         headers = dict(NO_STORE)
-        if exc.missing_scope and scheme == "bearer":
+        if exc.required_scopes and scheme == "bearer":
             headers["WWW-Authenticate"] = (
                 f'Bearer realm="{self._realm}", error="insufficient_scope", '
-                f'scope="{exc.missing_scope}"'
+                f'scope="{exc.required_scopes}"'
             )
         return Answer(403, headers)
 
@@ -211,11 +212,11 @@ class Decider:
 class _Case:
     """One decision under way: what its log line will say, and the location's policy."""
 
-    __slots__ = ("_decider", "_request", "allowed", "fields", "policy", "preflight")
+    __slots__ = ("_enabled", "_request", "allowed", "fields", "policy", "preflight")
 
-    def __init__(self, decider: Decider, request: RequestView, fields: dict[str, Any],
+    def __init__(self, enabled: tuple[str, ...], request: RequestView, fields: dict[str, Any],
                  policy: Policy, allowed: tuple[str, ...], preflight: bool) -> None:
-        self._decider = decider
+        self._enabled = enabled
         self._request = request
         self.fields = fields
         self.policy = policy
@@ -225,7 +226,7 @@ class _Case:
     def credentials(self) -> AuthRequest:
         """The request's credentials, for the scheme chain; raise Unauthenticated if unusable."""
         credentials = parse_authorization(self._request.headers.getall("Authorization", []))
-        if credentials.scheme in self._decider.chain.schemes:  # never a client's word as a label
+        if credentials.scheme in self._enabled:  # never a client's word as a label
             self.fields["scheme"] = credentials.scheme
         return AuthRequest(credentials, self.fields["client"])
 

@@ -40,7 +40,7 @@ class Identity:
         values = (self.user, self.method, self.subject,
                   ",".join(sorted(self.groups)), " ".join(sorted(self.scopes)))
         if _UNSENDABLE.search("".join(values)):
-            raise Unauthenticated("unsafe_identity", scheme=self.method)
+            raise Unauthenticated("unsafe_identity")
         object.__setattr__(self, "headers", dict(zip(IDENTITY_HEADERS, values, strict=True)))
 
 

@@ -48,7 +48,7 @@ def invalid_token(reason: str, kind: str = "malformed") -> Unauthenticated:
     """The 401 for a presented but unacceptable token: ``reason`` for logs, ``kind`` picks
     the client-visible description."""
     return Unauthenticated(
-        reason, scheme="bearer", bearer_error="invalid_token",
+        reason, bearer_error="invalid_token",
         bearer_description=DESCRIPTIONS[kind],
     )
 

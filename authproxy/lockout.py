@@ -24,14 +24,13 @@ class FailureTracker:
         window: float,
         ban_time: float,
         clock: Callable[[], float],
-        max_tracked: int = MAX_TRACKED,
     ) -> None:
         self.max_failures = max_failures
         # Each value is a one-element list so a failure can be counted in place: re-setting a
         # TTLCache entry restarts its clock, and the window must run from the first failure.
-        self._failures: TTLCache[str, list[int]] = TTLCache(max_tracked, ttl=window, timer=clock)
+        self._failures: TTLCache[str, list[int]] = TTLCache(MAX_TRACKED, ttl=window, timer=clock)
         self._bans: TTLCache[str, bool] | None = (
-            TTLCache(max_tracked, ttl=ban_time, timer=clock) if ban_time > 0 else None
+            TTLCache(MAX_TRACKED, ttl=ban_time, timer=clock) if ban_time > 0 else None
         )
 
     def is_banned(self, *keys: str) -> bool:

@@ -55,9 +55,8 @@ class Policy:
             raise Forbidden("user_not_allowed")
         if self.groups and not self.groups & identity.groups:
             raise Forbidden("group_not_allowed")
-        missing = self.scopes - identity.scopes
-        if missing:
-            raise Forbidden("insufficient_scope", missing_scope=" ".join(sorted(self.scopes)))
+        if not self.scopes <= identity.scopes:
+            raise Forbidden("insufficient_scope", required_scopes=" ".join(sorted(self.scopes)))
 
 
 @functools.lru_cache(maxsize=1024)

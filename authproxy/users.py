@@ -27,8 +27,6 @@ from passlib.handlers.sha2_crypt import sha256_crypt, sha512_crypt
 
 from .errors import AuthProxyError
 
-SCHEMES = ("bcrypt", "argon2id", "sha256_crypt", "sha512_crypt", "apr_md5", "sha1", "ssha")
-
 # The bcrypt salt encodes 128 bits in 22 characters, so its last character carries 2 bits and
 # must be one of four; pyca/bcrypt rejects any other as "Invalid salt" at verify time.
 _BCRYPT = re.compile(r"\$(2[aby])\$(\d\d)\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}")
@@ -63,7 +61,8 @@ class PasswordMismatch(Exception):
 
 @dataclass(frozen=True, slots=True)
 class PasswordHash:
-    """A stored password hash: ``scheme`` is one of ``SCHEMES``, ``value`` the hash text.
+    """A stored password hash: ``scheme`` is one of bcrypt, argon2id, sha256_crypt,
+    sha512_crypt, apr_md5, sha1 ({SHA}) and ssha ({SSHA}); ``value`` the hash text.
 
     Build it with ``parse_hash``, which validates the shape, so that ``verify`` only ever
     fails by mismatch.
