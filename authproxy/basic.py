@@ -37,6 +37,11 @@ class TokenVerifier(Protocol):
     async def verify(self, token: str) -> Identity: ...
 
 
+def basic_challenge(realm: str) -> str:
+    """RFC 7617's challenge, with the charset we decode credentials in."""
+    return f'Basic realm="{realm}", charset="UTF-8"'
+
+
 def decode_basic(value: str) -> tuple[str, bytes]:
     """Decode Basic credentials into (user-id, password bytes); raise Unauthenticated.
 
@@ -102,7 +107,7 @@ class BasicAuthenticator:
         self._cache_misses = metrics.cache_lookups("basic", "miss")
 
     def challenge(self, realm: str) -> str:
-        return f'Basic realm="{realm}", charset="UTF-8"'
+        return basic_challenge(realm)
 
     def not_ready(self) -> str | None:
         return None  # the store never exists without a loaded table
@@ -156,9 +161,9 @@ class BasicAuthenticator:
         return identity
 
     def _cache_key(self, value: str) -> bytes:
-        # The cache is keyed by the exact credentials string, so a hit needs no decoding.
-        # Strict decoding makes it one string per (user, password); a key is only ever
-        # stored after that string decoded and verified.
+        # The cache is keyed by the exact credentials string, so a hit needs no decoding. A
+        # few spellings decode alike (base64 lets the bits in padding vary): each is its own
+        # entry, and a key is only ever stored after its string decoded and verified.
         mac = self._keyed_hmac.copy()  # the key's HMAC state, computed once
         mac.update(value.encode("utf-8", "surrogateescape"))
         return mac.digest()

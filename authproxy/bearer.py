@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from jwcrypto.jwa import JWA
 
 from .authn import AuthRequest
-from .basic import check_token_user, decode_basic
+from .basic import basic_challenge, check_token_user, decode_basic
 from .claims import ClaimPolicy
 from .config import JwtConfig
 from .errors import Unauthenticated
@@ -187,7 +187,7 @@ class TokenInBasicAuthenticator:
         self._bearer = bearer
 
     def challenge(self, realm: str) -> str:
-        return f'Basic realm="{realm}", charset="UTF-8"'
+        return basic_challenge(realm)
 
     def not_ready(self) -> str | None:
         return None  # the bearer scheme reports the key set
