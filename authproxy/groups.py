@@ -15,7 +15,7 @@ def load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozenset[str]]:
     skipped.
     """
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # a BOM, as the user table allows
             lines = fh.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserFileError(os.fspath(path), None, f"cannot read: {exc}") from None

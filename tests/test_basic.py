@@ -350,6 +350,18 @@ async def test_location_policy(client, query: str, user: str, status: int) -> No
     assert resp.status == status
 
 
+async def test_a_groups_file_may_start_with_a_byte_order_mark(
+    aiohttp_client, app_for, tmp_path: Path
+) -> None:
+    """Windows editors start UTF-8 files with one (the user table allows it too): the first
+    group is still "admins", not an unmatchable "\ufeffadmins"."""
+    (tmp_path / "groups").write_text("\ufeffadmins: alice\n", encoding="utf-8")
+    client = await aiohttp_client(app_for())
+    resp = await client.get("/auth?group=admins",
+                            headers={"Authorization": basic("alice", "wonderland")})
+    assert resp.status == 200 and resp.headers["X-Auth-Groups"] == "admins"
+
+
 async def test_preflight_needs_opt_in(aiohttp_client, app_for, client) -> None:
     preflight = {"X-Original-Method": "OPTIONS", "Origin": "https://app.example",
                  "Access-Control-Request-Method": "POST"}
