@@ -32,7 +32,8 @@ class RequestView(Protocol):
 
 class Origin:
     """Reads who is asking about what, believing forwarded headers only from the proxies in
-    ``trusted`` (server.trusted_proxies)."""
+    ``trusted`` (server.trusted_proxies), or from a peer on a unix socket: it has no address,
+    and is the local proxy (the socket's directory permissions decide who may connect)."""
 
     def __init__(self, trusted: tuple[IPNetwork, ...], allow_preflight: bool) -> None:
         # Memoized per address: peers are few (the proxies); forwarded hops are
