@@ -44,6 +44,7 @@ class ExpiringCache(Generic[V]):
 
     def put(self, key: bytes, value: V, deadline: float) -> None:
         entries = self._entries
+        entries.pop(key, None)  # a key stored again goes to the new end, with its new deadline
         entries[key] = (value, deadline)
         if len(entries) > self.maxsize:
             entries.popitem(last=False)

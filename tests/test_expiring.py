@@ -52,3 +52,23 @@ def test_a_sweep_that_expires_everything_leaves_an_empty_cache() -> None:
         cache.put(i.to_bytes(2, "big"), "value", clock.monotonic())
     assert len(cache) == 0
     cache.pop(b"\x00\x00")  # popping what is not there is fine
+
+
+def test_an_entry_put_again_moves_to_the_new_end() -> None:
+    """A key stored again (a Basic user's password verified anew after a reload) takes its
+    new deadline to the new end: left in its old place, it would stop every sweep there."""
+    clock = FakeClock()
+    cache = ExpiringCache[str](10_000, clock.monotonic)
+    cache.put(b"again", "value", clock.monotonic() + 1)
+    cache.put(b"behind", "value", clock.monotonic() + 1)
+    cache.put(b"again", "value", clock.monotonic() + 1000)
+    clock.advance(2)
+    for i in range(SWEEP_EVERY - 3):  # up to the next sweep
+        cache.put(i.to_bytes(2, "big"), "value", clock.monotonic() + 1000)
+    assert len(cache) == SWEEP_EVERY - 2  # "behind" swept: everything live remains
+    assert cache.get(b"again") == "value"
+    # and the size bound evicts by age of the last put, not the first
+    small = ExpiringCache[str](2, clock.monotonic)
+    for key in (b"a", b"b", b"a", b"c"):
+        small.put(key, "value", clock.monotonic() + 1000)
+    assert small.get(b"a") is not None and small.get(b"b") is None
