@@ -57,11 +57,18 @@ class UserStore:
         groups = load_groups(self.groups_file) if self.groups_file else {}
         return UserSnapshot(table, groups)
 
+    def _load_and_compare(self, old: UserTable) -> tuple[UserSnapshot, int]:
+        """A new snapshot, and how many users' entries differ from ``old`` (for the log: a
+        comparison of two large tables is no work for the event loop)."""
+        snapshot = self._load()
+        return snapshot, len(snapshot.table.changed_users(old))
+
     async def reload(self, why: str) -> bool:
         """Build a new snapshot off the event loop and swap it in; False (old kept) on error."""
         signature = self._signatures()
         try:
-            snapshot = await asyncio.get_running_loop().run_in_executor(None, self._load)
+            snapshot, changed = await asyncio.get_running_loop().run_in_executor(
+                None, self._load_and_compare, self.snapshot.table)
         except Exception as exc:  # whatever it is, the old table stays
             # A UserFileError names file and line, never a hash; anything else, its class only.
             error = str(exc) if isinstance(exc, UserFileError) else type(exc).__name__
@@ -71,11 +78,10 @@ class UserStore:
             self._signature = signature  # do not retry the same broken file every second
             self._on_reload(False)
             return False
-        changed = snapshot.table.changed_users(self.snapshot.table)
         self.snapshot, self._signature = snapshot, signature
         log.info("user table reloaded", extra={
             "event": "users_reload", "outcome": "ok", "trigger": why,
-            "users": len(snapshot.table), "changed": len(changed),
+            "users": len(snapshot.table), "changed": changed,
         })
         self._on_reload(True)
         return True

@@ -258,7 +258,7 @@ async def test_a_reload_failing_in_any_way_keeps_the_old_table(client, users) ->
     def failing_load() -> None:
         raise MemoryError
 
-    store._load = failing_load  # the one step a reload runs off the loop
+    store._load = failing_load  # the step that reads the files, off the loop
     assert await store.reload("test") is False
     assert (await client.get("/auth", headers={
         "Authorization": basic("bob", "builder")})).status == 200
