@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from pathlib import Path
 
 import pytest
@@ -197,14 +198,17 @@ async def test_long_passwords_against_bcrypt_follow_apache(aiohttp_client, make_
     assert other.status == 401
 
 
-async def test_reload_forgets_changed_user_and_keeps_others(client, users) -> None:
+async def test_reload_forgets_changed_user_and_keeps_others(client, users, caplog) -> None:
     alice, bob = basic("alice", "wonderland"), basic("bob", "builder")
     assert (await client.get("/auth", headers={"Authorization": alice})).status == 200
     assert (await client.get("/auth", headers={"Authorization": bob})).status == 200
     text = users.read_text().splitlines()
     text[0] = "alice:" + bcrypt_hash("looking-glass")
     users.write_text("\n".join(text) + "\n")
-    assert await client.app[USER_STORE].reload("test") is True
+    with caplog.at_level(logging.INFO, logger="authproxy"):
+        assert await client.app[USER_STORE].reload("test") is True
+    [reloaded] = [r for r in caplog.records if getattr(r, "event", "") == "users_reload"]
+    assert (reloaded.__dict__["users"], reloaded.__dict__["changed"]) == (3, 1)
     verified = hashes_verified(client.app)
     assert (await client.get("/auth", headers={"Authorization": alice})).status == 401
     assert (await client.get("/auth", headers={
