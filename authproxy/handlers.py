@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -264,6 +265,10 @@ def readyz_handler(chain: SchemeChain) -> Callable[[web.Request], Any]:
 
 def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Any]:
     async def exposition(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(),
+        if metrics.multiprocess_dir:  # it reads every process's files: not on the event loop
+            body = await asyncio.to_thread(metrics.exposition)
+        else:  # this process's own counters, which the event loop changes: read them here
+            body = metrics.exposition()
+        return web.Response(body=body,
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
     return exposition
