@@ -31,8 +31,10 @@ ALGORITHM_KEYS: Mapping[str, tuple[str, frozenset[str]]] = {
 }
 _CURVES = {"EC": frozenset({"P-256", "P-384", "P-521"}), "OKP": frozenset({"Ed25519", "Ed448"})}
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
-# Logged kids are cut short: a hostile JWKS should not be able to flood the log.
+# Logged kids are cut short, and so are lists of them: a hostile (or huge) JWKS should not
+# be able to flood the log.
 _LOGGED_KID = 64
+_LOGGED_KIDS = 32
 
 
 class JwksError(Exception):
@@ -101,6 +103,11 @@ class KeySet:
     @property
     def kids(self) -> list[str]:
         return sorted(k for k in self._by_kid if k is not None)
+
+    def logged_kids(self) -> list[str]:
+        """The kids for a log line: the first _LOGGED_KIDS, each cut to _LOGGED_KID
+        characters (the line's ``keys`` field says how many there are)."""
+        return [kid[:_LOGGED_KID] for kid in self.kids[:_LOGGED_KIDS]]
 
     def has_kid(self, kid: str) -> bool:
         return kid in self._by_kid

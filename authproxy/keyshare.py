@@ -208,7 +208,7 @@ class SharedKeySource(KeySource):
         self.adopt(published, next_due)
         log.debug("JWKS adopted from the supervisor", extra={
             "event": "jwks_adopt", "generation": generation,
-            "kids": published.keyset.kids if published.keyset else [],
+            "kids": published.keyset.logged_kids() if published.keyset else [],
         })
 
     async def _fetch(self, state: SourceState, trigger: str) -> KeySet:

@@ -274,7 +274,7 @@ class KeySource:
         self._metrics.jwks_fetches.labels(state.name, trigger, "ok").inc()
         log.info("JWKS loaded", extra={
             "event": "jwks_fetch", "source": state.name, "trigger": trigger, "outcome": "ok",
-            "keys": len(keyset.keys), "skipped": keyset.skipped, "kids": keyset.kids,
+            "keys": len(keyset.keys), "skipped": keyset.skipped, "kids": keyset.logged_kids(),
         })
 
     def adopt(self, published: SourceState, next_due: float) -> None:

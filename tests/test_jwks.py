@@ -362,6 +362,20 @@ async def test_fetched_and_file_sets_are_parsed_off_the_event_loop(
     assert source_of(client).knows_kid("k1") and source_of(client).knows_kid("k2")
 
 
+async def test_the_load_log_line_lists_a_bounded_number_of_kids_cut_short(
+    start_app: StartApp, jwks_server: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JWK Set of thousands of keys (up to 1 MiB) must not make a log line of its size."""
+    keys = [signing_key("ES256", f"{i:03d}-" + "k" * 200) for i in range(40)]
+    jwks_server.serve(*keys)
+    with caplog.at_level(logging.INFO, logger="authproxy.jwks"):
+        client = await start_app()
+    [loaded] = [r.__dict__ for r in caplog.records if r.getMessage() == "JWKS loaded"]
+    assert loaded["keys"] == 40
+    assert loaded["kids"] == [key.kid[:64] for key in keys[:32]]
+    assert source_of(client).knows_kid(keys[-1].kid or "")
+
+
 # -- TLS ---------------------------------------------------------------------------------------
 
 
