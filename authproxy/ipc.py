@@ -99,6 +99,8 @@ class MasterLink:
     async def request(self, message: Message, timeout: float) -> Message:
         """Send a request and return the supervisor's reply; raise TimeoutError or
         ConnectionError."""
+        if self._task is not None and self._task.done():  # the channel is gone for good
+            raise ConnectionError("the supervisor went away")
         request_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future

@@ -462,6 +462,20 @@ async def test_a_worker_never_goes_back_to_an_older_publication(
     theirs.close()
 
 
+async def test_a_request_after_the_supervisor_went_away_fails_at_once() -> None:
+    """Not after REPLY_TIMEOUT (25 s, longer than the drain): a worker draining after its
+    supervisor died answers a token with an unknown kid with a quick 503."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    link, lost = MasterLink(reader, writer), asyncio.Event()
+    link.start(on_lost=lost.set)
+    theirs.close()
+    await asyncio.wait_for(lost.wait(), DEADLINE)
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(link.request({"op": "refresh", "trigger": "miss"}, 60), 5)
+    await link.close()
+
+
 async def test_four_workers_fetch_on_one_schedule_and_judge_staleness_alike(
     tmp_path: Path, jwks_server: JwksServer
 ) -> None:
