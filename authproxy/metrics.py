@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -18,6 +19,20 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# (name, documentation, labels) of the metrics counted per decision: exposed by
+# DecisionStats in one process, kept in the shared files by SharedDecisions with several.
+class _Family(NamedTuple):
+    name: str
+    doc: str
+    labels: tuple[str, ...]
+
+
+DECISIONS = _Family("authproxy_decisions", "Decisions by scheme, outcome and reason.",
+                    ("scheme", "outcome", "reason"))
+DECISION_SECONDS = _Family("authproxy_decision_seconds",
+                           "Time to decide, from request to response.", ("outcome",))
+CACHE_LOOKUPS = _Family("authproxy_cache_lookups",
+                        "Credential cache lookups by cache and result.", ("cache", "result"))
 
 
 class Tally:
@@ -61,17 +76,12 @@ class DecisionStats(Collector):
         buckets[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        counter = CounterMetricFamily(
-            "authproxy_decisions", "Decisions by scheme, outcome and reason.",
-            labels=["scheme", "outcome", "reason"],
-        )
+        counter = CounterMetricFamily(DECISIONS.name, DECISIONS.doc, labels=DECISIONS.labels)
         for key, count in sorted(self.counts.items()):
             counter.add_metric(list(key), count)
         yield counter
-        histogram = HistogramMetricFamily(
-            "authproxy_decision_seconds", "Time to decide, from request to response.",
-            labels=["outcome"],
-        )
+        histogram = HistogramMetricFamily(DECISION_SECONDS.name, DECISION_SECONDS.doc,
+                                          labels=DECISION_SECONDS.labels)
         for outcome, buckets in sorted(self.latency.items()):
             cumulative, total = [], 0.0
             for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), buckets, strict=False):
@@ -79,10 +89,8 @@ class DecisionStats(Collector):
                 cumulative.append((bound, total))
             histogram.add_metric([outcome], cumulative, sum_value=buckets[-1])
         yield histogram
-        lookups = CounterMetricFamily(
-            "authproxy_cache_lookups", "Credential cache lookups by cache and result.",
-            labels=["cache", "result"],
-        )
+        lookups = CounterMetricFamily(CACHE_LOOKUPS.name, CACHE_LOOKUPS.doc,
+                                      labels=CACHE_LOOKUPS.labels)
         for lookup, tally in sorted(self.lookups.items()):
             lookups.add_metric(list(lookup), tally.value)
         yield lookups
@@ -99,18 +107,9 @@ class SharedDecisions:
     def __init__(self, stats: DecisionStats) -> None:
         self._stats = stats
         # Not registered anywhere: in multiprocess mode, values live in the shared files.
-        self._total = Counter(
-            "authproxy_decisions", "Decisions by scheme, outcome and reason.",
-            ["scheme", "outcome", "reason"], registry=None,
-        )
-        self._seconds = Histogram(
-            "authproxy_decision_seconds", "Time to decide, from request to response.",
-            ["outcome"], buckets=LATENCY_BUCKETS, registry=None,
-        )
-        self._lookups = Counter(
-            "authproxy_cache_lookups", "Credential cache lookups by cache and result.",
-            ["cache", "result"], registry=None,
-        )
+        self._total = Counter(*DECISIONS, registry=None)
+        self._seconds = Histogram(*DECISION_SECONDS, buckets=LATENCY_BUCKETS, registry=None)
+        self._lookups = Counter(*CACHE_LOOKUPS, registry=None)
         self._sent_counts: dict[tuple[str, str, str], float] = {}
         self._sent_latency: dict[str, list[float]] = {}
         self._sent_lookups: dict[tuple[str, str], int] = {}
