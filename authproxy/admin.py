@@ -16,13 +16,12 @@ from aiohttp import web
 from .authn import AuthRequest, parse_authorization
 from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .handlers import NO_STORE, Decider
-from .identity import Identity
 from .jwks import JwksError
 from .keysource import KeySource
 
 log = logging.getLogger("authproxy.admin")
 
-Action = Callable[[Identity], Awaitable[web.Response]]
+Action = Callable[[], Awaitable[web.Response]]
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -77,11 +76,11 @@ class AdminApi:
                 {"error": "signing keys unavailable"}, status=503,
                 headers={"Retry-After": str(exc.retry_after), **NO_STORE},
             )
-        response = await run(identity)
+        response = await run()
         log.info("admin request", extra={**fields, "status": response.status})
         return response
 
-    async def _jwks_setup(self, identity: Identity) -> web.Response:
+    async def _jwks_setup(self) -> web.Response:
         if self._keys is None or self._keys.endpoint is None:
             return web.json_response(
                 {"error": "not_configured",
@@ -101,7 +100,7 @@ class AdminApi:
             "fetched_at": iso_time(self._keys.endpoint.fetched_at),
         }, headers=NO_STORE)
 
-    async def _jwks(self, identity: Identity) -> web.Response:
+    async def _jwks(self) -> web.Response:
         if self._keys is None:
             return web.json_response({"sources": [], "ready": False}, headers=NO_STORE)
         keys = self._keys

@@ -66,9 +66,9 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
 class JwksClient:
     """One aiohttp ClientSession for key material; open with ``async with``."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, timeout: float = FETCH_TIMEOUT) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
         self._ssl = ssl_context
-        self.timeout = timeout
+        self.timeout = FETCH_TIMEOUT  # seconds for a whole fetch (tests shorten it)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> JwksClient:

@@ -15,7 +15,7 @@ import os
 import select
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from .config import LogConfig
 
@@ -103,9 +103,9 @@ class _Formatter(logging.Formatter):
         return format_line(fields, self.fmt)
 
 
-def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
+def setup_logging(config: LogConfig) -> None:
     """Route authproxy's and aiohttp's loggers to one handler in the configured format."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(config.format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -129,11 +129,10 @@ class DecisionLog:
     """
 
     def __init__(
-        self, config: LogConfig, stream: TextIO | None = None, shared_stream: bool = False
+        self, config: LogConfig, shared_stream: bool = False
     ) -> None:
         self.enabled = logging.getLevelName(config.level.upper()) <= logging.INFO
         self._fmt = config.format
-        self._stream = stream
         self._pending: list[tuple[float, dict[str, Any]]] = []  # (time, fields)
         self._pid = os.getpid()
         self._prefix_ms, self._prefix = -1, ""  # the JSON line's start, of one millisecond
@@ -161,7 +160,7 @@ class DecisionLog:
             lines = [format_line({"time": _iso(at), **prefix, **fields}, self._fmt)
                      for at, fields in self._pending]
         self._pending.clear()
-        stream = self._stream or sys.stderr
+        stream = sys.stderr  # looked up at each flush, as print() does
         chunks = (_whole_lines(lines, self._chunk_bytes) if self._chunk_bytes
                   else ["\n".join(lines) + "\n"])
         for chunk in chunks:
