@@ -26,7 +26,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .devcerts import write_dev_certs, write_private
+from .devcerts import dev_cert_paths, write_dev_certs, write_private
 from .devissuer import create_issuer_app, load_or_create_key, mint, record_issuer
 from .userfile import add_user
 
@@ -209,9 +209,9 @@ async def run(work: Path, check: bool) -> int:
     nginx, snippets = find_nginx(), find_snippets()
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)  # nginx's workers drop root privileges
-    certs = write_dev_certs(work / "certs") if not (work / "certs" / "ca.pem").exists() else {
-        "ca": work / "certs" / "ca.pem", "cert": work / "certs" / "server.pem",
-        "key": work / "certs" / "server.key"}
+    certs = dev_cert_paths(work / "certs")  # made once, kept across runs
+    if not certs["ca"].exists():
+        write_dev_certs(work / "certs")
     creds = prepare_users(work)
     https_port = PREFERRED_HTTPS_PORT
     if not port_is_free(https_port):

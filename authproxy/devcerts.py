@@ -18,17 +18,22 @@ def write_dev_certs(
 
     Returns the paths by role. A new CA each call: these are for local testing only.
     """
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(directory).mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="authproxy dev CA")
     cert = ca.issue_cert(*(names or DEFAULT_NAMES))
-    paths = {"ca": out / "ca.pem", "cert": out / "server.pem", "key": out / "server.key"}
+    paths = dev_cert_paths(directory)
     ca.cert_pem.write_to_path(str(paths["ca"]))
     write_private(paths["key"], cert.private_key_pem.bytes())
     with open(paths["cert"], "wb") as fh:
         for blob in cert.cert_chain_pems:
             fh.write(blob.bytes())
     return paths
+
+
+def dev_cert_paths(directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """Where :func:`write_dev_certs` puts the CA, the certificate chain and the key."""
+    out = Path(directory)
+    return {"ca": out / "ca.pem", "cert": out / "server.pem", "key": out / "server.key"}
 
 
 def write_private(path: Path, data: bytes) -> None:
