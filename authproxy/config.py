@@ -201,6 +201,16 @@ class JwtConfig:
     def enabled(self) -> bool:
         return bool(self.jwks_endpoint or self.jwks_file or self.issuer)
 
+    @property
+    def discovers_jwks(self) -> bool:
+        """The JWKS URL is found from {issuer}/.well-known/openid-configuration."""
+        return bool(self.issuer and not (self.jwks_endpoint or self.jwks_file))
+
+    @property
+    def has_endpoint(self) -> bool:
+        """Keys come from an endpoint: configured, or discovered from the issuer."""
+        return bool(self.jwks_endpoint) or self.discovers_jwks
+
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
@@ -363,9 +373,9 @@ def _cross_checks(config: Config) -> list[str]:
         value = getattr(config.jwt, key)
         if value and not os.path.isfile(value):
             problems.append(f"jwt.{key}: {value}: no such file")
-    if config.jwt.issuer and not (config.jwt.jwks_endpoint or config.jwt.jwks_file):
+    if config.jwt.discovers_jwks:
         problem = check_url(config.jwt.issuer)
-        if problem:  # the JWKS is discovered from {issuer}/.well-known/openid-configuration
+        if problem:
             problems.append(f"jwt.issuer: to discover the JWKS from it, it {problem}")
     if config.jwt.accept_in_basic and not config.jwt.enabled:
         problems.append("jwt.accept_in_basic needs a JWT key source")

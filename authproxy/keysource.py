@@ -36,11 +36,6 @@ UNKNOWN_KID_CHARS = 1 << 20  # characters of unknown kids remembered, so hostile
 _NOT_LOOKED: tuple[float, list[KeySet], frozenset[str]] = (-math.inf, [], frozenset())
 
 
-def has_endpoint(config: JwtConfig) -> bool:
-    """True when keys come from an endpoint (configured, or discovered from the issuer)."""
-    return config.enabled and bool(config.jwks_endpoint or not config.jwks_file)
-
-
 class KeySource:
     """The endpoint's and the file's key sets, kept fresh. Run it with :meth:`lifetime`."""
 
@@ -62,7 +57,7 @@ class KeySource:
         # called after every fetch of the endpoint, whatever its outcome (to publish it)
         self._on_fetched = on_fetched
         self.endpoint: SourceState | None = None
-        if has_endpoint(config):
+        if config.has_endpoint:
             where = config.jwks_endpoint or discovery_url(config.issuer)
             self.endpoint = SourceState("endpoint", redact_url(where))
         self.file = SourceState("file", config.jwks_file) if config.jwks_file else None

@@ -78,7 +78,6 @@ def supervise(config: Config) -> int:
             log.warning("prometheus_client was imported before the supervisor set it up: "
                         "its own JWKS metrics will be missing", extra={"event": "metrics"})
         from .keyshare import STATE_FILE, KeyPublisher
-        from .keysource import has_endpoint
         from .metrics import Metrics
         from .server import event_loop
 
@@ -88,7 +87,7 @@ def supervise(config: Config) -> int:
         metrics = Metrics(metrics_dir)
         with event_loop() as runner:
             supervisor = Supervisor(config, sockets, state_dir, metrics)
-            if has_endpoint(config.jwt):
+            if config.jwt.has_endpoint:
                 supervisor.publisher = KeyPublisher(config.jwt, metrics,
                                                     Path(state_dir) / STATE_FILE,
                                                     supervisor.broadcast)
