@@ -250,6 +250,10 @@ async def test_concurrent_misses_share_one_fetch(
     tokens = [mint(K2, clock.time(), sub=f"user{i}") for i in range(50)]
     pending = asyncio.gather(*(status_of(client, t) for t in tokens))
     await jwks_server.wait_for_fetches(2)
+    # All 50 are inside the app before the fetch is let go: a request arriving after it
+    # would find k2 known and prove nothing about sharing.
+    server = client.server.runner.server  # type: ignore[union-attr]
+    await eventually(lambda: server.requests_count >= 50)
     jwks_server.release()
     assert await pending == [200] * 50
     assert jwks_server.fetches == 2
