@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,21 @@ from authproxy.config import Config, load_config
 # authproxy, so that a renamed header fails the tests instead of moving with them.
 IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
                     "X-Auth-Scopes")
+APACHE_APR1 = "$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"  # "myPassword", from Apache's docs
+
+
+def apache_htpasswd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run Apache's htpasswd; CI installs apache2-utils, so its absence is a failure."""
+    exe = shutil.which("htpasswd")
+    if exe is None:
+        pytest.fail("htpasswd not found: install apache2-utils")
+    return subprocess.run([exe, *args], input=stdin, capture_output=True, text=True,
+                          check=False)
+
+
+def htpasswd_verify(path: Path, user: str, password: str) -> int:
+    """Exit status of ``htpasswd -vb``: 0 match, 3 mismatch, 6 no such user."""
+    return apache_htpasswd("-vb", str(path), user, password).returncode
 
 
 def toml_value(value: Any) -> str:

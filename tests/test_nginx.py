@@ -12,8 +12,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .conftest import IDENTITY_HEADERS
+from .conftest import IDENTITY_HEADERS, apache_htpasswd
 from .servers import (
     NGINX_DIR,
     Authproxy,
@@ -79,13 +77,6 @@ def marker() -> str:
 # -- servers -----------------------------------------------------------------------------------
 
 
-def htpasswd_exe() -> str:
-    exe = shutil.which("htpasswd")
-    if exe is None:
-        pytest.fail("htpasswd not found: install apache2-utils")
-    return exe
-
-
 @pytest.fixture(scope="module")
 def user_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A users file made by Apache's htpasswd (bcrypt, cost 5) and a groups file."""
@@ -93,10 +84,7 @@ def user_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     users, groups = directory / "users.htpasswd", directory / "groups"
     for flags, user, password in (("-ciB", ALICE, ALICE_PASSWORD), ("-iB", BOB, BOB_PASSWORD),
                                   ("-iB", CAROL, CAROL_PASSWORD)):
-        result = subprocess.run(
-            [htpasswd_exe(), flags, "-C", "5", str(users), user],
-            input=password, capture_output=True, text=True, check=False,
-        )
+        result = apache_htpasswd(flags, "-C", "5", str(users), user, stdin=password)
         assert result.returncode == 0, result.stderr
     groups.write_text(f"admins: {ALICE}\n" + "".join(f"{g}: {CAROL}\n" for g in CAROL_GROUPS),
                       encoding="utf-8")

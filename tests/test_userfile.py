@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,33 +12,20 @@ from argon2 import PasswordHasher, extract_parameters
 from authproxy.userfile import add_user, delete_user, hash_password, list_users
 from authproxy.users import PasswordHash, PasswordMismatch, UserTable, parse_hash
 
-APR1 = "$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"  # "myPassword", from Apache's docs
+from .conftest import APACHE_APR1, apache_htpasswd, htpasswd_verify
 
 # Everything an edit must leave alone: comments, blanks, CRLF, junk and entries it cannot read.
 ORIGINAL = (
     b"# managed by hand\n"
     b"\n"
-    b"alice:" + APR1.encode() + b"\n"
+    b"alice:" + APACHE_APR1.encode() + b"\n"
     b"   # indented comment with trailing space \r\n"
     b"this line is not an entry\n"
-    b"bob:" + APR1.encode() + b":Bob Builder, room 4\n"
+    b"bob:" + APACHE_APR1.encode() + b":Bob Builder, room 4\n"
     b"carol:{PLAIN}legacy\n"
     b"\xff\xfe not utf-8\n"
-    b"erin:" + APR1.encode() + b"\n"
+    b"erin:" + APACHE_APR1.encode() + b"\n"
 )
-
-
-def htpasswd(*args: str) -> int:
-    """Run Apache's htpasswd; CI installs apache2-utils, so its absence is a failure."""
-    exe = shutil.which("htpasswd")
-    if exe is None:
-        pytest.fail("htpasswd not found: install apache2-utils")
-    return subprocess.run([exe, *args], capture_output=True, check=False).returncode
-
-
-def htpasswd_verify(path: Path, user: str, password: str) -> int:
-    """Exit status of ``htpasswd -vb``: 0 match, 3 mismatch, 6 no such user."""
-    return htpasswd("-vb", str(path), user, password)
 
 
 @pytest.fixture
@@ -100,8 +85,8 @@ def test_replace_changes_only_that_line_and_keeps_its_comment(htfile: Path) -> N
 
 def test_replace_in_htpasswd_made_file_verifies_with_htpasswd(tmp_path: Path) -> None:
     path = tmp_path / "users"
-    assert htpasswd("-cbB", str(path), "alice", "old pw") == 0
-    assert htpasswd("-bB", str(path), "bob", "old pw") == 0
+    assert apache_htpasswd("-cbB", str(path), "alice", "old pw").returncode == 0
+    assert apache_htpasswd("-bB", str(path), "bob", "old pw").returncode == 0
     assert add_user(path, "alice", b"new pw") is True
     assert htpasswd_verify(path, "alice", "new pw") == 0
     assert htpasswd_verify(path, "alice", "old pw") == 3
@@ -112,7 +97,7 @@ def test_replace_in_htpasswd_made_file_verifies_with_htpasswd(tmp_path: Path) ->
 
 def test_delete_removes_exactly_one_line(htfile: Path) -> None:
     assert delete_user(htfile, "alice") is True
-    assert htfile.read_bytes() == ORIGINAL.replace(b"alice:" + APR1.encode() + b"\n", b"")
+    assert htfile.read_bytes() == ORIGINAL.replace(b"alice:" + APACHE_APR1.encode() + b"\n", b"")
     assert stat.S_IMODE(htfile.stat().st_mode) == 0o604
 
 
@@ -150,24 +135,24 @@ def test_argon2id_entry_reads_back_through_user_table(tmp_path: Path) -> None:
 
 def test_crlf_file_gets_crlf_entry_and_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "users"
-    path.write_bytes(b"# windows\r\nalice:" + APR1.encode() + b"\r\n")
+    path.write_bytes(b"# windows\r\nalice:" + APACHE_APR1.encode() + b"\r\n")
     add_user(path, "bob", b"pw", scheme="argon2id")
-    assert path.read_bytes().startswith(b"# windows\r\nalice:" + APR1.encode() + b"\r\nbob:")
+    assert path.read_bytes().startswith(b"# windows\r\nalice:" + APACHE_APR1.encode() + b"\r\nbob:")
     assert path.read_bytes().endswith(b"\r\n")
     assert UserTable.load(path).users() == {"alice", "bob"}
 
 
 def test_file_without_final_newline_keeps_its_last_line(tmp_path: Path) -> None:
     path = tmp_path / "users"
-    path.write_bytes(b"alice:" + APR1.encode())
+    path.write_bytes(b"alice:" + APACHE_APR1.encode())
     add_user(path, "bob", b"pw")
-    assert lines(path)[0] == b"alice:" + APR1.encode()
+    assert lines(path)[0] == b"alice:" + APACHE_APR1.encode()
     assert list_users(path) == ["alice", "bob"]
 
 
 def test_replacing_a_duplicated_user_leaves_a_loadable_file(tmp_path: Path) -> None:
     path = tmp_path / "users"
-    path.write_bytes(f"alice:{APR1}\n# keep\nalice:{APR1}\nbob:{APR1}\n".encode())
+    path.write_bytes(f"alice:{APACHE_APR1}\n# keep\nalice:{APACHE_APR1}\nbob:{APACHE_APR1}\n".encode())
     assert add_user(path, "alice", b"fresh") is True
     table = UserTable.load(path)
     assert list_users(path) == ["alice", "bob"]

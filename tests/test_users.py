@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
-import subprocess
 from pathlib import Path
 
 import bcrypt
@@ -21,12 +19,13 @@ from authproxy.users import (
     parse_hash,
 )
 
+from .conftest import APACHE_APR1, apache_htpasswd
+
 PASSWORD = "myPassword"
 LONG_PASSWORD = "0123456789" * 8  # 80 bytes: bcrypt only reads the first 72
 
 # Vectors published in Apache's docs (docs/manual/misc/password_encryptions.xml).
 APACHE_BCRYPT = "$2y$05$c4WoMPo3SXsafkva.HHa6uXQZWr7oboPiC2bT/r7q1BB8I2s0BRqC"
-APACHE_APR1 = "$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"
 APACHE_SHA = "{SHA}VBPuJHI7uixaa6LQGWx4s+5GKNE="
 
 ODD_PASSWORDS = [
@@ -40,16 +39,8 @@ ODD_PASSWORDS = [
 ]
 
 
-def htpasswd(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run Apache's htpasswd; CI installs apache2-utils, so its absence is a failure."""
-    exe = shutil.which("htpasswd")
-    if exe is None:
-        pytest.fail("htpasswd not found: install apache2-utils")
-    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
-
-
 def htpasswd_file(path: Path, *flags: str, user: str = "alice", password: str = PASSWORD) -> Path:
-    result = htpasswd("-c", "-b", *flags, str(path), user, password)
+    result = apache_htpasswd("-c", "-b", *flags, str(path), user, password)
     assert result.returncode == 0, result.stderr
     return path
 
@@ -146,7 +137,7 @@ def test_bcrypt_long_password_counts_first_72_bytes_like_apache(tmp_path: Path) 
         with pytest.raises(PasswordMismatch):
             h.verify(other)
     # Apache agrees: only the first 72 bytes were stored.
-    assert htpasswd("-v", "-b", str(path), "alice", LONG_PASSWORD[:72]).returncode == 0
+    assert apache_htpasswd("-v", "-b", str(path), "alice", LONG_PASSWORD[:72]).returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -286,8 +277,8 @@ def test_dummy_matches_most_common_bcrypt_cost(tmp_path: Path) -> None:
     path = tmp_path / "users"
     htpasswd_file(path, "-B", "-C", "6", user="u1")
     for user in ("u2", "u3"):
-        assert htpasswd("-b", "-B", "-C", "4", str(path), user, PASSWORD).returncode == 0
-    assert htpasswd("-b", "-5", str(path), "u4", PASSWORD).returncode == 0
+        assert apache_htpasswd("-b", "-B", "-C", "4", str(path), user, PASSWORD).returncode == 0
+    assert apache_htpasswd("-b", "-5", str(path), "u4", PASSWORD).returncode == 0
     table = UserTable.load(path)
     assert table.dummy.scheme == "bcrypt"
     assert table.dummy.value.startswith("$2y$04$")
