@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -19,6 +20,19 @@ from authproxy.config import Config, load_config
 IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
                     "X-Auth-Scopes")
 APACHE_APR1 = "$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"  # "myPassword", from Apache's docs
+
+
+async def eventually(check: Callable[[], Any], what: str = "", timeout: float = 5.0) -> None:
+    """Wait until ``check()`` (sync or async) is true: a condition, not a fixed sleep."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.01)
 
 
 def apache_htpasswd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from authproxy.app import DECIDER, METRICS, USER_STORE, create_app
 
-from .conftest import IDENTITY_HEADERS, bcrypt_hash
+from .conftest import IDENTITY_HEADERS, bcrypt_hash, eventually
 from .jwks_server import FakeClock
 
 CHALLENGE = 'Basic realm="authproxy", charset="UTF-8"'
@@ -229,9 +229,9 @@ async def test_a_check_under_way_when_the_password_changes_does_not_vouch_for_th
     old = {"Authorization": basic("alice", "old-password")}
     started = asyncio.ensure_future(client.get("/auth", headers=old))
     registry = client.app[METRICS].registry
-    while not registry.get_sample_value("authproxy_cache_lookups_total",
-                                         {"cache": "basic", "result": "miss"}):
-        await asyncio.sleep(0.005)  # until the first verification is under way
+    await eventually(lambda: registry.get_sample_value(
+        "authproxy_cache_lookups_total", {"cache": "basic", "result": "miss"}),
+        "the first verification under way")
     users.write_text(f"alice:{bcrypt_hash('new-password')}\n")
     assert await client.app[USER_STORE].reload("test") is True
     assert hashes_verified(client.app) == 0, "the first verification ended before the reload"
@@ -274,11 +274,9 @@ async def test_a_reload_failing_in_any_way_keeps_the_old_table(client, users) ->
 async def test_file_change_is_noticed_without_a_signal(client, users) -> None:
     users.write_text(users.read_text() + "dave:" + bcrypt_hash("d") + "\n")
     registry = client.app[METRICS].registry
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not registry.get_sample_value("authproxy_user_table_reloads_total", {"outcome": "ok"}):
-        assert loop.time() < deadline, "the watcher never reloaded the changed file"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: registry.get_sample_value(
+        "authproxy_user_table_reloads_total", {"outcome": "ok"}),
+        "the watcher reloading the changed file", timeout=10)
     assert (await client.get("/auth", headers={"Authorization": basic("dave", "d")})).status == 200
 
 
@@ -398,12 +396,10 @@ async def test_cached_user_answered_while_a_flood_is_hashing(aiohttp_client, mak
     assert (await client.get("/auth", headers=good)).status == 200
     flood = [asyncio.ensure_future(client.get("/auth", headers={
         "Authorization": basic("alice", f"guess-{i}")})) for i in range(8)]
-    registry, loop = client.app[METRICS].registry, asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while (registry.get_sample_value("authproxy_cache_lookups_total",
-                                     {"cache": "basic", "result": "miss"}) or 0) < 9:
-        assert loop.time() < deadline, "the flood never reached the hash threads"
-        await asyncio.sleep(0.01)
+    registry = client.app[METRICS].registry
+    await eventually(lambda: (registry.get_sample_value(
+        "authproxy_cache_lookups_total", {"cache": "basic", "result": "miss"}) or 0) >= 9,
+        "the flood reaching the hash threads", timeout=10)
     cached = await client.get("/auth", headers=good)
     assert cached.status == 200
     assert not all(f.done() for f in flood), "the flood finished first: nothing was measured"

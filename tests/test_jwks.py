@@ -20,6 +20,7 @@ from authproxy.config import ConfigError
 from authproxy.jwks import JwksError, parse_jwks
 from authproxy.keysource import KeySource
 
+from .conftest import eventually
 from .jwks_server import (
     K1,
     K2,
@@ -42,18 +43,6 @@ def source_of(client: TestClient[Any, Any]) -> KeySource:
 
 async def status_of(client: TestClient[Any, Any], token: str) -> int:
     return (await client.get("/auth", headers=bearer(token))).status
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` (sync or async) is true: a condition, not a fixed sleep."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.01)
 
 
 async def ready(client: TestClient[Any, Any]) -> bool:
