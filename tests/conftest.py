@@ -15,6 +15,9 @@ import pytest
 
 from authproxy.config import Config, load_config
 
+# The real-server fixtures, for every module that asks for them by name.
+from .servers import echo_upstream, tls_files  # noqa: F401
+
 # The identity headers of the contract (SPEC §4), written here rather than imported from
 # authproxy, so that a renamed header fails the tests instead of moving with them.
 IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",

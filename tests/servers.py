@@ -7,8 +7,7 @@ operators install; only ``authproxy-upstream.conf`` is rendered, to put in the a
 
 The context managers (``start_authproxy``, ``start_nginx``, ``start_echo_upstream``, and
 ``start_process`` for Caddy and Traefik) work anywhere; the pytest fixtures at the end wrap
-them. A test module imports the fixtures it uses:
-``from .servers import echo_upstream, tls_files``.
+them, and conftest.py makes them every module's.
 """
 
 from __future__ import annotations
@@ -274,6 +273,13 @@ class Nginx:
 
     def error_log_text(self) -> str:
         return self.error_log.read_text(encoding="utf-8", errors="replace")
+
+    def assert_error_log_clean(self, *also: str) -> None:
+        """No emergency, alert or critical line, no auth answer nginx found unexpected (a
+        status other than 2xx, 401, 403), and none of ``also``."""
+        log = self.error_log_text()
+        for bad in ("[emerg]", "[alert]", "[crit]", "auth request unexpected status", *also):
+            assert bad not in log, log[-4000:]
 
 
 def render_upstream(address: str) -> str:
@@ -641,6 +647,20 @@ class Answer:
         """The request as the echo upstream received it (the answer must come from it)."""
         assert self.status == 200, (self.status, self.headers, self.body[:200])
         return EchoedRequest.from_json(json.loads(self.body))
+
+
+def logged_decision(authproxy: Authproxy, uri: str) -> dict[str, Any]:
+    """authproxy's one JSON log line for the decision on ``uri`` (written within a moment)."""
+    found: list[dict[str, Any]] = []
+
+    def logged() -> bool:
+        found[:] = [json.loads(line) for line in authproxy.log_text().splitlines()
+                    if uri in line and line.startswith("{")]
+        return bool(found)
+
+    wait_until(logged, f"a decision on {uri} in authproxy's log", deadline=5.0)
+    assert len(found) == 1, found
+    return found[0]
 
 
 # -- credentials, as the proxy tests send them -----------------------------------------------

