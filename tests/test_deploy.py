@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import configparser
-import http.client
 import json
 import os
 import re
@@ -21,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +38,9 @@ from .servers import (
     NGINX,
     NGINX_DIR,
     REPO,
+    Answer,
     free_port,
+    http_request,
     http_status,
     render_upstream,
     start_authproxy,
@@ -513,15 +513,9 @@ def test_a_restarted_authproxy_reuses_the_socket_left_in_the_empty_dir(
         assert http_status(f"unix:{socket}", "/healthz") == 200
 
 
-def request(port: int, path: str, headers: dict[str, str] | None = None
-            ) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
-    try:
-        connection.request("GET", path, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
+def request(port: int, path: str, *headers: tuple[str, str]) -> Answer:
+    return http_request(f"http://127.0.0.1:{port}{path}", headers=headers,
+                        timeout=REQUEST_TIMEOUT)
 
 
 @contextmanager
@@ -562,7 +556,7 @@ def nginx_as_in_the_pod(
 
 def request_ok(port: int) -> bool:
     try:
-        return request(port, "/nginx-healthz")[0] == 200
+        return request(port, "/nginx-healthz").status == 200
     except OSError:
         return False
 
@@ -572,29 +566,29 @@ def test_the_pod_serves_and_picks_up_a_secret_update(
 ) -> None:
     """nginx and authproxy as configured by the ConfigMaps; the Secret starts without users,
     then gains one the way the kubelet updates a mounted Secret, and authproxy picks it up."""
-    basic = "Basic " + base64.b64encode(b"alice:Corr3ct-horse").decode()
+    basic = ("Authorization", "Basic " + base64.b64encode(b"alice:Corr3ct-horse").decode())
     with (start_echo_upstream() as app, authproxy_as_in_the_pod(objects, pod),
           nginx_as_in_the_pod(objects, pod, app.address) as ports):
-        status, headers, _ = request(ports["http"], "/")
-        assert status == 401
-        assert headers["WWW-Authenticate"] == 'Basic realm="authproxy", charset="UTF-8"'
-        assert request(ports["http"], "/", {"Authorization": basic})[0] == 401
+        denied = request(ports["http"], "/")
+        assert denied.status == 401
+        assert denied.header_values("WWW-Authenticate") == [
+            'Basic realm="authproxy", charset="UTF-8"']
+        assert request(ports["http"], "/", basic).status == 401
         assert not app.requests
 
         users = users_secret_text(objects, "users.htpasswd")
         users_dir = pod.here(mount_path(objects, AUTHPROXY, "authproxy-users"))
         write_secret_volume(users_dir, {"users.htpasswd": users + "alice:"
                                         + bcrypt_hash("Corr3ct-horse") + "\n"}, 2)
-        deadline = time.monotonic() + 15  # the watcher stats the file every second
-        while request(ports["http"], "/", {"Authorization": basic})[0] != 200:
-            assert time.monotonic() < deadline, "the Secret update was not picked up"
-            time.sleep(0.1)
+        # the watcher stats the file every second
+        wait_until(lambda: request(ports["http"], "/", basic).status == 200,
+                   "the Secret update picked up", deadline=15)
         (seen,) = app.received(lambda r: r.path == "/")
         assert seen.header_values("X-Auth-User") == ["alice"]
 
-        status, _, body = request(ports["metrics"], "/metrics")
-        assert status == 200 and b"# TYPE" in body
-        assert request(ports["metrics"], "/auth", {"Authorization": basic})[0] == 404
+        metrics = request(ports["metrics"], "/metrics")
+        assert metrics.status == 200 and b"# TYPE" in metrics.body
+        assert request(ports["metrics"], "/auth", basic).status == 404
         assert run_probe(probe_commands(objects, pod)["readinessProbe"]).returncode == 0
 
 
