@@ -580,9 +580,12 @@ def test_the_pod_serves_and_picks_up_a_secret_update(
         users_dir = pod.here(mount_path(objects, AUTHPROXY, "authproxy-users"))
         write_secret_volume(users_dir, {"users.htpasswd": users + "alice:"
                                         + bcrypt_hash("Corr3ct-horse") + "\n"}, 2)
-        # the watcher stats the file every second
-        wait_until(lambda: request(ports["http"], "/", basic).status == 200,
+        # The watcher stats the file every second. Waited for on /metrics, not by retrying
+        # alice: each 401 would count towards a ban of her and of this address.
+        reloaded = 'authproxy_user_table_reloads_total{outcome="ok"} 1.0'
+        wait_until(lambda: reloaded in request(ports["metrics"], "/metrics").body.decode(),
                    "the Secret update picked up", deadline=15)
+        assert request(ports["http"], "/", basic).status == 200
         (seen,) = app.received(lambda r: r.path == "/")
         assert seen.header_values("X-Auth-User") == ["alice"]
 
