@@ -80,11 +80,15 @@ def htpasswd(tmp_path: Path) -> Callable[..., Path]:
     """write(name="users.htpasswd", **{user: password}) -> path of a bcrypt htpasswd file."""
 
     def write(name: str = "users.htpasswd", **users: str) -> Path:
-        path = tmp_path / name
-        path.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in users.items()))
-        return path
+        return write_users(tmp_path / name, **users)
 
     return write
+
+
+def write_users(path: Path, cost: int = 4, **users: str) -> Path:
+    """A bcrypt htpasswd file at ``path`` for ``users`` (name: password)."""
+    path.write_text("".join(f"{u}:{bcrypt_hash(p, cost)}\n" for u, p in users.items()))
+    return path
 
 
 @pytest.fixture

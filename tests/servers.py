@@ -211,10 +211,9 @@ def start_users_and_keys_authproxy(
 ) -> Iterator[Authproxy]:
     """authproxy as the proxy tests want it: Basic for ``passwords`` (alice in group admins,
     lockout out of reach), a static JWKS holding ``public_jwk``, CORS preflights allowed."""
-    from .conftest import bcrypt_hash, toml_text
+    from .conftest import toml_text, write_users
 
-    (directory / "users.htpasswd").write_text(
-        "".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in passwords.items()))
+    write_users(directory / "users.htpasswd", **passwords)
     (directory / "groups").write_text("admins: alice\n")
     (directory / "jwks.json").write_text(json.dumps({"keys": [public_jwk]}))
     config = toml_text({

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import write_users
 from .jwks_server import basic
 from .servers import DEADLINE, free_port, start_authproxy, wait_until
 from .test_workers import (
@@ -27,7 +28,6 @@ from .test_workers import (
     get,
     scrape,
     serving_workers,
-    write_users,
 )
 
 IN_FLIGHT = 20

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import bcrypt_hash, toml_text
+from .conftest import toml_text, write_users
 from .jwks_server import signing_key
 from .servers import (
     NGINX_DIR,
@@ -43,7 +43,7 @@ from .servers import (
 
 REALM = "nginx-extras"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8", Bearer realm="{REALM}"'
-ERIN = ("erin", "erin-Only-for-one-test")  # a user for test_repeated_credentials_... only
+ERIN_PASSWORD = "erin-Only-for-one-test"  # erin: test_repeated_credentials_... only
 GROUPS = "admins: alice\n"
 KEY = signing_key("RS256", "nginx-extras")
 CACHE_DIR_INSTALLED = "/run/nginx/authproxy-cache"
@@ -63,8 +63,7 @@ def bearer(ttl: int = 300, **claims: Any) -> Header:
 def auth_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     directory = tmp_path_factory.mktemp("extras-files")
     users, groups, jwks = (directory / n for n in ("users.htpasswd", "groups", "jwks.json"))
-    users.write_text("".join(f"{u}:{bcrypt_hash(p)}\n"
-                             for u, p in [*PASSWORDS.items(), ERIN]))
+    write_users(users, **PASSWORDS, erin=ERIN_PASSWORD)
     groups.write_text(GROUPS)
     jwks.write_text(json.dumps({"keys": [KEY.public_jwk]}))
     return {"users": str(users), "groups": str(groups), "jwks": str(jwks)}
@@ -273,7 +272,7 @@ def test_authproxy_without_keys_gives_the_503_page_to_bearer_requests(
 
 
 def test_repeated_credentials_are_decided_once(site: Site, hinting_authproxy: Authproxy) -> None:
-    for credentials in (bearer(sub="carl"), basic_auth(*ERIN)):
+    for credentials in (bearer(sub="carl"), basic_auth("erin", ERIN_PASSWORD)):
         decisions = Decisions(hinting_authproxy)
         users = [site.get("cached", f"/page/{i}", (credentials,)).echoed().header_values(
             "X-Auth-User") for i in range(3)]

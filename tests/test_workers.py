@@ -40,7 +40,7 @@ from authproxy.lockout import FailureTracker
 from authproxy.metrics import Metrics
 from authproxy.supervisor import Supervisor
 
-from .conftest import bcrypt_hash, toml_text
+from .conftest import bcrypt_hash, toml_text, write_users
 from .jwks_server import K1, K2, JwksServer, basic, jwt_section, mint, signing_key
 from .servers import Authproxy, free_port, start_authproxy, wait_until
 
@@ -61,11 +61,6 @@ def config_text(users: Path, workers: int, **sections: dict[str, Any]) -> str:
                      **sections.pop("basic", {})}
     return toml_text({"server": {"workers": workers}, "log": {"format": "json"},
                       "basic": basic_section, **sections})
-
-
-def write_users(path: Path, cost: int = 4, **users: str) -> Path:
-    path.write_text("".join(f"{u}:{bcrypt_hash(p, cost)}\n" for u, p in users.items()))
-    return path
 
 
 def events(proxy: Authproxy, event: str | None = None) -> list[dict[str, Any]]:
