@@ -188,6 +188,7 @@ async def process(cmd: list[str], log: Path, ready_port: int, name: str) -> Asyn
                 await asyncio.wait_for(proc.wait(), 10)
             except TimeoutError:
                 proc.kill()
+                await proc.wait()  # reaped: no zombie left behind
 
 
 def prepare_users(work: Path) -> dict[str, str]:

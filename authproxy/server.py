@@ -127,6 +127,9 @@ async def run(
         })
         await stop.wait()
         log.info("stopping: draining in-flight requests", extra={"event": "stop"})
+        for task in list(reloads):  # a reload under way is of no use any more
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
     finally:
         await runner.cleanup()
     return 0

@@ -154,6 +154,7 @@ class Supervisor:
                 self._forward(signal.SIGKILL)
                 await asyncio.wait(running)
             flushing.cancel()
+            await asyncio.gather(flushing, return_exceptions=True)
         log.info("stopped", extra={"event": "stop", "status": self._status})
         return self._status
 
