@@ -38,6 +38,16 @@ async def eventually(check: Callable[[], Any], what: str = "", timeout: float = 
         await asyncio.sleep(0.01)
 
 
+async def metric(client: Any, prefix: str) -> float:
+    """The value of the first line of the app's /metrics that starts with ``prefix``; 0 if
+    none does (a labelled counter appears once counted)."""
+    text = await (await client.get("/metrics")).text()
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def apache_htpasswd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run Apache's htpasswd; CI installs apache2-utils, so its absence is a failure."""
     exe = shutil.which("htpasswd")

@@ -12,7 +12,7 @@ from authproxy.bearer import MAX_KIDLESS_CANDIDATES
 from authproxy.config import ConfigError
 from authproxy.jose import DESCRIPTIONS
 
-from .conftest import IDENTITY_HEADERS
+from .conftest import IDENTITY_HEADERS, metric
 from .jwks_server import (
     K1,
     K2,
@@ -229,11 +229,7 @@ async def test_bad_signature_is_refused(start_app: StartApp, clock: FakeClock) -
 
 
 async def cache_lookups(client: TestClient[Any, Any], result: str) -> float:
-    text = await (await client.get("/metrics")).text()
-    for line in text.splitlines():
-        if line.startswith(f'authproxy_cache_lookups_total{{cache="bearer",result="{result}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    return await metric(client, f'authproxy_cache_lookups_total{{cache="bearer",result="{result}"}}')
 
 
 async def test_a_repeated_token_is_answered_from_the_cache(

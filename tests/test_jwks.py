@@ -20,7 +20,7 @@ from authproxy.config import ConfigError
 from authproxy.jwks import JwksError, parse_jwks
 from authproxy.keysource import KeySource
 
-from .conftest import eventually
+from .conftest import eventually, metric
 from .jwks_server import (
     K1,
     K2,
@@ -47,14 +47,6 @@ async def status_of(client: TestClient[Any, Any], token: str) -> int:
 
 async def ready(client: TestClient[Any, Any]) -> bool:
     return (await client.get("/readyz")).status == 200
-
-
-async def metric(client: TestClient[Any, Any], prefix: str) -> float:
-    text = await (await client.get("/metrics")).text()
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
 
 
 # -- start-up and schedule -------------------------------------------------------------------
