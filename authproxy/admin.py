@@ -50,12 +50,12 @@ class AdminApi:
         return await self._as_admin(request, "jwks", self._jwks)
 
     async def _as_admin(self, request: web.Request, action: str, run: Action) -> web.Response:
-        fields: dict[str, Any] = {"event": "admin", "action": action,
-                                  "client": self._decider.origin.client_address(request)}
+        client = self._decider.origin.client(request)
+        fields: dict[str, Any] = {"event": "admin", "action": action, "client": client.address}
         chain = self._decider.chain
         try:
             credentials = parse_authorization(request.headers.getall("Authorization", []))
-            identity = await chain.authenticate(AuthRequest(credentials, fields["client"]),
+            identity = await chain.authenticate(AuthRequest(credentials, *client),
                                                 chain.schemes)
             fields["user"] = identity.user
             if identity.user not in self._admins:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .admin import AdminApi
 from .authn import Authenticator, SchemeChain
-from .banshare import SharedFailureTracker
+from .banshare import SharedLockout
 from .basic import BasicAuthenticator
 from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .config import METRICS_FLUSH_INTERVAL, Config
@@ -88,8 +88,8 @@ def create_app(
         app.cleanup_ctx.append(_background(store.watch))
         token_verifier = bearer if bearer and config.jwt.accept_in_basic else None
         lockout = None
-        if worker is not None and config.basic.ban_time > 0:  # with no bans, nothing to share
-            lockout = SharedFailureTracker(config.basic, clock, link=worker.link)
+        if worker is not None:
+            lockout = SharedLockout(config.basic, clock, worker.link, worker.lockout)
             app.cleanup_ctx.append(lockout.lifetime)
         authenticators.append(BasicAuthenticator(store, config.basic, executor, metrics, clock,
                                                  token_verifier=token_verifier,

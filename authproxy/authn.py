@@ -21,10 +21,12 @@ class Credentials(NamedTuple):
 
 
 class AuthRequest(NamedTuple):
-    """What an authenticator may look at: the credentials and who is asking."""
+    """What an authenticator may look at: the credentials and who is asking (origin.Client:
+    ``client`` for the log, ``client_key`` for the lockout, "" when unknown)."""
 
     credentials: Credentials
     client: str
+    client_key: str = ""
 
 
 class Authenticator(Protocol):

@@ -1,30 +1,35 @@
-"""Brute-force bans for the whole service when there are several worker processes.
+"""Brute-force protection for the whole service when there are several worker processes.
 
-Each worker still counts failures in its own FailureTracker, so a ban it reaches applies at
-once and no decision ever waits for the supervisor. It also reports the keys of every failure
-(user names and client addresses, as in its logs; never a password) in a ``failure`` notice,
-at most one per event-loop turn. The supervisor counts every worker's failures in one
-FailureTracker of the same configuration (:class:`BanCoordinator`); when a key becomes banned
-there, it sends ``ban`` to every worker, and each bans that key for ``ban_time`` from then.
-So N workers allow about ``max_failures`` attempts in all, not N times as many: a few more
-only while a ban is on its way.
+Each worker still counts failures and reserves attempts in its own Lockout, so a ban it
+reaches applies at once and no decision ever waits for the supervisor. It also reports the
+keys of every failure (user names and client addresses, as in its logs; never a password) in
+a ``failure`` notice, at most one per event-loop turn, and the MAC of every (user, address)
+pair that authenticated in a ``known`` notice (never the pair itself). The supervisor
+(:class:`BanCoordinator`) counts every worker's failures in one FailureTracker of the same
+configuration; when a key becomes banned there, it sends ``ban`` to every worker, and each
+bans that key for ``ban_time`` from then. Known pairs it sends on to every worker. So N
+workers allow about ``max_failures`` failures in all, not N times as many: a few more only
+while a ban is on its way. Reservations stay each worker's own: a concurrent burst spread
+over N workers is bounded by N times ``max_failures`` before the first ban arrives.
 
-A worker that starts later (a restart) is not sent the bans already in force: the first
-failure it reports for a key the supervisor bans gets it that ban (a worker counts no
-failure against a key it bans, so a report means it did not know).
+A worker that starts later (a restart) gets the bans in force and the known pairs from the
+supervisor before it serves (:meth:`BanCoordinator.state_messages`, read by
+``ipc.MasterLink.open``), and the MAC key, so that its pairs are the others'.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
-from aiohttp import web
+from cachetools import TTLCache
 
 from .config import BasicConfig
 from .ipc import MasterLink, Message
-from .lockout import FailureTracker
+from .lockout import MAX_KNOWN, FailureTracker, Lockout
 
 # Longer keys (only an odd user name can be) are counted in their worker alone.
 MAX_KEY = 256
@@ -35,43 +40,68 @@ KEYS_PER_NOTICE = 100
 class SharedFailureTracker(FailureTracker):
     """A worker's FailureTracker: counts here, reports to the supervisor, adopts its bans."""
 
-    def __init__(
-        self, config: BasicConfig, clock: Callable[[], float], *, link: MasterLink
-    ) -> None:
+    def __init__(self, config: BasicConfig, clock: Callable[[], float], link: MasterLink) -> None:
         super().__init__(config.max_failures, config.failure_window, config.ban_time, clock)
         self._link = link
         self._unsent: list[str] = []
 
-    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        self._link.subscribe("ban", self._on_ban)
-        try:
-            yield
-        finally:
-            self._link.unsubscribe("ban")
-
-    def record_failure(self, *keys: str) -> None:
-        super().record_failure(*keys)
+    def record_failure(self, *keys: str) -> list[str]:
+        banned = super().record_failure(*keys)
         reported = [key for key in keys if key and len(key) <= MAX_KEY]
         if reported and not self._unsent:
             asyncio.get_running_loop().call_soon(self._send)
         self._unsent.extend(reported)
+        return banned
 
     def _send(self) -> None:
         keys, self._unsent = self._unsent, []
         for start in range(0, len(keys), KEYS_PER_NOTICE):
             self._link.notify({"op": "failure", "keys": keys[start:start + KEYS_PER_NOTICE]})
 
+
+class SharedLockout(Lockout):
+    """A worker's Lockout: starts from the supervisor's ``state`` (see
+    :meth:`BanCoordinator.state_messages`), shares the pairs that authenticate here and adopts
+    the bans and pairs the supervisor sends."""
+
+    def __init__(
+        self, config: BasicConfig, clock: Callable[[], float], link: MasterLink,
+        state: dict[str, Any],
+    ) -> None:
+        super().__init__(
+            SharedFailureTracker(config, clock, link), config.known_address_ttl, clock,
+            mac_key=bytes.fromhex(state["mac_key"]),
+            on_known=lambda pair: link.notify({"op": "known", "pair": pair.hex()}),
+        )
+        self._link = link
+        for key, seconds in state.get("bans", ()):
+            self.tracker.ban(key, seconds)
+        for pair in state.get("known", ()):
+            self.add_known(bytes.fromhex(pair))
+
+    async def lifetime(self, app: object) -> AsyncIterator[None]:
+        self._link.subscribe("ban", self._on_ban)
+        self._link.subscribe("known", self._on_known_pair)
+        try:
+            yield
+        finally:
+            self._link.unsubscribe("ban")
+            self._link.unsubscribe("known")
+
     def _on_ban(self, notice: Message) -> None:
-        key = notice.get("key")
-        if isinstance(key, str):
-            self.ban(key)
+        key, seconds = notice.get("key"), notice.get("seconds")
+        if isinstance(key, str) and isinstance(seconds, int | float):
+            self.tracker.ban(key, seconds)
+
+    def _on_known_pair(self, notice: Message) -> None:
+        pair = notice.get("pair")
+        if isinstance(pair, str):
+            self.add_known(bytes.fromhex(pair))
 
 
 class BanCoordinator:
-    """The supervisor's side: every worker's failures in one tracker, its bans sent to all.
-
-    ``broadcast`` sends a notice to every worker.
-    """
+    """The supervisor's side: every worker's failures in one tracker, its bans and the known
+    pairs sent to all. ``broadcast`` sends a notice to every worker."""
 
     def __init__(
         self, config: BasicConfig, broadcast: Callable[[Message], None],
@@ -79,7 +109,12 @@ class BanCoordinator:
     ) -> None:
         self._tracker = FailureTracker(config.max_failures, config.failure_window,
                                        config.ban_time, clock)
+        self._known: TTLCache[str, bool] | None = (
+            TTLCache(MAX_KNOWN, ttl=config.known_address_ttl, timer=clock)
+            if config.known_address_ttl > 0 else None
+        )
         self._broadcast = broadcast
+        self.mac_key = os.urandom(32)
 
     def count(self, notice: Message, reply: Callable[[Message], None]) -> None:
         """Count a worker's ``failure`` notice; ``reply`` sends to that worker alone."""
@@ -90,8 +125,37 @@ class BanCoordinator:
             if not isinstance(key, str) or not key or len(key) > MAX_KEY:
                 continue
             if self._tracker.is_banned(key):
-                reply({"op": "ban", "key": key})  # it did not know: see the module docstring
+                # A worker counts no failure against a key it bans: it did not know of this
+                # ban (it was on its way).
+                reply(self._ban_notice(key))
                 continue
-            self._tracker.record_failure(key)
-            if self._tracker.is_banned(key):
-                self._broadcast({"op": "ban", "key": key})
+            if self._tracker.record_failure(key):
+                self._broadcast(self._ban_notice(key))
+
+    def known(self, notice: Message) -> None:
+        """A worker's ``known`` notice: remember the pair, and tell every worker."""
+        pair = notice.get("pair")
+        if self._known is None or not isinstance(pair, str) or len(pair) != 32:
+            return
+        try:
+            bytes.fromhex(pair)
+        except ValueError:
+            return
+        self._known[pair] = True
+        self._broadcast({"op": "known", "pair": pair})
+
+    def state_messages(self) -> Iterator[Message]:
+        """What a starting worker reads before it serves: ``lockout`` messages (the MAC key,
+        the bans in force with the seconds they have left, the known pairs), then
+        ``lockout_end``."""
+        yield {"op": "lockout", "mac_key": self.mac_key.hex()}
+        bans = [[key, seconds] for key, seconds in self._tracker.bans()]
+        for start in range(0, len(bans), KEYS_PER_NOTICE):
+            yield {"op": "lockout", "bans": bans[start:start + KEYS_PER_NOTICE]}
+        known = list(self._known.keys()) if self._known is not None else []
+        for start in range(0, len(known), 10 * KEYS_PER_NOTICE):
+            yield {"op": "lockout", "known": known[start:start + 10 * KEYS_PER_NOTICE]}
+        yield {"op": "lockout_end"}
+
+    def _ban_notice(self, key: str) -> Message:
+        return {"op": "ban", "key": key, "seconds": self._tracker.ban_left(key)}

@@ -11,14 +11,15 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Protocol
+from functools import partial
+from typing import NamedTuple, Protocol
 
 from .authn import AuthRequest
 from .config import BasicConfig
 from .errors import Unauthenticated
 from .expiring import ExpiringCache
 from .identity import Identity
-from .lockout import FailureTracker
+from .lockout import Attempt, FailureTracker, Lockout
 from .metrics import Metrics
 from .users import PasswordHash, PasswordMismatch
 from .userstore import UserSnapshot, UserStore
@@ -64,14 +65,17 @@ def decode_basic(value: str) -> tuple[str, bytes]:
 class BasicAuthenticator:
     """The Basic scheme against a :class:`UserStore`.
 
-    Order of checks, each cheaper than the next: a cache hit (HMAC + dict lookup) answers at
-    once, even for a banned user or address, so a flood against an account does not lock out
-    its owner's already-verified password; then bans, which refuse without hashing; then one
-    hash verification in the executor, shared by concurrent identical requests. Unknown users
-    verify against the table's dummy hash, so they cost what a wrong password costs.
+    Order of checks (SPEC §8.1): bans first, before anything else, a remembered password
+    included, so a ban is never a cheaper oracle than no ban; then a remembered password (an
+    HMAC and a dict lookup); then one hash verification in the executor, reserved against
+    ``max_failures`` before it starts and shared by concurrent identical requests. Unknown
+    users verify against the table's dummy hash, and every failed verification is answered
+    no sooner than the table's costliest one, so an unknown user and a wrong password look
+    alike. A remembered password does not outlive a ban on its user from a stranger's
+    address; its owner's known addresses are exempt (lockout.py).
 
-    ``lockout`` counts failures and holds bans (with several workers, one that shares them:
-    banshare.py); by default a FailureTracker of this config, on ``clock``.
+    ``lockout`` holds the counters, bans and known addresses (with several workers, shared:
+    banshare.py); by default one of this config, on ``clock``.
     """
 
     scheme = "basic"
@@ -84,7 +88,7 @@ class BasicAuthenticator:
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         token_verifier: TokenVerifier | None = None,
-        lockout: FailureTracker | None = None,
+        lockout: Lockout | None = None,
     ) -> None:
         self.store = store
         self._executor = executor
@@ -98,11 +102,11 @@ class BasicAuthenticator:
         )
         self._cache_ttl = config.cache_ttl
         self._clock = clock
-        self._inflight: dict[tuple[bytes, PasswordHash], asyncio.Future[None]] = {}
-        self._lockout = lockout if lockout is not None else FailureTracker(
-            config.max_failures, config.failure_window, config.ban_time, clock
-        )
-        metrics.bans_in_force.set_function(self._lockout.bans_in_force)
+        self._inflight: dict[tuple[bytes, PasswordHash], asyncio.Future[tuple[bool, float]]] = {}
+        self.lockout = lockout if lockout is not None else Lockout(
+            FailureTracker(config.max_failures, config.failure_window, config.ban_time, clock),
+            config.known_address_ttl, clock)
+        metrics.bans_in_force.set_function(self.lockout.tracker.bans_in_force)
         self._cache_hits = metrics.cache_lookups("basic", "hit")
         self._cache_misses = metrics.cache_lookups("basic", "miss")
 
@@ -115,55 +119,62 @@ class BasicAuthenticator:
     def authenticate_now(self, request: AuthRequest) -> Identity | None:
         """A remembered password, or a refusal that needs no hash (malformed, banned);
         None when a hash must be verified. A JWT as the password is the token verifier's."""
+        step = self._begin(request)
+        return step if isinstance(step, Identity) else None
+
+    async def authenticate(self, request: AuthRequest) -> Identity:
+        step = self._begin(request)
+        if isinstance(step, Identity):
+            return step
+        if isinstance(step, _Token):
+            identity = await step.verifier.verify(step.token)
+            check_token_user(step.user, identity)
+            return identity
+        return await self._verify_password(step)
+
+    def _begin(self, request: AuthRequest) -> Identity | _Password | _Token:
+        """Everything that needs no waiting: decoding, the token verifier's quick path,
+        bans, the remembered passwords. What is left to await, if anything."""
         value = request.credentials.value
-        cached = self._remembered(self._cache_key(value))
+        user, password = decode_basic(value)
+        verifier = self._token_verifier
+        if verifier is not None and _JWT_SHAPE.fullmatch(password):
+            token = password.decode()
+            identity = verifier.verify_now(token)
+            if identity is None:
+                return _Token(user, token, verifier)
+            check_token_user(user, identity)
+            return identity
+        attempt = self.lockout.check(user, request.client_key)  # refuses the banned
+        key = self._cache_key(value)
+        cached = self._remembered(key)
         if cached is not None:
             self._cache_hits.inc()
             return cached
-        user, password = decode_basic(value)
-        if self._token_verifier is not None and _JWT_SHAPE.fullmatch(password):
-            identity = self._token_verifier.verify_now(password.decode())
-            if identity is not None:
-                check_token_user(user, identity)
-            return identity
-        if self._lockout.is_banned(*_lockout_keys(user, request.client)):
-            raise Unauthenticated("banned")
-        return None
+        return _Password(user, password, key, attempt)
 
-    async def authenticate(self, request: AuthRequest) -> Identity:
-        identity = self.authenticate_now(request)
-        if identity is not None:
-            return identity
-        value = request.credentials.value
-        user, password = decode_basic(value)
-        if self._token_verifier is not None and _JWT_SHAPE.fullmatch(password):
-            identity = await self._token_verifier.verify(password.decode())
-            check_token_user(user, identity)
-            return identity
+    async def _verify_password(self, step: _Password) -> Identity:
         self._cache_misses.inc()
-        key = self._cache_key(value)
+        user = step.user
         snapshot = self.store.snapshot
         entry = snapshot.table.get(user)
-        try:
-            await self._verify_shared(key, entry or snapshot.table.dummy, password)
-            verified = True
-        except PasswordMismatch:
-            verified = False
-        if entry is None or not verified:  # the dummy never matches, but never trust it to
-            self._lockout.record_failure(*_lockout_keys(user, request.client))
+        matched, seconds = await self._verify_shared(step, entry)
+        if entry is None or not matched:  # the dummy never matches, but never trust it to
+            # As long as the costliest verification, whatever this one cost (rule 7).
+            await asyncio.sleep(snapshot.table.failure_floor - seconds)
             if entry is None:  # no user's name (a password typed in the wrong field?): unlogged
                 raise Unauthenticated("unknown_user")
             raise Unauthenticated("bad_password", user=user)
         identity = Identity(user=user, method="basic", subject=user,
                             groups=snapshot.groups.get(user, frozenset()))
         if self._cache is not None:
-            self._cache.put(key, (entry, identity), self._clock() + self._cache_ttl)
+            self._cache.put(step.key, (entry, identity), self._clock() + self._cache_ttl)
         return identity
 
     def _cache_key(self, value: str) -> bytes:
-        # The cache is keyed by the exact credentials string, so a hit needs no decoding. A
-        # few spellings decode alike (base64 lets the bits in padding vary): each is its own
-        # entry, and a key is only ever stored after its string decoded and verified.
+        # The cache is keyed by the exact credentials string. A few spellings decode alike
+        # (base64 lets the bits in padding vary): each is its own entry, and a key is only
+        # ever stored after its string decoded and verified.
         mac = self._keyed_hmac.copy()  # the key's HMAC state, computed once
         mac.update(value.encode("utf-8", "surrogateescape"))
         return mac.digest()
@@ -185,34 +196,73 @@ class BasicAuthenticator:
         return (snapshot.table.get(user) == entry
                 and identity.groups == snapshot.groups.get(user, frozenset()))
 
-    async def _verify_shared(self, key: bytes, hashed: PasswordHash, password: bytes) -> None:
-        """Verify once for all concurrent requests with the same credentials."""
+    async def _verify_shared(
+        self, step: _Password, entry: PasswordHash | None
+    ) -> tuple[bool, float]:
+        """(matched, seconds the hash took): one verification for all concurrent requests
+        with the same credentials. The one that starts it reserves an attempt (raising
+        Unauthenticated past the limit); each request's attempt is settled when the
+        verification ends, even if its client has gone."""
+        hashed = entry or self.store.snapshot.table.dummy
         # By the hash too: a request arriving after a reload must not join a verification
         # against the entry it replaced, whose success would be remembered for the new one.
-        shared = (key, hashed)
+        shared = (step.key, hashed)
         future = self._inflight.get(shared)
         if future is None:
             if len(self._inflight) >= MAX_PENDING:
                 raise Unauthenticated("overloaded")
-            future = asyncio.ensure_future(self._verify(hashed, password))
+            self.lockout.reserve(step.attempt)
+            future = asyncio.ensure_future(self._verify(hashed, step.password))
             self._inflight[shared] = future
             future.add_done_callback(lambda _: self._inflight.pop(shared, None))
+        # Joining costs no hash, so reserves nothing; it still counts, once the result is in.
+        future.add_done_callback(partial(self._settle, step.attempt, entry is not None))
         # shield: one waiter going away (client disconnect) must not cancel the others' result
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
-    async def _verify(self, hashed: PasswordHash, password: bytes) -> None:
+    def _settle(self, attempt: Attempt, exists: bool,
+                future: asyncio.Future[tuple[bool, float]]) -> None:
+        verified: bool | None = None  # cancelled: shutting down, nothing decided
+        if not future.cancelled():
+            verified = future.exception() is None and exists and future.result()[0]
+        self.lockout.settle(attempt, verified)
+
+    async def _verify(self, hashed: PasswordHash, password: bytes) -> tuple[bool, float]:
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        try:
-            await loop.run_in_executor(self._executor, hashed.verify, password)
-        finally:
-            self._metrics.hash_seconds.labels(hashed.scheme).observe(time.perf_counter() - started)
+        matched, seconds = await loop.run_in_executor(
+            self._executor, _timed_verify, hashed, password)
+        # One histogram for every scheme: a count by scheme would tell which scheme a
+        # guessed user-id's hash has, and so that it exists.
+        self._metrics.hash_seconds.observe(seconds)
+        return matched, seconds
 
 
-def _lockout_keys(user: str, client: str) -> tuple[str, str]:
-    """The lockout's keys for a user name and a client address: one key space for both, so
-    each is marked (a user-id may spell an address, and thereby get that address banned)."""
-    return f"user:{user}", f"client:{client}"
+class _Password(NamedTuple):
+    """A password to verify: what was decoded, its cache key, and its admitted attempt."""
+
+    user: str
+    password: bytes
+    key: bytes
+    attempt: Attempt
+
+
+class _Token(NamedTuple):
+    """A JWT given as the password, for the token verifier's slow path."""
+
+    user: str
+    token: str
+    verifier: TokenVerifier
+
+
+def _timed_verify(hashed: PasswordHash, password: bytes) -> tuple[bool, float]:
+    """(matched, seconds the verification took), in a hash thread."""
+    started = time.perf_counter()
+    try:
+        hashed.verify(password)
+        matched = True
+    except PasswordMismatch:
+        matched = False
+    return matched, time.perf_counter() - started
 
 
 def check_token_user(user: str, identity: Identity) -> None:

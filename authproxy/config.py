@@ -159,6 +159,11 @@ class BasicConfig:
     ban_time: int = field(
         default=300, metadata=_meta("seconds a user or address is refused", _non_negative)
     )
+    known_address_ttl: int = field(
+        default=30 * 86400,
+        metadata=_meta("seconds an address a user authenticated from stays exempt from that "
+                       "user's ban (0: none is)", _non_negative),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,15 +113,16 @@ class Decider:
     def _case(self, request: RequestView) -> _Case:
         origin = self.origin
         method, uri = origin.original(request)
+        client = origin.client(request)
         fields: dict[str, Any] = {
-            "client": origin.client_address(request), "method": method,
+            "client": client.address, "method": method,
             "uri": uri.partition("?")[0], "scheme": "",
         }
         # Below /auth (Envoy) the query string is the client's, never a policy.
         policy = policy_for(request.query_string if request.path == "/auth" else "")
         enabled = self.chain.schemes
         return _Case(enabled, request, fields, policy, policy.allowed_schemes(enabled),
-                     origin.is_preflight(request))
+                     origin.is_preflight(request), client.key)
 
     def _conclude(
         self, case: _Case, outcome: Identity | Exception | None, started: float
@@ -213,10 +214,13 @@ class Decider:
 class _Case:
     """One decision under way: what its log line will say, and the location's policy."""
 
-    __slots__ = ("_enabled", "_request", "allowed", "fields", "policy", "preflight")
+    __slots__ = ("_client_key", "_enabled", "_request", "allowed", "fields", "policy",
+                 "preflight")
 
     def __init__(self, enabled: tuple[str, ...], request: RequestView, fields: dict[str, Any],
-                 policy: Policy, allowed: tuple[str, ...], preflight: bool) -> None:
+                 policy: Policy, allowed: tuple[str, ...], preflight: bool,
+                 client_key: str) -> None:
+        self._client_key = client_key
         self._enabled = enabled
         self._request = request
         self.fields = fields
@@ -229,7 +233,7 @@ class _Case:
         credentials = parse_authorization(self._request.headers.getall("Authorization", []))
         if credentials.scheme in self._enabled:  # never a client's word as a label
             self.fields["scheme"] = credentials.scheme
-        return AuthRequest(credentials, self.fields["client"])
+        return AuthRequest(credentials, self.fields["client"], self._client_key)
 
 
 def refuse_unparseable(decider: Decider) -> web.Response:

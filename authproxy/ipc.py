@@ -3,10 +3,10 @@
 One stream socket pair per worker, made by the supervisor; the worker inherits its end. On it
 travel JSON objects, one a line. The supervisor sends first a ``bootstrap`` (the validated
 config, pickled: the worker runs exactly what the supervisor checked, even if the file changed
-since, and nothing but the supervisor holds the other end), then notices (``published``,
-``ban``) and replies (``reply`` with the request's ``id``). The worker sends requests
-(``refresh``) and notices (``failure``; see banshare.py). When the supervisor goes away, the
-worker sees end-of-file and stops.
+since, and nothing but the supervisor holds the other end) and the ``lockout`` state that
+follows it (banshare.py), then notices (``published``, ``ban``, ``known``) and replies
+(``reply`` with the request's ``id``). The worker sends requests (``refresh``) and notices
+(``failure``, ``known``). When the supervisor goes away, the worker sees end-of-file and stops.
 """
 
 from __future__ import annotations
@@ -45,6 +45,22 @@ async def read_message(reader: asyncio.StreamReader) -> Message | None:
     return message if isinstance(message, dict) else None
 
 
+async def _read_lockout_state(reader: asyncio.StreamReader) -> Message:
+    """The ``lockout`` messages that follow the bootstrap, merged (banshare.py): what a
+    worker must know before it serves."""
+    state: Message = {"bans": [], "known": []}
+    while (message := await read_message(reader)) is not None:
+        if message.get("op") == "lockout_end":
+            return state
+        if message.get("op") != "lockout":
+            break
+        if "mac_key" in message:
+            state["mac_key"] = message["mac_key"]
+        state["bans"].extend(message.get("bans", ()))
+        state["known"].extend(message.get("known", ()))
+    raise RuntimeError("no lockout state from the supervisor")
+
+
 def bootstrap_message(config: Config, index: int, state_dir: str, metrics_dir: str) -> Message:
     return {
         "op": "bootstrap", "index": index, "state_dir": state_dir, "metrics_dir": metrics_dir,
@@ -60,6 +76,7 @@ class WorkerContext:
     state_dir: str  # the supervisor's private directory (published key sets)
     metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR
     link: MasterLink
+    lockout: Message  # the bans in force and known pairs at start (banshare.py)
 
 
 class MasterLink:
@@ -83,6 +100,7 @@ class MasterLink:
             writer.close()
             raise RuntimeError("no bootstrap from the supervisor")
         config = pickle.loads(base64.b64decode(boot["config"]))  # noqa: S301 - see module doc
+        boot["lockout"] = await _read_lockout_state(reader)
         return cls(reader, writer), config, boot
 
     def start(self, on_lost: Callable[[], None]) -> None:

@@ -1,21 +1,46 @@
-"""Brute-force protection: count failures per key, ban past a threshold, in bounded memory."""
+"""Brute-force protection (SPEC §8.1): bans that cannot be turned against the service.
+
+Two kinds of key: a client address (IPv6 grouped by /64: origin.py) and a user-id. The rules,
+and what each one stops:
+
+1. A banned address, or a banned user asked for from an address that is not one of its known
+   addresses, is refused before anything else, a remembered password included: a ban never
+   leaves a cheaper way to guess than no ban.
+2. Attempts are reserved on arrival: verifications still running count toward
+   ``max_failures``, so a concurrent burst gets no more hashes than a sequential one.
+3. A refusal caused by a user's ban counts as a failure of the address that sent it: a
+   distributed guesser's addresses get banned in turn.
+4. A user's ban does not apply to an address the user authenticated from within
+   ``known_address_ttl``: the owner keeps working while strangers are refused. The address's
+   own ban still applies.
+5. No address key (the proxy sent no client address): only the user key counts.
+
+Every table is bounded: an attacker choosing fresh user-ids or addresses evicts the oldest
+entries, which at worst forgets a counter early. Known addresses are only ever added by a
+successful verification, so no one can add one without a password.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-# An attacker choosing fresh user names or addresses cannot grow these past this many
-# entries; the oldest are evicted first, which at worst forgets a counter early.
-MAX_TRACKED = 100_000
+from .errors import Unauthenticated
+
+MAX_TRACKED = 100_000  # counters, bans and reservations, each
+MAX_KNOWN = 100_000  # (user, address) pairs that authenticated
 
 
 class FailureTracker:
-    """Failed attempts per key (a user name or a client address) in a fixed window.
+    """Failed attempts per key in a fixed window, and the bans they lead to.
 
     After ``max_failures`` failures within ``window`` seconds of the first one, the key is
-    banned for ``ban_time`` seconds. The clock is injected so tests can move time.
+    banned for ``ban_time`` seconds (0: never). The clock is injected so tests can move time.
     """
 
     def __init__(
@@ -26,20 +51,35 @@ class FailureTracker:
         clock: Callable[[], float],
     ) -> None:
         self.max_failures = max_failures
+        self.ban_time = ban_time
+        self._clock = clock
         # Each value is a one-element list so a failure can be counted in place: re-setting a
         # TTLCache entry restarts its clock, and the window must run from the first failure.
         self._failures: TTLCache[str, list[int]] = TTLCache(MAX_TRACKED, ttl=window, timer=clock)
-        self._bans: TTLCache[str, bool] | None = (
+        # Values: when the ban ends (the TTL is the longest; a ban adopted from the supervisor
+        # may have less left).
+        self._bans: TTLCache[str, float] | None = (
             TTLCache(MAX_TRACKED, ttl=ban_time, timer=clock) if ban_time > 0 else None
         )
 
-    def is_banned(self, *keys: str) -> bool:
-        if self._bans is None:
-            return False
-        return any(key in self._bans for key in keys if key)
+    def is_banned(self, key: str) -> bool:
+        return self.ban_left(key) > 0
 
-    def record_failure(self, *keys: str) -> None:
-        """Count one failure against each key; ban the keys that reach the threshold."""
+    def ban_left(self, key: str) -> float:
+        """Seconds ``key`` stays banned; 0 when it is not."""
+        if self._bans is None or not key:
+            return 0.0
+        until = self._bans.get(key)
+        return 0.0 if until is None else max(0.0, until - self._clock())
+
+    def failures(self, key: str) -> int:
+        counter = self._failures.get(key)
+        return 0 if counter is None else counter[0]
+
+    def record_failure(self, *keys: str) -> list[str]:
+        """Count one failure against each key; ban those that reach the threshold, and
+        return them."""
+        banned = []
         for key in keys:
             if not key:
                 continue
@@ -47,19 +87,142 @@ class FailureTracker:
             if counter is None:
                 counter = self._failures[key] = [0]
             counter[0] += 1
-            if counter[0] >= self.max_failures:
+            if counter[0] >= self.max_failures and self._bans is not None:
                 self.ban(key)
+                banned.append(key)
+        return banned
 
-    def ban(self, key: str) -> None:
-        """Ban ``key`` for ``ban_time`` from now (again, if it was), and forget its failures.
-        A no-op when bans are off (``ban_time`` 0)."""
+    def ban(self, key: str, seconds: float | None = None) -> None:
+        """Ban ``key`` for ``seconds`` (default ``ban_time``) from now, and forget its
+        failures. A no-op when bans are off (``ban_time`` 0)."""
         if self._bans is None or not key:
             return
-        self._bans[key] = True
+        self._bans[key] = self._clock() + min(self.ban_time, seconds or self.ban_time)
         self._failures.pop(key, None)
+
+    def bans(self) -> list[tuple[str, float]]:
+        """Every ban in force, with the seconds it has left."""
+        if self._bans is None:
+            return []
+        now = self._clock()
+        return [(key, until - now) for key, until in list(self._bans.items()) if until > now]
 
     def bans_in_force(self) -> int:
         if self._bans is None:
             return 0
         self._bans.expire()
         return len(self._bans)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One password verification, admitted by :meth:`Lockout.admit`; settle it once."""
+
+    user_key: str  # "user:<user-id>"
+    client_key: str  # "client:<address key>", or "" when the proxy sent no client address
+    known_pair: bytes  # MAC of (user-id, address); b"" without an address
+    reserved: bool = False
+
+
+class Lockout:
+    """The rules of the module docstring over one FailureTracker.
+
+    ``on_known`` is told the MAC of each (user, address) pair that authenticated, for
+    sharing with other workers (banshare.py); ``mac_key`` must then be the same in each.
+    """
+
+    def __init__(
+        self,
+        tracker: FailureTracker,
+        known_address_ttl: float,
+        clock: Callable[[], float],
+        mac_key: bytes | None = None,
+        on_known: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self._known: TTLCache[bytes, bool] | None = (
+            TTLCache(MAX_KNOWN, ttl=known_address_ttl, timer=clock) if known_address_ttl > 0
+            else None
+        )
+        self._pending: dict[str, int] = {}
+        self._mac = hmac.new(mac_key or os.urandom(32), digestmod=hashlib.sha256)
+        self._on_known = on_known
+
+    def known_pair(self, user: str, address: str) -> bytes:
+        """The MAC naming (user, address): never the raw pair, in memory or in a message."""
+        if not address:
+            return b""
+        mac = self._mac.copy()
+        mac.update(f"{user}\x00{address}".encode("utf-8", "surrogateescape"))
+        return mac.digest()[:16]
+
+    def check(self, user: str, address: str) -> Attempt:
+        """Rules 1, 3 and 4 for ``user`` from ``address`` (a client address key, "" for
+        none): raise Unauthenticated("banned") for a refused request; else the attempt, not
+        yet reserved."""
+        tracker = self.tracker
+        # One key space for both kinds, each marked: a user-id may spell an address.
+        client_key = f"client:{address}" if address else ""
+        if tracker.is_banned(client_key):
+            raise Unauthenticated("banned")
+        user_key = f"user:{user}"
+        pair = self.known_pair(user, address)
+        if tracker.is_banned(user_key) and not self.is_known(pair):
+            self.fail_address(client_key)
+            raise Unauthenticated("banned")
+        return Attempt(user_key, client_key, pair)
+
+    def reserve(self, attempt: Attempt) -> None:
+        """Rule 2: count the attempt as a failure-to-be on both keys before it is verified;
+        raise Unauthenticated("attempt_limit") when failures and reservations already reach
+        max_failures on a key that applies (the user key does not, from a known address)."""
+        limit = self.tracker.max_failures
+        keys = [attempt.user_key]
+        if attempt.client_key:
+            keys.append(attempt.client_key)
+        for key in keys:
+            if key == attempt.user_key and self.is_known(attempt.known_pair):
+                continue
+            if self.tracker.failures(key) + self._pending.get(key, 0) >= limit:
+                if key == attempt.user_key:  # as rule 3: the user's limit, not this address's
+                    self.fail_address(attempt.client_key)
+                raise Unauthenticated("attempt_limit")
+        if len(self._pending) >= MAX_TRACKED:
+            raise Unauthenticated("overloaded")
+        for key in keys:
+            self._pending[key] = self._pending.get(key, 0) + 1
+        attempt.reserved = True
+
+    def settle(self, attempt: Attempt, verified: bool | None) -> None:
+        """The attempt's verification ended: ``verified`` True (a success, whose address is
+        now known), False (a failure on both keys), None (not decided: shutdown)."""
+        if attempt.reserved:
+            attempt.reserved = False
+            for key in (attempt.user_key, attempt.client_key):
+                if key:
+                    left = self._pending.get(key, 0) - 1
+                    if left > 0:
+                        self._pending[key] = left
+                    else:
+                        self._pending.pop(key, None)
+        if verified:
+            if attempt.known_pair:
+                self.add_known(attempt.known_pair)
+                if self._on_known is not None:
+                    self._on_known(attempt.known_pair)
+        elif verified is False:
+            self.fail(attempt.user_key, attempt.client_key)
+
+    def fail(self, *keys: str) -> None:
+        self.tracker.record_failure(*keys)
+
+    def fail_address(self, client_key: str) -> None:
+        if client_key:
+            self.fail(client_key)
+
+    def is_known(self, pair: bytes) -> bool:
+        return bool(pair) and self._known is not None and pair in self._known
+
+    def add_known(self, pair: bytes) -> None:
+        if self._known is not None and pair:
+            self._known[pair] = True

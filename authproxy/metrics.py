@@ -152,6 +152,11 @@ def _sample(gauge: Gauge) -> None:
             (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
 
 
+# Reasons the metrics must not tell apart (SPEC §8.1 rule 7): one scrape would tell whether a
+# guessed user-id exists. The decision log still does, for the operator.
+_METRIC_REASONS = {"unknown_user": "bad_credentials", "bad_password": "bad_credentials"}
+
+
 class Metrics:
     """Every metric of one app, in its own registry (so tests can build many apps).
 
@@ -165,7 +170,7 @@ class Metrics:
         registry.register(self.decisions)
         self.hash_seconds = Histogram(
             "authproxy_password_hash_seconds", "Time of one password hash verification.",
-            ["scheme"], buckets=LATENCY_BUCKETS, registry=registry,
+            buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.bans_in_force = Gauge(
             "authproxy_bans_in_force",
@@ -204,7 +209,7 @@ class Metrics:
             MultiProcessCollector(self._exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
 
     def record_decision(self, scheme: str, outcome: str, reason: str, seconds: float) -> None:
-        self.decisions.record(scheme, outcome, reason, seconds)
+        self.decisions.record(scheme, outcome, _METRIC_REASONS.get(reason, reason), seconds)
 
     def cache_lookups(self, cache: str, result: str) -> Tally:
         """The count of one cache's hits or misses, to ``inc()`` per lookup."""

@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Protocol
+import logging
+import time
+from typing import NamedTuple, Protocol
 
 from multidict import CIMultiDictProxy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+log = logging.getLogger("authproxy.origin")
+
+NO_ADDRESS_WARNING_INTERVAL = 60.0  # seconds between two "no client address" warnings
+IPV6_GROUP = 64  # an IPv6 client is its /64: one host commonly holds the whole prefix
+
+
+class Client(NamedTuple):
+    """Who is asking: ``address`` for the log (the client's, or the proxy's when it sent
+    none); ``key`` for the lockout, "" when no client address is known."""
+
+    address: str
+    key: str
 
 
 class RequestView(Protocol):
@@ -41,24 +56,49 @@ class Origin:
         self._is_trusted = functools.lru_cache(maxsize=4096)(
             functools.partial(_in_networks, networks=trusted))
         self._allow_preflight = allow_preflight
+        self._warned_at = -NO_ADDRESS_WARNING_INTERVAL
 
-    def client_address(self, request: RequestView) -> str:
-        """The client's address: forwarded headers are believed only from a trusted proxy."""
+    def client(self, request: RequestView) -> Client:
+        """The client as the lockout and the log see it (SPEC §8.1 rules 5 and 6).
+
+        A peer that is not a trusted proxy is the client. From a trusted proxy (or a unix
+        socket peer), ``X-Real-IP`` if it is present: an address, or, if it is anything
+        else (nginx on a unix socket sends ``unix:``), no client address at all, never a
+        fallback to the client-supplied ``X-Forwarded-For``. Without it, the nearest hop of
+        ``X-Forwarded-For`` that is not a trusted proxy. No client address: the proxy is
+        never made a key (it would ban everyone at once), and a warning says so.
+        """
         peer = request.remote or ""
         if peer and not self._is_trusted(peer):
-            return peer
-        real_ip = request.headers.get("X-Real-IP", "").strip()
-        if real_ip and _is_ip(real_ip):
-            return real_ip
-        # Walk X-Forwarded-For from the right, past our own proxies, to the first stranger.
-        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
-        hops = [h.strip() for h in forwarded.split(",")]
-        for hop in reversed([h for h in hops if h]):
-            if not _is_ip(hop):
-                break
-            if not self._is_trusted(hop):
-                return hop
-        return peer or "unix"
+            return Client(peer, address_key(peer))
+        headers = request.headers
+        real_ip = headers.get("X-Real-IP")
+        if real_ip is not None:
+            real_ip = real_ip.strip()
+            if _is_ip(real_ip):
+                return Client(real_ip, address_key(real_ip))
+        else:
+            # Walk X-Forwarded-For from the right, past our own proxies, to the first stranger.
+            forwarded = ",".join(headers.getall("X-Forwarded-For", ()))
+            for hop in reversed(forwarded.split(",")):
+                hop = hop.strip()
+                if not hop:
+                    continue
+                if not _is_ip(hop):
+                    break
+                if not self._is_trusted(hop):
+                    return Client(hop, address_key(hop))
+        self._warn_no_client_address(peer)
+        return Client(peer or "unix", "")
+
+    def _warn_no_client_address(self, peer: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at < NO_ADDRESS_WARNING_INTERVAL:
+            return
+        self._warned_at = now
+        log.warning("the proxy in front sent no client address: bans count user-ids only "
+                    "(set X-Real-IP to the client's address)", extra={
+                        "event": "no_client_address", "peer": peer or "unix"})
 
     @staticmethod
     def original(request: RequestView) -> tuple[str, str]:
@@ -100,3 +140,18 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=4096)
+def address_key(text: str) -> str:
+    """The lockout key of an address: itself, an IPv4-mapped IPv6 address as IPv4, and any
+    other IPv6 address as its /64 network. "" if ``text`` is not an address."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_GROUP), strict=False))
+    return str(ip)

@@ -231,6 +231,9 @@ class Supervisor:
             raise
         writer.write(encode(bootstrap_message(self.config, slot.index, self._state_dir,
                                               self._metrics.multiprocess_dir or "")))
+        for message in self._bans.state_messages():  # read before the worker serves
+            writer.write(encode(message))
+        slot.channel = writer  # from here on, bans and known pairs reach it too
         fds = [theirs.fileno(), *(s.fileno() for s in self._sockets)]
         try:
             process = await asyncio.create_subprocess_exec(
@@ -238,11 +241,12 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=fds,
             )
         except BaseException:
+            slot.channel = None
             writer.close()
             raise
         finally:
             theirs.close()
-        slot.process, slot.channel = process, writer
+        slot.process = process
         self._start(self._answer_requests(reader, writer))
         log.info("worker started", extra={
             "event": "worker_start", "worker": slot.index, "worker_pid": process.pid,
@@ -281,6 +285,8 @@ class Supervisor:
                 self._start(self._answer(request, writer))
             elif request.get("op") == "failure":
                 self._bans.count(request, lambda notice: _send(writer, notice))
+            elif request.get("op") == "known":
+                self._bans.known(request)
 
     async def _answer(self, request: Message, writer: asyncio.StreamWriter) -> None:
         if self.publisher is None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import os
 import re
 import secrets
-from collections import Counter
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass
 from types import MappingProxyType
@@ -222,12 +223,15 @@ def split_entry(line: str) -> tuple[str, str] | None:
 class UserTable:
     """An immutable ``user -> PasswordHash`` table, built whole from an htpasswd file."""
 
-    __slots__ = ("_dummy", "_hashes")
+    __slots__ = ("_dummy", "_failure_floor", "_hashes")
 
     def __init__(self, hashes: Mapping[str, PasswordHash]) -> None:
-        """Take the entries and compute ``dummy`` (one hashing; blocking)."""
+        """Take the entries, compute ``dummy`` and time ``failure_floor`` (a hashing, and
+        one verification per cost class; blocking)."""
         self._hashes: Mapping[str, PasswordHash] = MappingProxyType(dict(hashes))
-        self._dummy = _table_dummy(self._hashes.values())
+        classes = _cost_classes(self._hashes.values())
+        self._dummy = _table_dummy(classes)
+        self._failure_floor = _slowest_mismatch([*(h for h, _ in classes.values()), self._dummy])
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> UserTable:
@@ -253,6 +257,14 @@ class UserTable:
     def dummy(self) -> PasswordHash:
         """A never-matching hash with the table's most common scheme and cost parameters."""
         return self._dummy
+
+    @property
+    def failure_floor(self) -> float:
+        """Seconds the costliest verification of this table took when it was loaded (the
+        dummy's included): a failed verification is answered no sooner (SPEC §8.1 rule 7),
+        so a wrong password for a cheap hash does not tell an existing user from an unknown
+        one."""
+        return self._failure_floor
 
     def get(self, user: str) -> PasswordHash | None:
         """The user's hash, or None if the user is not in the table."""
@@ -292,13 +304,33 @@ def _parse_entries(name: str, data: bytes) -> dict[str, PasswordHash]:
     return hashes
 
 
-def _table_dummy(hashes: Iterable[PasswordHash]) -> PasswordHash:
-    by_params: dict[tuple[object, ...], PasswordHash] = {}
-    counts: Counter[tuple[object, ...]] = Counter()
+_CostClasses = dict[tuple[object, ...], tuple[PasswordHash, int]]
+
+
+def _cost_classes(hashes: Iterable[PasswordHash]) -> _CostClasses:
+    """One hash of each cost class (equal verification cost), with how many share it."""
+    classes: _CostClasses = {}
     for h in hashes:
         key = _parameters(h)
-        by_params.setdefault(key, h)
-        counts[key] += 1
-    if not counts:
+        first, count = classes.get(key, (h, 0))
+        classes[key] = (first, count + 1)
+    return classes
+
+
+def _table_dummy(classes: _CostClasses) -> PasswordHash:
+    """A dummy of the most common cost class (bcrypt at Apache's cost for an empty table)."""
+    if not classes:
         return _bcrypt_dummy("$2y$", BCRYPT_COST, secrets.token_urlsafe(24))
-    return dummy_for(by_params[counts.most_common(1)[0][0]])
+    most_common, _ = max(classes.values(), key=lambda item: item[1])
+    return dummy_for(most_common)
+
+
+def _slowest_mismatch(hashes: Iterable[PasswordHash]) -> float:
+    """Seconds the slowest of these took to refuse a wrong password, timed once each."""
+    slowest = 0.0
+    for h in hashes:
+        started = time.perf_counter()
+        with contextlib.suppress(PasswordMismatch):
+            h.verify(b"\x00 not the password")
+        slowest = max(slowest, time.perf_counter() - started)
+    return slowest

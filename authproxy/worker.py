@@ -35,7 +35,7 @@ async def _serve(control_fd: int, listen_fds: list[int]) -> int:
     link, config, boot = await MasterLink.open(control_fd)
     setup_logging(config.log)
     worker = WorkerContext(int(boot["index"]), str(boot["state_dir"]),
-                           str(boot["metrics_dir"]), link)
+                           str(boot["metrics_dir"]), link, boot["lockout"])
     link.start(on_lost=_supervisor_gone)
     sockets = [socket.socket(fileno=fd) for fd in listen_fds]
     try:

@@ -689,17 +689,21 @@ def http_request(
     headers: Sequence[tuple[str, str]] = (),
     context: ssl.SSLContext | None = None,
     timeout: float = 5.0,
+    source: str | None = None,
 ) -> Answer:
     """One request on a fresh connection (HTTP/1.1, http or https), headers sent as given:
-    repeats and any name a proxy should strip included."""
+    repeats and any name a proxy should strip included. ``source``: the client's own
+    address (any of 127.0.0.0/8 works on loopback), so that nginx sees clients apart."""
     parsed = urllib.parse.urlsplit(url)
     connection: http.client.HTTPConnection
+    source_address = (source, 0) if source else None
     if parsed.scheme == "https":
         connection = http.client.HTTPSConnection(parsed.hostname or "", parsed.port,
-                                                 timeout=timeout, context=context)
+                                                 timeout=timeout, context=context,
+                                                 source_address=source_address)
     else:
         connection = http.client.HTTPConnection(parsed.hostname or "", parsed.port,
-                                                timeout=timeout)
+                                                timeout=timeout, source_address=source_address)
     try:
         connection.putrequest(method, parsed.path + (f"?{parsed.query}" if parsed.query else ""),
                               skip_host=any(n.lower() == "host" for n, _ in headers),

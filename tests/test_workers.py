@@ -336,12 +336,12 @@ def test_the_supervisor_counts_every_workers_failures_and_tells_every_worker() -
         assert not broadcast
         bans.count({"op": "failure", "keys": ["alice", f"192.0.2.{worker}", too_long]},
                    told.append)
-    assert broadcast == [{"op": "ban", "key": "alice"}]
+    assert broadcast == [{"op": "ban", "key": "alice", "seconds": 300}]
     assert not told
     # A failure for a banned key comes from a worker that did not know (a restarted one):
     # that worker alone is told.
     bans.count({"op": "failure", "keys": ["alice"]}, told.append)
-    assert (broadcast, told) == ([{"op": "ban", "key": "alice"}],) * 2
+    assert (broadcast, told) == ([{"op": "ban", "key": "alice", "seconds": 300}],) * 2
 
 
 def test_a_ban_reached_on_two_workers_together_holds_on_every_worker(tmp_path: Path) -> None:
