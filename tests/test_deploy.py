@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import configparser
+import copy
+import ipaddress
 import json
 import os
 import re
@@ -61,6 +63,8 @@ DEPLOYMENT = "protected-app"
 AUTHPROXY, NGINX_CONTAINER, APP = "authproxy", "nginx", "app"
 CONFIG_MAP, NGINX_CONFIG_MAP, USERS_SECRET = "authproxy-config", "nginx-config", "authproxy-users"
 SOCKET_VOLUME = "authproxy-socket"
+# Where Python's tempfile, and so authproxy's multi-worker state, goes without TMPDIR.
+TEMP_DIR = "/tmp"
 REQUEST_TIMEOUT = 5.0
 
 
@@ -326,6 +330,93 @@ def test_ports_agree_across_nginx_the_service_and_the_network_policy(
     assert re.search(r"upstream app \{\s*server " + re.escape(address) + ";", nginx_conf)
 
 
+def test_only_the_monitoring_namespace_may_reach_the_metrics_port(
+    objects: list[dict[str, Any]],
+) -> None:
+    """A rule without "from" admits every pod of every namespace: the metrics port's rule
+    names a namespace (by label) and its pods, and no open rule lists that port."""
+    policy = find(objects, "NetworkPolicy", DEPLOYMENT)["spec"]
+    rules = [r for r in policy["ingress"] if any(p["port"] == "metrics" for p in r["ports"])]
+    assert rules, "no rule for the metrics port"
+    for rule in rules:
+        assert rule.get("from"), f"metrics reachable from every pod: {rule}"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, peer
+            assert peer.get("namespaceSelector", {}).get("matchLabels"), peer
+            assert peer.get("podSelector", {}).get("matchLabels"), peer
+        assert [p["port"] for p in rule["ports"]] == ["metrics"], rule
+
+
+def test_the_pods_nginx_believes_no_pods_forwarded_address(
+    objects: list[dict[str, Any]],
+) -> None:
+    """set_real_ip_from naming the pod network lets any pod choose, in X-Forwarded-For, the
+    address authproxy counts its failures by (and an address a user is known from). As
+    shipped it names no private or shared address: the operator sets the ingress
+    controller's (deploy/README.md)."""
+    nginx_conf = config_text(objects, NGINX_CONFIG_MAP, "nginx.conf")
+    trusted = re.findall(r"^\s*set_real_ip_from\s+(\S+);", nginx_conf, re.MULTILINE)
+    assert trusted, "no set_real_ip_from: the README's instruction has nothing to edit"
+    pod_networks = [ipaddress.ip_network(n) for n in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")]
+    for value in trusted:
+        network = ipaddress.ip_network(value, strict=False)
+        assert not any(network.overlaps(pods) for pods in pod_networks
+                       if pods.version == network.version), value
+    assert "set_real_ip_from" in (DEPLOY / "README.md").read_text(encoding="utf-8")
+
+
+def metrics_location(nginx_conf: str) -> str:
+    match = re.search(r"location = /metrics \{(.*?)\n        \}", nginx_conf, re.DOTALL)
+    assert match, "no location = /metrics"
+    return match.group(1)
+
+
+def test_the_metrics_location_sends_authproxy_a_fixed_path_and_no_client_address(
+    objects: list[dict[str, Any]],
+) -> None:
+    """Its proxy_pass names the path (without one nginx forwards the client's URI as sent),
+    and the client's X-Real-IP and X-Forwarded-For are cleared, not forwarded."""
+    location = metrics_location(config_text(objects, NGINX_CONFIG_MAP, "nginx.conf"))
+    assert re.search(r"^\s*proxy_pass http://authproxy_upstream/metrics;", location, re.M)
+    for header in ("X-Real-IP", "X-Forwarded-For", "Authorization"):
+        assert re.search(rf'^\s*proxy_set_header {header} "";', location, re.M), header
+
+
+def with_workers(objects: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    """The rendered objects with ``server.workers`` set in authproxy's TOML."""
+    changed = copy.deepcopy(objects)
+    config_map = find(changed, "ConfigMap", CONFIG_MAP)
+    key = PurePosixPath(container(changed, AUTHPROXY)["args"][-1]).name
+    text = config_map["data"][key]
+    assert text.count("[server]\n") == 1
+    config_map["data"][key] = text.replace("[server]\n", f"[server]\nworkers = {workers}\n")
+    return changed
+
+
+def test_authproxy_has_a_writable_temp_dir_for_several_workers(
+    objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """With workers = 2 authproxy shares metrics through files in a temporary directory; the
+    root filesystem is read-only, so /tmp must be a writable emptyDir of its own."""
+    two = with_workers(objects, 2)
+    path = tmp_path / "authproxy.toml"
+    path.write_text(toml_text(two), encoding="utf-8")
+    users = tmp_path / "users.htpasswd"
+    users.write_text("", encoding="utf-8")
+    config = load_config(str(path), environ={"AUTHPROXY_BASIC_USERS_FILE": str(users)})
+    assert config.worker_count == 2
+    mounts = [m for m in container(two, AUTHPROXY)["volumeMounts"]
+              if m["mountPath"] == TEMP_DIR]
+    assert len(mounts) == 1, f"nothing writable at {TEMP_DIR} in the authproxy container"
+    assert not mounts[0].get("readOnly")
+    volume = next(v for v in pod_spec(two)["volumes"] if v["name"] == mounts[0]["name"])
+    assert "emptyDir" in volume, volume
+    assert all(m["name"] != volume["name"]
+               for c in all_containers(two) if c["name"] != AUTHPROXY
+               for m in c.get("volumeMounts", [])), "authproxy's temporary files are shared"
+
+
 def test_the_pods_access_log_holds_no_client_user_id_or_query_string(
     objects: list[dict[str, Any]],
 ) -> None:
@@ -457,10 +548,14 @@ def run_probe(command: list[str]) -> subprocess.CompletedProcess[str]:
 
 @contextmanager
 def authproxy_as_in_the_pod(objects: list[dict[str, Any]], paths: PodPaths) -> Iterator[None]:
-    """authproxy serve with the ConfigMap's TOML, its paths relocated, until the block ends."""
+    """authproxy serve with the ConfigMap's TOML, its paths relocated, until the block ends;
+    its temporary directory the one mounted at /tmp in its container."""
     text = paths.relocate(toml_text(objects))
     listen = [f"unix:{paths.here(socket_path(objects))}"]
-    with start_authproxy(text, listen, paths.root / "authproxy-run"):
+    temp = [m["mountPath"] for m in container(objects, AUTHPROXY)["volumeMounts"]
+            if m["mountPath"] == TEMP_DIR]
+    env = {"TMPDIR": str(paths.here(temp[0]))} if temp else None
+    with start_authproxy(text, listen, paths.root / "authproxy-run", env):
         yield
 
 
@@ -569,11 +664,11 @@ def test_the_pod_serves_and_picks_up_a_secret_update(
     basic = ("Authorization", "Basic " + base64.b64encode(b"alice:Corr3ct-horse").decode())
     with (start_echo_upstream() as app, authproxy_as_in_the_pod(objects, pod),
           nginx_as_in_the_pod(objects, pod, app.address) as ports):
-        denied = request(ports["http"], "/")
+        denied = request(ports["http"], "/app/")
         assert denied.status == 401
         assert denied.header_values("WWW-Authenticate") == [
             'Basic realm="authproxy", charset="UTF-8"']
-        assert request(ports["http"], "/", basic).status == 401
+        assert request(ports["http"], "/app/", basic).status == 401
         assert not app.requests
 
         users = users_secret_text(objects, "users.htpasswd")
@@ -585,14 +680,53 @@ def test_the_pod_serves_and_picks_up_a_secret_update(
         reloaded = 'authproxy_user_table_reloads_total{outcome="ok"} 1.0'
         wait_until(lambda: reloaded in request(ports["metrics"], "/metrics").body.decode(),
                    "the Secret update picked up", deadline=15)
-        assert request(ports["http"], "/", basic).status == 200
-        (seen,) = app.received(lambda r: r.path == "/")
+        assert request(ports["http"], "/app/", basic).status == 200
+        (seen,) = app.received(lambda r: r.path == "/app/")
         assert seen.header_values("X-Auth-User") == ["alice"]
 
         metrics = request(ports["metrics"], "/metrics")
         assert metrics.status == 200 and b"# TYPE" in metrics.body
         assert request(ports["metrics"], "/auth", basic).status == 404
         assert run_probe(probe_commands(objects, pod)["readinessProbe"]).returncode == 0
+
+        # Only the app's named paths reach it, for alice too.
+        for path in ("/", "/APP/x", "/App/", "/app", f"/{'x' * 8}"):
+            assert request(ports["http"], path, basic).status != 200, path
+        assert [r.path for r in app.requests] == ["/app/"]
+
+
+def test_the_metrics_port_is_never_a_decision(
+    objects: list[dict[str, Any]], pod: PodPaths
+) -> None:
+    """/auth/../metrics matches nginx's "location = /metrics" once normalised; authproxy must
+    get /metrics, never the client's path (a password oracle with a client-chosen X-Real-IP)."""
+    wrong = ("Authorization", "Basic " + base64.b64encode(b"alice:guess").decode())
+    with (start_echo_upstream() as app, authproxy_as_in_the_pod(objects, pod),
+          nginx_as_in_the_pod(objects, pod, app.address) as ports):
+        for path in ("/auth/../metrics", "/auth/%2E%2E/metrics", "/auth/x/../../metrics"):
+            answer = request(ports["metrics"], path, wrong, ("X-Real-IP", "203.0.113.9"),
+                             ("X-Forwarded-For", "203.0.113.9"))
+            assert answer.status == 200, (path, answer.status)
+            assert b"# TYPE authproxy_decisions_total" in answer.body, path
+            assert "authproxy_decisions_total{" not in answer.body.decode(), path
+
+
+def test_the_pod_runs_authproxy_with_two_workers(
+    objects: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """workers = 2 in the ConfigMap: authproxy starts with /tmp as its container has it (the
+    emptyDir), and its probes pass."""
+    two = with_workers(objects, 2)
+    paths = pod_paths(two, tmp_path_factory.mktemp("pod2"))
+    write_config_maps(two, paths)
+    users_dir = paths.here(mount_path(two, AUTHPROXY, "authproxy-users"))
+    write_secret_volume(users_dir, {"users.htpasswd": users_secret_text(two, "users.htpasswd")}, 1)
+    assert mount_path(two, AUTHPROXY, "authproxy-tmp") == TEMP_DIR
+    with authproxy_as_in_the_pod(two, paths):
+        for kind, command in probe_commands(two, paths).items():
+            result = run_probe(command)
+            assert result.returncode == 0, (kind, result.stderr)
+        assert any(paths.here(TEMP_DIR).iterdir()), "authproxy's shared state is not in /tmp"
 
 
 # -- systemd -------------------------------------------------------------------------------------
