@@ -21,7 +21,7 @@ from .expiring import ExpiringCache
 from .identity import Identity
 from .lockout import Attempt, FailureTracker, Lockout
 from .metrics import Metrics
-from .users import PasswordHash, PasswordMismatch
+from .users import CostClass, PasswordHash, PasswordMismatch, UserTable, cost_class
 from .userstore import UserSnapshot, UserStore
 
 CACHE_SIZE = 50_000  # remembered (user, password) pairs; ~600 bytes each with the identity
@@ -109,6 +109,7 @@ class BasicAuthenticator:
         metrics.bans_in_force.set_function(self.lockout.tracker.bans_in_force)
         self._cache_hits = metrics.cache_lookups("basic", "hit")
         self._cache_misses = metrics.cache_lookups("basic", "miss")
+        self._costs = VerificationCosts()
 
     def challenge(self, realm: str) -> str:
         return basic_challenge(realm)
@@ -158,10 +159,12 @@ class BasicAuthenticator:
         user = step.user
         snapshot = self.store.snapshot
         entry = snapshot.table.get(user)
-        matched, seconds = await self._verify_shared(step, entry)
+        hashed = entry or snapshot.table.dummy
+        matched, seconds = await self._verify_shared(step, hashed, entry is not None)
+        self._costs.observe(hashed, seconds)
         if entry is None or not matched:  # the dummy never matches, but never trust it to
             # As long as the costliest verification, whatever this one cost (rule 7).
-            await asyncio.sleep(snapshot.table.failure_floor - seconds)
+            await asyncio.sleep(self._costs.floor(snapshot.table) - seconds)
             if entry is None:  # no user's name (a password typed in the wrong field?): unlogged
                 raise Unauthenticated("unknown_user")
             raise Unauthenticated("bad_password", user=user)
@@ -197,13 +200,13 @@ class BasicAuthenticator:
                 and identity.groups == snapshot.groups.get(user, frozenset()))
 
     async def _verify_shared(
-        self, step: _Password, entry: PasswordHash | None
+        self, step: _Password, hashed: PasswordHash, exists: bool
     ) -> tuple[bool, float]:
         """(matched, seconds the hash took): one verification for all concurrent requests
         with the same credentials. The one that starts it reserves an attempt (raising
         Unauthenticated past the limit); each request's attempt is settled when the
-        verification ends, even if its client has gone."""
-        hashed = entry or self.store.snapshot.table.dummy
+        verification ends, even if its client has gone. ``exists``: ``hashed`` is the user's
+        (not the dummy), so a match is a success."""
         # By the hash too: a request arriving after a reload must not join a verification
         # against the entry it replaced, whose success would be remembered for the new one.
         shared = (step.key, hashed)
@@ -216,7 +219,7 @@ class BasicAuthenticator:
             self._inflight[shared] = future
             future.add_done_callback(lambda _: self._inflight.pop(shared, None))
         # Joining costs no hash, so reserves nothing; it still counts, once the result is in.
-        future.add_done_callback(partial(self._settle, step.attempt, entry is not None))
+        future.add_done_callback(partial(self._settle, step.attempt, exists))
         # shield: one waiter going away (client disconnect) must not cancel the others' result
         return await asyncio.shield(future)
 
@@ -235,6 +238,33 @@ class BasicAuthenticator:
         # guessed user-id's hash has, and so that it exists.
         self._metrics.hash_seconds.observe(seconds)
         return matched, seconds
+
+
+class VerificationCosts:
+    """How long a verification of each cost class takes now: a moving average of the
+    verifications seen, starting from the table's timings at load.
+
+    A failed verification is answered no sooner than the costliest class of the current
+    table (SPEC §8.1 rule 7), so a wrong password for a cheap hash (apr1, {SHA}) or a costly
+    one (argon2id) answers like an unknown user's. Following what verifications cost now,
+    not at load, keeps that true while the machine is busy, when they all cost more.
+    """
+
+    WEIGHT = 0.2  # of the newest verification in the average
+
+    def __init__(self) -> None:
+        self._seconds: dict[CostClass, float] = {}
+
+    def observe(self, hashed: PasswordHash, seconds: float) -> None:
+        key = cost_class(hashed)
+        average = self._seconds.get(key)
+        self._seconds[key] = seconds if average is None else (
+            average + self.WEIGHT * (seconds - average))
+
+    def floor(self, table: UserTable) -> float:
+        """Seconds the costliest verification of ``table`` takes now."""
+        return max(self._seconds.get(key, seconds)
+                   for key, seconds in table.verification_costs.items())
 
 
 class _Password(NamedTuple):

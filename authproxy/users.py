@@ -160,7 +160,10 @@ def _b64decode(text: str) -> bytes | None:
     return decoded if base64.b64encode(decoded).decode("ascii") == text else None
 
 
-def _parameters(h: PasswordHash) -> tuple[object, ...]:
+CostClass = tuple[object, ...]
+
+
+def cost_class(h: PasswordHash) -> CostClass:
     """What determines a hash's verification cost: equal tuples cost the same to verify."""
     if h.scheme == "bcrypt":
         return (h.scheme, h.value[:7])
@@ -223,15 +226,17 @@ def split_entry(line: str) -> tuple[str, str] | None:
 class UserTable:
     """An immutable ``user -> PasswordHash`` table, built whole from an htpasswd file."""
 
-    __slots__ = ("_dummy", "_failure_floor", "_hashes")
+    __slots__ = ("_costs", "_dummy", "_hashes")
 
     def __init__(self, hashes: Mapping[str, PasswordHash]) -> None:
-        """Take the entries, compute ``dummy`` and time ``failure_floor`` (a hashing, and
-        one verification per cost class; blocking)."""
+        """Take the entries, compute ``dummy`` and time ``verification_costs`` (a hashing,
+        and one verification per cost class; blocking)."""
         self._hashes: Mapping[str, PasswordHash] = MappingProxyType(dict(hashes))
         classes = _cost_classes(self._hashes.values())
         self._dummy = _table_dummy(classes)
-        self._failure_floor = _slowest_mismatch([*(h for h, _ in classes.values()), self._dummy])
+        self._costs = MappingProxyType(
+            {key: _mismatch_seconds(h) for key, (h, _) in classes.items()}
+            | {cost_class(self._dummy): _mismatch_seconds(self._dummy)})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> UserTable:
@@ -259,12 +264,10 @@ class UserTable:
         return self._dummy
 
     @property
-    def failure_floor(self) -> float:
-        """Seconds the costliest verification of this table took when it was loaded (the
-        dummy's included): a failed verification is answered no sooner (SPEC §8.1 rule 7),
-        so a wrong password for a cheap hash does not tell an existing user from an unknown
-        one."""
-        return self._failure_floor
+    def verification_costs(self) -> Mapping[CostClass, float]:
+        """Seconds a wrong password took to verify when the table was loaded, for each cost
+        class in it (the dummy's included): see basic.VerificationCosts."""
+        return self._costs
 
     def get(self, user: str) -> PasswordHash | None:
         """The user's hash, or None if the user is not in the table."""
@@ -311,7 +314,7 @@ def _cost_classes(hashes: Iterable[PasswordHash]) -> _CostClasses:
     """One hash of each cost class (equal verification cost), with how many share it."""
     classes: _CostClasses = {}
     for h in hashes:
-        key = _parameters(h)
+        key = cost_class(h)
         first, count = classes.get(key, (h, 0))
         classes[key] = (first, count + 1)
     return classes
@@ -325,12 +328,9 @@ def _table_dummy(classes: _CostClasses) -> PasswordHash:
     return dummy_for(most_common)
 
 
-def _slowest_mismatch(hashes: Iterable[PasswordHash]) -> float:
-    """Seconds the slowest of these took to refuse a wrong password, timed once each."""
-    slowest = 0.0
-    for h in hashes:
-        started = time.perf_counter()
-        with contextlib.suppress(PasswordMismatch):
-            h.verify(b"\x00 not the password")
-        slowest = max(slowest, time.perf_counter() - started)
-    return slowest
+def _mismatch_seconds(h: PasswordHash) -> float:
+    """Seconds ``h`` took to refuse a wrong password, timed once."""
+    started = time.perf_counter()
+    with contextlib.suppress(PasswordMismatch):
+        h.verify(b"\x00 not the password")
+    return time.perf_counter() - started

@@ -7,6 +7,8 @@ $remote_addr tells them apart), against a real ``authproxy serve``.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import http.client
 import json
@@ -19,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 
+from authproxy.app import USER_STORE, create_app
 from authproxy.lockout import Attempt, FailureTracker, Lockout
 from authproxy.origin import address_key
 
-from .conftest import toml_text, write_users
+from .conftest import APACHE_APR1, toml_text, write_users
 from .jwks_server import FakeClock
 from .servers import (
     NGINX_DIR,
@@ -333,3 +337,35 @@ def test_a_settled_attempt_is_released_once() -> None:
 ])
 def test_client_address_keys(address: str, key: str) -> None:
     assert address_key(address) == key
+
+
+# -- rule 7: an unknown user and a wrong password look alike --------------------------------------
+
+
+async def test_a_wrong_password_for_a_cheap_hash_takes_as_long_as_the_costliest(
+    aiohttp_client, make_config, tmp_path: Path
+) -> None:
+    """Before: a wrong password for an apr1 user answered in 1.5 ms, an unknown user (a
+    dummy bcrypt) in 60 ms, an argon2id user in 104 ms: the time told who exists."""
+    users = tmp_path / "users"
+    users.write_text(f"apr:{APACHE_APR1}\nargon:{PasswordHasher().hash('argon-pw')}\n")
+    client = await aiohttp_client(create_app(make_config({"basic": {"users_file": str(users)}})))
+    costliest = max(client.app[USER_STORE].snapshot.table.verification_costs.values())
+    assert costliest > 0.01  # an argon2id verification: otherwise this proves nothing
+    for user in ("apr", "nobody"):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        response = await client.get("/auth", headers={"Authorization": basic_header(user, "x")})
+        assert response.status == 401
+        assert loop.time() - started >= costliest
+    # one right password: the cheap hash still answers at once when it matches
+    ok = await client.get("/auth", headers={"Authorization": basic_header("apr", "myPassword")})
+    assert ok.status == 200
+    exposition = await (await client.get("/metrics")).text()
+    assert 'reason="bad_credentials"' in exposition
+    assert "unknown_user" not in exposition and "bad_password" not in exposition
+    assert 'authproxy_password_hash_seconds_count{' not in exposition  # no scheme label
+
+
+def basic_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -1,0 +1,217 @@
+"""Distributed guessing, run by hand (`make bench`): what brute force costs authproxy.
+
+A real ``authproxy serve`` (max_failures 10) is asked directly, as nginx would ask it: each
+request from a trusted peer, naming its client in X-Real-IP.
+
+- Many addresses: wrong passwords for one user, each from an address of its own, concurrently.
+- One address: the same burst from one address.
+- Meanwhile, remembered users keep asking from their own addresses: their p99.
+- Timing (SPEC §8.1 rule 7): the median answer to an unknown user and to a wrong password for
+  a user of each hash scheme, from a second instance without bans.
+
+Hashes are counted by authproxy's own /metrics (authproxy_password_hash_seconds_count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import itertools
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+from argon2 import PasswordHasher
+from passlib.hash import apr_md5_crypt
+
+from authproxy.demo import free_ports
+
+HERE = Path(__file__).resolve().parent
+MAX_FAILURES = 10
+OWNERS = 8  # remembered users asking throughout
+OWNER_PAUSE = 0.01  # seconds between one owner's requests: the client must not be the limit
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def sha1_entry(password: str) -> str:
+    import hashlib
+
+    return "{SHA}" + base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()  # noqa: S324
+
+
+def write_users(path: Path) -> None:
+    """alice (bcrypt 10, the target), owners (bcrypt 10), and one user per other scheme."""
+    import bcrypt
+
+    def bcrypt_entry(password: str) -> str:
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)).decode()
+
+    lines = [f"alice:{bcrypt_entry('wonderland')}", f"bob:{bcrypt_entry('builder')}"]
+    lines += [f"owner{i}:{bcrypt_entry(f'owner-{i}')}" for i in range(OWNERS)]
+    lines += [f"apr:{apr_md5_crypt.hash('apr-password')}", f"sha:{sha1_entry('sha-password')}",
+              f"argon:{PasswordHasher().hash('argon-password')}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def authproxy(tmp: Path, name: str, port: int, max_failures: int) -> Iterator[str]:
+    config = tmp / f"{name}.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\n'
+        f'[basic]\nusers_file = "{tmp}/users"\nmax_failures = {max_failures}\n'
+        'failure_window = 600\nban_time = 600\n[log]\nlevel = "warning"\n')
+    with open(tmp / f"{name}.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "authproxy", "serve", "--config",
+                                    str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+async def wait_healthy(session: aiohttp.ClientSession, base: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(f"{base}/healthz") as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{base} did not start")
+
+
+async def hashes(session: aiohttp.ClientSession, base: str) -> float:
+    async with session.get(f"{base}/metrics") as response:
+        text = await response.text()
+    found = re.search(r"^authproxy_password_hash_seconds_count (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def ask(session: aiohttp.ClientSession, base: str, user: str, password: str,
+              client: str) -> int:
+    headers = {"Authorization": basic(user, password), "X-Real-IP": client}
+    async with session.get(f"{base}/auth", headers=headers) as response:
+        return response.status
+
+
+async def owners_asking(session: aiohttp.ClientSession, base: str, stop: asyncio.Event,
+                        latencies: list[float]) -> None:
+    """Remembered users, each from its own address, one request after another."""
+    async def owner(i: int) -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            status = await ask(session, base, f"owner{i}", f"owner-{i}", f"192.0.2.{i + 1}")
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                raise RuntimeError(f"owner{i} refused: {status}")
+            await asyncio.sleep(OWNER_PAUSE)
+    await asyncio.gather(*(owner(i) for i in range(OWNERS)))
+
+
+async def guessing(session: aiohttp.ClientSession, base: str, user: str, guesses: int,
+                   concurrency: int, addresses: Iterator[str]) -> tuple[float, float]:
+    """``guesses`` wrong passwords for ``user``, ``concurrency`` at a time, each from the
+    next of ``addresses``. Returns (hashes computed, seconds taken)."""
+    before = await hashes(session, base)
+    counter = itertools.count()
+    started = time.perf_counter()
+
+    async def guesser() -> None:
+        while (i := next(counter)) < guesses:
+            if await ask(session, base, user, f"guess-{i}", next(addresses)) != 401:
+                raise RuntimeError("a wrong password passed")
+    await asyncio.gather(*(guesser() for _ in range(concurrency)))
+    return await hashes(session, base) - before, time.perf_counter() - started
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] * 1000 if len(values) >= 100 else float("nan")
+
+
+async def timing(session: aiohttp.ClientSession, base: str, rounds: int) -> dict[str, float]:
+    """Median ms of a refused password per kind of user, interleaved round by round."""
+    kinds = {"unknown user": "nobody", "bcrypt-10 user": "alice", "apr1 user": "apr",
+             "{SHA} user": "sha", "argon2id user": "argon"}
+    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for round_no in range(rounds):
+        for kind, user in kinds.items():
+            started = time.perf_counter()
+            await ask(session, base, user, f"wrong-{round_no}", "203.0.113.1")
+            samples[kind].append((time.perf_counter() - started) * 1000)
+    return {kind: statistics.median(values) for kind, values in samples.items()}
+
+
+async def run(tmp: Path, guesses: int, concurrency: int, rounds: int) -> None:
+    ports = free_ports(2, taken=0)
+    connector = aiohttp.TCPConnector(limit=concurrency + OWNERS + 4)
+    with (authproxy(tmp, "guarded", ports[0], MAX_FAILURES) as guarded,
+          authproxy(tmp, "unguarded", ports[1], 10**9) as unguarded):
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await wait_healthy(session, guarded)
+            await wait_healthy(session, unguarded)
+            for i in range(OWNERS):  # remembered from now on
+                assert await ask(session, guarded, f"owner{i}", f"owner-{i}",
+                                 f"192.0.2.{i + 1}") == 200
+            rows = []
+            for label, user, addresses in (
+                ("many addresses", "alice", (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+                                             for i in itertools.count(1))),
+                ("one address", "bob", itertools.repeat("198.51.100.7")),
+            ):
+                stop = asyncio.Event()
+                latencies: list[float] = []
+                owners = asyncio.create_task(owners_asking(session, guarded, stop, latencies))
+                computed, seconds = await guessing(session, guarded, user, guesses,
+                                                   concurrency, addresses)
+                stop.set()
+                await owners
+                rows.append((label, computed, seconds, p99(latencies), len(latencies)))
+            medians = await timing(session, unguarded, rounds)
+
+    print(f"\n{guesses:,} wrong passwords for one user (alice, then bob), "
+          f"{concurrency} at a time, "
+          f"max_failures {MAX_FAILURES}; {OWNERS} remembered users asking meanwhile\n")
+    print("| guesses from | hashes computed | per 1,000 guesses | seconds | "
+          "remembered users' p99 ms (requests) |\n|---|---:|---:|---:|---:|")
+    for label, computed, seconds, tail, count in rows:
+        print(f"| {label} | {computed:.0f} | {computed * 1000 / guesses:.1f} | {seconds:.1f} | "
+              f"{tail:.2f} ({count:,}) |")
+    unknown = medians["unknown user"]
+    print(f"\nrefused-password medians over {rounds} interleaved rounds (SPEC §8.1 rule 7: "
+          "within 10% of the unknown user's)\n")
+    print("| user | median ms | / unknown user |\n|---|---:|---:|")
+    for kind, median in medians.items():
+        print(f"| {kind} | {median:.1f} | {median / unknown:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--guesses", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=30, help="of the timing comparison")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="authproxy-bench-guessing-"))
+    try:
+        write_users(tmp / "users")
+        asyncio.run(run(tmp, args.guesses, args.concurrency, args.rounds))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
