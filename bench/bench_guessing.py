@@ -48,7 +48,7 @@ def basic(user: str, password: str) -> str:
 def sha1_entry(password: str) -> str:
     import hashlib
 
-    return "{SHA}" + base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()  # noqa: S324
+    return "{SHA}" + base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
 
 
 def write_users(path: Path) -> None:
