@@ -59,12 +59,29 @@ AUTH_LOCATION = """
         }}"""
 
 
+# The same, for a flood of wrong passwords from an address of its own (an attacker is not the
+# owner's address: a ban on the attacker's address must not be measured as the owner's).
+FLOOD_LOCATION = """
+        location /flood-{name}/ {{ auth_request /_flood-{name}; alias {tmp}/www/{name}/; }}
+        location = /_flood-{name} {{
+            internal;
+            proxy_pass http://{name}/auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Real-IP 198.51.100.66;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}"""
+
+
 def nginx_conf(tmp: Path, port: int, auth_upstreams: dict[str, int], extra: str = "") -> str:
     """nginx listening on ``port``: for each name, an upstream with keepalive and a location
     /name/ serving ``tmp``/www/name/ behind auth_request to that upstream's /auth."""
     upstreams = "\n".join(f"    upstream {name} {{ server 127.0.0.1:{p}; keepalive 64; }}"
                           for name, p in auth_upstreams.items())
-    locations = "".join(AUTH_LOCATION.format(name=name) for name in auth_upstreams) + extra
+    locations = "".join(AUTH_LOCATION.format(name=name) + FLOOD_LOCATION.format(name=name, tmp=tmp)
+                        for name in auth_upstreams) + extra
     for name in auth_upstreams:
         (tmp / "www" / name).mkdir(parents=True, exist_ok=True)
         (tmp / "www" / name / "index.html").write_text("ok\n")
@@ -225,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                 record(results, name, *wrk(url, s, c, auth), round_no)
             for label, target in (("flood, lockout on", "authproxy"),
                                   ("flood, lockout off", "nolockout")):
+                # wrong passwords for alice from another address: with the lockout on, that
+                # address and alice are banned at once, and alice's own address (known to have
+                # authenticated) keeps its remembered password
                 flood = subprocess.Popen(
                     ["wrk", "-t1", f"-c{c // 2}", f"-d{s + 2}s", "-s", str(HERE / "flood.lua"),
-                     f"{base}/{target}/index.html"], stdout=subprocess.DEVNULL)
+                     f"{base}/flood-{target}/index.html"], stdout=subprocess.DEVNULL)
                 time.sleep(1)  # let the flood reach full speed before measuring under it
                 rps, p99 = wrk(f"{base}/{target}/index.html", s, c // 2, good)
                 flood.wait()
