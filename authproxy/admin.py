@@ -16,7 +16,6 @@ from aiohttp import web
 from .authn import AuthRequest, parse_authorization
 from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .handlers import NO_STORE, Decider
-from .jwks import JwksError
 from .keysource import KeySource
 
 log = logging.getLogger("authproxy.admin")
@@ -87,17 +86,21 @@ class AdminApi:
                  "detail": "no jwt.jwks_endpoint (or jwt.issuer to discover one) is configured"},
                 status=409, headers=NO_STORE,
             )
-        try:
-            keyset = await self._keys.refresh("admin")
-        except JwksError as exc:
-            kept = self._keys.endpoint.keyset
+        outcome = await self._keys.setup_refresh()
+        # rate_limited: this call fetched nothing (one did within retry_after seconds of
+        # now); the answer is the set in use and, if the endpoint still fails, why
+        limit = {"rate_limited": outcome.rate_limited, "retry_after": outcome.retry_after}
+        if outcome.error is not None:
+            kept = outcome.keyset
             return web.json_response({
-                "error": exc.reason, "detail": exc.detail,
-                "kept_kids": kept.kids if kept else [],
+                "error": outcome.error.reason, "detail": outcome.error.detail,
+                "kept_kids": kept.kids if kept else [], **limit,
             }, status=502, headers=NO_STORE)
+        keyset = outcome.keyset
+        assert keyset is not None  # a fetch that succeeded, now or before, installed it
         return web.json_response({
             "keys": len(keyset.keys), "kids": keyset.kids, "skipped": keyset.skipped,
-            "fetched_at": iso_time(self._keys.endpoint.fetched_at),
+            "fetched_at": iso_time(self._keys.endpoint.fetched_at), **limit,
         }, headers=NO_STORE)
 
     async def _jwks(self) -> web.Response:

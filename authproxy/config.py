@@ -20,6 +20,12 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .listen import ListenAddress, parse_listen
+from .regularfile import (
+    MAX_GROUPS_FILE_BYTES,
+    MAX_JWKS_FILE_BYTES,
+    MAX_USERS_FILE_BYTES,
+    file_problem,
+)
 
 ENV_PREFIX = "AUTHPROXY_"
 # Not configuration keys, but shared by the server and the supervisor (which imports the
@@ -370,14 +376,18 @@ def _cross_checks(config: Config) -> list[str]:
             "no authentication scheme configured: set basic.users_file and/or "
             "jwt.jwks_endpoint, jwt.jwks_file or jwt.issuer (authproxy never runs open)"
         )
-    for key in ("users_file", "groups_file"):
-        value = getattr(config.basic, key)
-        if value and not os.path.isfile(value):
-            problems.append(f"basic.{key}: {value}: no such file")
-    for key in ("jwks_file", "jwks_ssl_ca_certificate"):
-        value = getattr(config.jwt, key)
-        if value and not os.path.isfile(value):
-            problems.append(f"jwt.{key}: {value}: no such file")
+    # regular files under their caps: a FIFO or device would block (or never end) a load
+    for where, value, limit in (
+        ("basic.users_file", config.basic.users_file, MAX_USERS_FILE_BYTES),
+        ("basic.groups_file", config.basic.groups_file, MAX_GROUPS_FILE_BYTES),
+        ("jwt.jwks_file", config.jwt.jwks_file, MAX_JWKS_FILE_BYTES),
+    ):
+        problem = file_problem(value, limit) if value else None
+        if problem:
+            problems.append(f"{where}: {value}: {problem}")
+    ca_file = config.jwt.jwks_ssl_ca_certificate
+    if ca_file and not os.path.isfile(ca_file):
+        problems.append(f"jwt.jwks_ssl_ca_certificate: {ca_file}: no such file")
     if config.jwt.discovers_jwks:
         problem = check_url(config.jwt.issuer)
         if problem:

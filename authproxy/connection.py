@@ -36,6 +36,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from .handlers import SERVER, Answer, Decider, is_decision_path, refuse_unparseable
 
@@ -78,6 +79,10 @@ class _Message:
     @property
     def query_string(self) -> str:
         return self._message.url.query_string
+
+    @property
+    def rel_url(self) -> URL:
+        return self._message.url
 
 
 def remote_address(peername: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from .regularfile import MAX_GROUPS_FILE_BYTES, read_regular_file
 from .users import UserFileError
 
 
@@ -15,10 +16,14 @@ def load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozenset[str]]:
     skipped.
     """
     try:
-        with open(path, encoding="utf-8-sig") as fh:  # a BOM, as the user table allows
-            lines = fh.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserFileError(os.fspath(path), None, f"cannot read: {exc}") from None
+        data = read_regular_file(path, MAX_GROUPS_FILE_BYTES)
+    except OSError as exc:
+        raise UserFileError(os.fspath(path), None, f"cannot read: {exc.strerror}") from None
+    try:
+        # universal newlines, as open() in text mode reads them; a BOM, as the user table allows
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise UserFileError(os.fspath(path), None, "cannot read: not UTF-8") from None
     members: dict[str, set[str]] = {}
     for lineno, line in enumerate(lines, 1):
         text = line.strip()

@@ -8,6 +8,7 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -34,6 +35,26 @@ _PREFLIGHT_HEADERS = {**EMPTY_HEADERS, **NO_STORE}
 def is_decision_path(path: str) -> bool:
     """/auth and any path below it (Envoy asks /auth/<original path>)."""
     return path == "/auth" or path.startswith("/auth/")
+
+
+def is_normalised_decision_path(raw_path: str) -> bool:
+    """False for a decision path, as sent (before percent-decoding), with a dot segment
+    (``.``, ``..``, also percent-encoded) or an empty segment (``//``) below /auth.
+
+    A proxy matches its locations against the normalised path but may forward the raw one
+    (``/auth/../metrics``): such a request is not a decision anyone meant. A trailing slash
+    is kept (Envoy asks ``/auth/`` for ``/``), and so is an encoded slash inside a segment
+    (``a%2Fb``), unless what it encodes is itself a dot segment (``..%2Fx``).
+    """
+    segments = raw_path.partition("?")[0].split("/")[2:]  # past "" and "auth"
+    for index, segment in enumerate(segments):
+        if not segment:
+            if index < len(segments) - 1:
+                return False
+            continue
+        if any(part in (".", "..") for part in unquote(segment).split("/")):
+            return False
+    return True
 
 
 class Answer(NamedTuple):
@@ -100,6 +121,8 @@ class Decider:
         return self._conclude(case, outcome, started)
 
     def _decide_now(self, case: _Case, started: float) -> Answer | None:
+        if not is_normalised_decision_path(case.raw_path):
+            return self._conclude(case, Unauthenticated("path_not_normalised"), started)
         if case.preflight:
             return self._conclude(case, None, started)
         try:
@@ -227,6 +250,10 @@ class _Case:
         self.policy = policy
         self.allowed = allowed
         self.preflight = preflight
+
+    @property
+    def raw_path(self) -> str:
+        return self._request.rel_url.raw_path
 
     def credentials(self) -> AuthRequest:
         """The request's credentials, for the scheme chain; raise Unauthenticated if unusable."""

@@ -19,6 +19,7 @@ import aiohttp
 from . import __version__
 from .config import check_url
 from .jwks import JwksError
+from .regularfile import MAX_JWKS_FILE_BYTES, FileRefused, read_regular_file
 
 FETCH_TIMEOUT = 10.0  # seconds for one whole fetch: connect, TLS, headers and body
 MAX_DOCUMENT_BYTES = 1 << 20  # a JWK Set of ~100 RSA keys is ~50 kB
@@ -124,15 +125,13 @@ class JwksClient:
 
 
 def read_file(path: str) -> bytes:
-    """A JWK Set file, under the same size limit as a fetch; raise JwksError."""
+    """A JWK Set file: a regular file under the size limit of a fetch; raise JwksError."""
     try:
-        with open(path, "rb") as fh:
-            body = fh.read(MAX_DOCUMENT_BYTES + 1)
+        return read_regular_file(path, MAX_JWKS_FILE_BYTES)
+    except FileRefused as exc:
+        raise JwksError(exc.reason, f"cannot read: {exc.strerror}") from None
     except OSError as exc:
         raise JwksError("unreadable", f"cannot read: {exc.strerror}") from None
-    if len(body) > MAX_DOCUMENT_BYTES:
-        raise JwksError("oversized", f"larger than {MAX_DOCUMENT_BYTES} bytes")
-    return body
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:

@@ -137,12 +137,12 @@ class KeyPublisher:
         if trigger != "admin":
             return {"ok": False, "reason": "bad_request", "detail": "unknown trigger",
                     "generation": self.generation}
-        try:
-            await self.keys.refresh("admin")
-        except JwksError as exc:
-            return {"ok": False, "reason": exc.reason, "detail": exc.detail,
-                    "generation": self.generation}
-        return {"ok": True, "generation": self.generation}
+        # the rate limit of jwks_setup for the whole service (each worker has its own too)
+        outcome = await self.keys.setup_refresh()
+        if outcome.error is not None:
+            return {"ok": False, "reason": outcome.error.reason, "detail": outcome.error.detail,
+                    "rate_limited": outcome.rate_limited, "generation": self.generation}
+        return {"ok": True, "rate_limited": outcome.rate_limited, "generation": self.generation}
 
 
 class SharedKeySource(KeySource):

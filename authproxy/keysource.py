@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from functools import partial
 
 from aiohttp import web
@@ -31,6 +32,17 @@ MAX_AGE_FLOOR = 60  # a server's max-age cannot make us fetch more often than th
 MISS_REFRESH_INTERVAL = 60  # ...nor can unknown kids: one miss-triggered fetch per this long
 BACKOFF_FIRST = 1.0  # seconds before the first retry; doubled per failure up to the interval
 UNKNOWN_KID_CHARS = 1 << 20  # characters of unknown kids remembered, so hostile kids stay cheap
+
+
+@dataclass(frozen=True, slots=True)
+class SetupOutcome:
+    """What ``POST /api/v2/jwks_setup`` reports: the endpoint's set in use, and why the fetch
+    it reports failed (None if it did not; the set stays either way)."""
+
+    keyset: KeySet | None
+    error: JwksError | None
+    rate_limited: bool  # no fetch for this call: it reports the last admin fetch
+    retry_after: int  # seconds until a call may fetch again (0 when this one fetched)
 
 
 _NOT_LOOKED: tuple[float, list[KeySet], frozenset[str]] = (-math.inf, [], frozenset())
@@ -68,6 +80,8 @@ class KeySource:
             UNKNOWN_KID_CHARS, ttl=self._miss_interval, timer=clock, getsizeof=lambda n: n
         )
         self._inflight: asyncio.Future[KeySet] | None = None
+        self._last_setup = -math.inf
+        self._setup_error: JwksError | None = None
         self._trusted_memo = _NOT_LOOKED
         self._next_due = -math.inf
         self._wake = asyncio.Event()
@@ -191,6 +205,27 @@ class KeySource:
         with contextlib.suppress(JwksError):
             await self.refresh("miss")
         return True
+
+    async def setup_refresh(self) -> SetupOutcome:
+        """Fetch now for jwks_setup, like :meth:`miss_refresh`: concurrent calls share one
+        fetch (and its outcome), and calls start at most one fetch per MISS_REFRESH_INTERVAL
+        (or jwks_update_interval, if shorter); a call within it fetches nothing and reports
+        the set in use and the last admin fetch's error, if the endpoint still fails."""
+        assert self.endpoint is not None
+        joining = self._inflight is not None and not self._inflight.done()
+        wait = self._last_setup + self._miss_interval - self._clock()
+        if not joining and wait > 0:
+            error = self._setup_error if self.endpoint.failures else None
+            return SetupOutcome(self.endpoint.keyset, error, True, math.ceil(wait))
+        if not joining:
+            self._last_setup = self._clock()
+        try:
+            keyset = await self.refresh("admin")
+        except JwksError as exc:
+            self._setup_error = exc
+            return SetupOutcome(self.endpoint.keyset, exc, False, 0)
+        self._setup_error = None
+        return SetupOutcome(keyset, None, False, 0)
 
     async def refresh(self, trigger: str) -> KeySet:
         """Fetch the endpoint's set now, sharing a fetch already under way; return the new set

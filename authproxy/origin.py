@@ -8,8 +8,10 @@ import ipaddress
 import logging
 import time
 from typing import NamedTuple, Protocol
+from urllib.parse import unquote
 
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -43,6 +45,8 @@ class RequestView(Protocol):
     def query_string(self) -> str: ...
     @property
     def remote(self) -> str | None: ...
+    @property
+    def rel_url(self) -> URL: ...  # its raw_path is the path as sent, before decoding
 
 
 class Origin:
@@ -107,8 +111,7 @@ class Origin:
         method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method")
         uri = headers.get("X-Original-URI") or headers.get("X-Forwarded-Uri")
         if uri is None:
-            # Envoy ext_authz sends the original path under the /auth prefix.
-            uri = request.path_qs[len("/auth"):] or "/"
+            uri = envoy_original_uri(request)
         return method or request.method, uri
 
     def is_preflight(self, request: RequestView) -> bool:
@@ -122,6 +125,14 @@ class Origin:
         claimed = [*headers.getall("X-Original-Method", []),
                    *headers.getall("X-Forwarded-Method", [])]
         return all(m.upper() == "OPTIONS" for m in claimed or [request.method])
+
+
+def envoy_original_uri(request: RequestView) -> str:
+    """The original URI Envoy ext_authz sends under the /auth prefix: the path as sent,
+    decoded once (never sliced out of an already decoded, possibly normalised, path)."""
+    path = unquote(request.rel_url.raw_path.removeprefix("/auth")) or "/"
+    query = request.query_string
+    return f"{path}?{query}" if query else path
 
 
 def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:

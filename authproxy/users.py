@@ -27,6 +27,7 @@ from passlib.handlers.md5_crypt import apr_md5_crypt
 from passlib.handlers.sha2_crypt import sha256_crypt, sha512_crypt
 
 from .errors import AuthProxyError
+from .regularfile import MAX_USERS_FILE_BYTES, read_regular_file
 
 # The bcrypt salt encodes 128 bits in 22 characters, so its last character carries 2 bits and
 # must be one of four; pyca/bcrypt rejects any other as "Invalid salt" at verify time.
@@ -247,8 +248,7 @@ class UserTable:
         """
         name = os.fspath(path)
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = read_regular_file(path, MAX_USERS_FILE_BYTES)
         except OSError as exc:
             raise UserFileError(name, None, f"cannot read: {exc.strerror}") from None
         hashes = _parse_entries(name, data)

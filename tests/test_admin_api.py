@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+
+from authproxy.keysource import MISS_REFRESH_INTERVAL
 
 from .jwks_server import (
     K1,
@@ -80,11 +83,56 @@ async def test_jwks_setup_fetches_now_and_reports_the_new_set(
     assert jwks_server.fetches == 2
 
 
-async def test_jwks_setup_is_not_rate_limited(admin_app: Any, jwks_server: JwksServer) -> None:
+async def test_concurrent_jwks_setup_calls_share_one_fetch(
+    admin_app: Any, jwks_server: JwksServer
+) -> None:
     client = await admin_app()
-    for _ in range(3):
-        assert (await setup(client, ROOT)).status == 200
-    assert jwks_server.fetches == 4
+    jwks_server.serve(K1, K2)
+    responses = await asyncio.gather(*(setup(client, ROOT) for _ in range(50)))
+    bodies = [await r.json() for r in responses]
+    assert {r.status for r in responses} == {200}
+    assert {tuple(b["kids"]) for b in bodies} == {("k1", "k2")}
+    assert jwks_server.fetches == 2  # start-up, and one for all 50
+
+
+async def test_jwks_setup_fetches_at_most_once_per_interval(
+    admin_app: Any, jwks_server: JwksServer, clock: FakeClock
+) -> None:
+    """Like refresh on an unknown kid (MISS_REFRESH_INTERVAL): a call within the interval
+    answers with the set in use, says so, and fetches nothing."""
+    client = await admin_app()
+    jwks_server.serve(K1, K2)
+    first = await (await setup(client, ROOT)).json()
+    assert (first["kids"], first["rate_limited"], first["retry_after"]) == (["k1", "k2"], False, 0)
+    jwks_server.serve(K2)
+    for _ in range(50):
+        response = await setup(client, ROOT)
+        body = await response.json()
+        assert response.status == 200
+        assert (body["kids"], body["rate_limited"]) == (["k1", "k2"], True)
+        assert 0 < body["retry_after"] <= MISS_REFRESH_INTERVAL
+    assert jwks_server.fetches == 2
+    clock.advance(MISS_REFRESH_INTERVAL)
+    body = await (await setup(client, ROOT)).json()
+    assert (body["kids"], body["rate_limited"]) == (["k2"], False)
+
+
+async def test_a_rate_limited_call_after_a_failure_reports_the_failure(
+    admin_app: Any, jwks_server: JwksServer, clock: FakeClock
+) -> None:
+    client = await admin_app()
+    jwks_server.status = 500
+    fetches = jwks_server.fetches
+    for limited in (False, True, True):
+        response = await setup(client, ROOT)
+        body = await response.json()
+        assert response.status == 502
+        assert (body["error"], body["kept_kids"], body["rate_limited"]) == (
+            "http_status", ["k1"], limited)
+    assert jwks_server.fetches == fetches + 1
+    jwks_server.status = 200
+    clock.advance(MISS_REFRESH_INTERVAL)
+    assert (await setup(client, ROOT)).status == 200
 
 
 async def test_an_admin_may_use_a_bearer_token(admin_app: Any, clock: FakeClock) -> None:
