@@ -26,12 +26,12 @@ pytest_plugins = ["tests.jwks_fixtures"]
 
 @pytest.fixture
 def admin_app(start_app: StartApp, htpasswd: Any) -> Any:
-    """An app with Basic users root (admin) and bob, Bearer admin 'ops-bot'."""
+    """An app with Basic users root (admin, named bare) and bob, Bearer admin 'ops-bot'."""
 
     async def start(**jwt: Any) -> TestClient[Any, Any]:
         users = htpasswd(root="rootpw", bob="bobpw")
         return await start_app({"basic": {"users_file": str(users)},
-                                "admin": {"users": ["root", "ops-bot"]}}, **jwt)
+                                "admin": {"users": ["root", "bearer:ops-bot"]}}, **jwt)
 
     return start
 
