@@ -105,8 +105,6 @@ class Policy:
 
     @classmethod
     def _parse(cls, query: str) -> Policy:
-        if len(query) > MAX_POLICY:
-            raise InvalidPolicy("too_long")
         try:
             pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
         except UnicodeDecodeError:
@@ -157,10 +155,18 @@ class Policy:
             raise Forbidden("insufficient_scope", required_scopes=" ".join(sorted(self.scopes)))
 
 
-@functools.lru_cache(maxsize=1024)
+TOO_LONG = Policy(problem="too_long")
+
+
 def policy_for(query: str) -> Policy:
     """The policy of a query string, parsed once. The proxy's config makes the set of query
-    strings small; the bound keeps a client that reaches authproxy directly from growing it."""
+    strings small; the bounds (entries, and bytes of a key) keep a client that reaches
+    authproxy directly from growing it."""
+    return TOO_LONG if len(query) > MAX_POLICY else _parsed(query)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(query: str) -> Policy:
     return Policy.from_query(query)
 
 

@@ -198,3 +198,12 @@ def test_a_groups_file_group_with_a_comma_is_a_load_error(
     config.write_text(f'[basic]\nusers_file = "{users}"\ngroups_file = "{tmp_path}/groups"\n')
     assert main(["check-config", "--config", str(config)]) == 2
     assert "groups:2" in capsys.readouterr().err
+
+
+async def test_an_overlong_policy_is_invalid(app: Any) -> None:
+    """Past MAX_POLICY bytes a query is a client's, not an operator's: refused unparsed."""
+    client = await app()
+    query = "group=" + ",".join(f"g{i}" for i in range(2000))
+    response = await client.get(f"/auth?{query}", headers=basic("bob", "bobpw"))
+    assert response.status == 403
+    assert await metric(client, 'authproxy_invalid_policy_total{problem="too_long"}') == 1
