@@ -1,7 +1,8 @@
 """The admin API: ``POST /api/v2/jwks_setup`` (fetch the JWK Set now), ``GET /api/v2/jwks``.
 
 Callers authenticate through the same scheme chain as /auth, with either scheme, and must be
-named in admin.users: no or bad credentials 401 with the challenge, anyone else 403 (SPEC §5).
+named in admin.users with the scheme they used (``basic:NAME``, ``bearer:NAME``; SPEC §8.3):
+no or bad credentials 401 with the challenge, anyone else 403 (SPEC §5).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ def iso_time(ts: float | None) -> str | None:
 class AdminApi:
     """The /api/v2 handlers. ``keys`` is None when Bearer is not configured."""
 
-    def __init__(self, decider: Decider, keys: KeySource | None, admins: tuple[str, ...]) -> None:
+    def __init__(self, decider: Decider, keys: KeySource | None,
+                 admins: frozenset[tuple[str, str]]) -> None:
         self._decider = decider
         self._keys = keys
-        self._admins = frozenset(admins)
+        self._admins = admins  # (scheme, name): a token's sub never stands for a Basic user
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v2/jwks_setup", self.jwks_setup)
@@ -57,7 +59,7 @@ class AdminApi:
             identity = await chain.authenticate(AuthRequest(credentials, *client),
                                                 chain.schemes)
             fields["user"] = identity.user
-            if identity.user not in self._admins:
+            if (identity.method, identity.user) not in self._admins:
                 raise Forbidden("not_admin")
         except Unauthenticated as exc:
             log.info("admin request refused", extra={**fields, "status": 401, "reason": exc.reason})

@@ -109,7 +109,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz_handler(chain))
     app.router.add_get("/metrics", metrics_handler(metrics))
-    AdminApi(decider, app.get(KEY_SOURCE), config.admin.users).add_routes(app)
+    AdminApi(decider, app.get(KEY_SOURCE), config.admin.principals).add_routes(app)
     return app
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import JwtConfig
 from .errors import Unauthenticated
-from .identity import Identity
+from .identity import Identity, sendable
 from .jose import invalid_token, strict_json
 
 MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z: later is a forgery or a bug
@@ -46,9 +46,15 @@ def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
 
 
 def _strings(value: Any, name: str, split: bool) -> frozenset[str]:
-    """A string (space-separated when ``split``) or a list of strings, as a set."""
+    """A string (split on ASCII spaces when ``split``) or a list of strings, as a set.
+
+    Only U+0020 separates scopes (RFC 6749 §3.3): ``str.split()`` would also split on
+    U+00A0 or U+2028 and so read scopes the token does not grant.
+    """
     if isinstance(value, str):
-        return frozenset(value.split()) if split else frozenset([value])
+        if not split:
+            return frozenset([value])
+        return frozenset(item for item in value.split(" ") if item)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return frozenset(item for item in value if item)
     raise invalid_token(f"bad_{name}")
@@ -100,10 +106,12 @@ class ClaimPolicy:
             if name in claims:
                 scopes |= _strings(claims[name], name, split=True)
         groups = _strings(claims["groups"], "groups", split=False) if "groups" in claims else None
+        sent_groups, sent_scopes, dropped = sendable(groups or (), scopes)
         try:
             return Identity(
                 user=user, method="bearer", subject=subject if isinstance(subject, str) else "",
-                groups=groups or frozenset(), scopes=scopes, expires_at=exp,
+                groups=sent_groups, scopes=sent_scopes, expires_at=exp, claims=claims,
+                dropped=dropped,
             )
         except Unauthenticated:  # a control character in a claim: not sendable as a header
             raise invalid_token("unsafe_identity") from None

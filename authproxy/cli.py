@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -45,6 +46,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     setup_logging(config.log)
+    if config.jwt.enabled and config.jwt.insecure_skip_issuer_and_audience:
+        logging.getLogger("authproxy.cli").warning(
+            "jwt.insecure_skip_issuer_and_audience is on: tokens are checked for neither iss "
+            "nor aud, so any token signed by a key in the set passes, whoever it was issued to",
+            extra={"event": "insecure_config", "key": "jwt.insecure_skip_issuer_and_audience"})
     if config.worker_count > 1:
         from .supervisor import supervise
 
@@ -123,8 +129,9 @@ def cmd_dev_issuer(args: argparse.Namespace) -> int:
             print(f"authproxy: --ttl: {exc}", file=sys.stderr)
             return 2
         issuer = args.issuer if args.issuer is not None else devissuer.recorded_issuer(args.dir)
+        audience = devissuer.DEFAULT_AUDIENCE if args.aud is None else args.aud
         print(devissuer.mint(
-            key, issuer=issuer, subject=args.sub, ttl=ttl, audience=args.aud or "",
+            key, issuer=issuer, subject=args.sub, ttl=ttl, audience=audience,
             scopes=[s for v in args.scope or () for s in v.replace(",", " ").split()],
             groups=[g for v in args.group or () for g in v.split(",") if g],
         ))
@@ -200,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the subject (user)")
     token.add_argument("--scope", action="append", help="scopes, space or comma separated")
     token.add_argument("--group", action="append", help="groups, comma separated")
-    token.add_argument("--aud", help="audience")
+    token.add_argument("--aud", help="audience (default: authproxy, as the demo requires)")
     token.add_argument("--ttl", default="1h", help="lifetime: 3600, 90s, 15m, 1h, 2d")
     token.add_argument("--issuer", help="iss claim (default: the URL `serve` last used)")
     issuer.set_defaults(func=cmd_dev_issuer)

@@ -189,9 +189,19 @@ class JwtConfig:
     )
     jwks_username_field: str = field(default="sub", metadata=_meta("claim naming the user"))
     jwks_require_audience: tuple[str, ...] = field(
-        default=(), metadata=_meta("token aud must contain one of these, if set")
+        default=(), metadata=_meta(
+            "token aud must contain one of these, if set (this or issuer is required)")
     )
-    issuer: str = field(default="", metadata=_meta("token iss must equal this, if set"))
+    issuer: str = field(default="", metadata=_meta(
+        "token iss must equal this, if set (this or jwks_require_audience is required)"))
+    insecure_skip_issuer_and_audience: bool = field(
+        default=False,
+        metadata=_meta(
+            "accept tokens checking neither iss nor aud: any token signed by a key in the "
+            "set passes, whoever it was issued to. Only for a key set used by this service "
+            "alone; warned about at start"
+        ),
+    )
     algorithms: tuple[str, ...] = field(
         default=ASYMMETRIC_ALGORITHMS, metadata=_meta("accepted JWS algorithms", _check_algorithms)
     )
@@ -223,11 +233,46 @@ class JwtConfig:
         return bool(self.jwks_endpoint) or self.discovers_jwks
 
 
+ADMIN_SCHEMES = ("basic", "bearer")
+
+
+def admin_principal(entry: str) -> tuple[str, str]:
+    """``basic:NAME`` or ``bearer:NAME`` as (scheme, name); a bare ``NAME`` is Basic's.
+    Raise ValueError for an unknown scheme prefix or an empty name."""
+    scheme, colon, name = entry.partition(":")
+    if not colon:
+        scheme, name = "basic", entry
+    if scheme not in ADMIN_SCHEMES:
+        raise ValueError(f"{entry!r}: the scheme must be basic: or bearer:")
+    if not name:
+        raise ValueError(f"{entry!r}: no name")
+    return scheme, name
+
+
+def _check_admins(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            admin_principal(value)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     users: tuple[str, ...] = field(
-        default=(), metadata=_meta("identities allowed to call /api/v2/*")
+        default=(),
+        metadata=_meta(
+            "identities allowed to call /api/v2/*: basic:NAME (a user of the user table), "
+            "bearer:NAME (a token's jwks_username_field claim); a bare NAME is basic:NAME",
+            _check_admins,
+        ),
     )
+
+    @property
+    def principals(self) -> frozenset[tuple[str, str]]:
+        """The admins as (scheme, name) pairs."""
+        return frozenset(admin_principal(entry) for entry in self.users)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +437,14 @@ def _cross_checks(config: Config) -> list[str]:
         problem = check_url(config.jwt.issuer)
         if problem:
             problems.append(f"jwt.issuer: to discover the JWKS from it, it {problem}")
+    jwt = config.jwt
+    if (jwt.enabled and not jwt.issuer and not jwt.jwks_require_audience
+            and not jwt.insecure_skip_issuer_and_audience):
+        problems.append(
+            "[jwt] checks neither issuer nor jwks_require_audience: any token signed by a "
+            "key in the set would pass, whoever it was issued to. Set one (or, for a key set "
+            "used by this service alone, jwt.insecure_skip_issuer_and_audience = true)"
+        )
     if config.jwt.accept_in_basic and not config.jwt.enabled:
         problems.append("jwt.accept_in_basic needs a JWT key source")
     if config.basic.groups_file and not config.basic.users_file:

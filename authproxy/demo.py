@@ -27,7 +27,13 @@ from pathlib import Path
 from aiohttp import web
 
 from .devcerts import dev_cert_paths, write_dev_certs, write_private
-from .devissuer import create_issuer_app, load_or_create_key, mint, record_issuer
+from .devissuer import (
+    DEFAULT_AUDIENCE,
+    create_issuer_app,
+    load_or_create_key,
+    mint,
+    record_issuer,
+)
 from .userfile import add_user
 
 SNIPPETS = ("authproxy-upstream.conf", "authproxy-auth.conf", "authproxy-protect.conf")
@@ -234,8 +240,9 @@ groups_file = "{work}/groups"
 [jwt]
 issuer = "{issuer}"
 jwks_endpoint = "{issuer}/.well-known/jwks.json"
+jwks_require_audience = ["{DEFAULT_AUDIENCE}"]
 [admin]
-users = ["demo"]
+users = ["basic:demo"]
 """)
     upstream = (snippets / "authproxy-upstream.conf").read_text().replace(
         "server 127.0.0.1:9180;", f"server 127.0.0.1:{authproxy_port};")

@@ -50,6 +50,11 @@ def recorded_issuer(directory: str | os.PathLike[str]) -> str:
         return ""
 
 
+# The aud of the dev issuer's tokens unless asked otherwise, and what the demo's authproxy
+# requires: a config checking neither iss nor aud is refused (SPEC §8.3).
+DEFAULT_AUDIENCE = "authproxy"
+
+
 def mint(
     key: jwk.JWK,
     *,
@@ -58,7 +63,7 @@ def mint(
     ttl: int = 3600,
     scopes: Sequence[str] = (),
     groups: Sequence[str] = (),
-    audience: str = "",
+    audience: str = DEFAULT_AUDIENCE,
     now: float | None = None,
 ) -> str:
     """A signed RS256 JWT for ``subject``, valid for ``ttl`` seconds."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from .identity import sendable_group
 from .regularfile import MAX_GROUPS_FILE_BYTES, read_regular_file
 from .users import UserFileError
 
@@ -13,7 +14,8 @@ def load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozenset[str]]:
     """Read a groups file into ``user -> groups``; raise UserFileError naming file and line.
 
     A group may span several lines (Apache allows it); blank lines and ``#`` comments are
-    skipped.
+    skipped. A group name that X-Auth-Groups could not carry as itself (a comma, a control
+    character) is an error, like a line that does not parse: the old groups stay in use.
     """
     try:
         data = read_regular_file(path, MAX_GROUPS_FILE_BYTES)
@@ -33,6 +35,10 @@ def load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozenset[str]]:
         group = group.strip()
         if not colon or not group or any(c.isspace() for c in group):
             raise UserFileError(os.fspath(path), lineno, "expected 'group: user1 user2'")
+        if not sendable_group(group):
+            # X-Auth-Groups is comma-joined: "x,admins" would read as the group admins
+            raise UserFileError(os.fspath(path), lineno,
+                                "a group name cannot hold ',' or a control character")
         for user in users.split():
             members.setdefault(user, set()).add(group)
     return {user: frozenset(groups) for user, groups in members.items()}

@@ -19,7 +19,7 @@ from .identity import EMPTY_HEADERS, Identity
 from .logs import DecisionLog
 from .metrics import Metrics
 from .origin import Origin, RequestView
-from .policy import Policy, policy_for
+from .policy import InvalidPolicyLog, Policy, policy_for
 
 log = logging.getLogger("authproxy.handlers")
 
@@ -88,6 +88,7 @@ class Decider:
         self.origin = Origin(config.server.trusted_networks, config.server.allow_preflight)
         self._wall_clock = wall_clock
         self._cache_hint = config.server.nginx_cache_hint
+        self._invalid_policies = InvalidPolicyLog()
 
     # -- the decision --------------------------------------------------------------------
 
@@ -123,6 +124,8 @@ class Decider:
     def _decide_now(self, case: _Case, started: float) -> Answer | None:
         if not is_normalised_decision_path(case.raw_path):
             return self._conclude(case, Unauthenticated("path_not_normalised"), started)
+        if case.policy.problem:  # refused before any credential is looked at: no hash spent
+            return self._conclude(case, Forbidden("invalid_policy"), started)
         if case.preflight:
             return self._conclude(case, None, started)
         try:
@@ -142,10 +145,22 @@ class Decider:
             "uri": uri.partition("?")[0], "scheme": "",
         }
         # Below /auth (Envoy) the query string is the client's, never a policy.
-        policy = policy_for(request.query_string if request.path == "/auth" else "")
+        query = request.query_string if request.path == "/auth" else ""
+        policy = policy_for(query)
+        if policy.problem:
+            self._invalid_policy(query, policy.problem)
+            fields["policy_problem"] = policy.problem
         enabled = self.chain.schemes
         return _Case(enabled, request, fields, policy, policy.allowed_schemes(enabled),
                      origin.is_preflight(request), client.key)
+
+    def _invalid_policy(self, query: str, problem: str) -> None:
+        """Count a request under an invalid policy; log the policy the first time."""
+        self.metrics.invalid_policies.labels(problem).inc()
+        if self._invalid_policies.first_time(query):
+            log.error("invalid policy: every request under it is refused with 403", extra={
+                "event": "invalid_policy", "problem": problem, "policy": query[:256],
+            })
 
     def _conclude(
         self, case: _Case, outcome: Identity | Exception | None, started: float
@@ -173,6 +188,8 @@ class Decider:
             return Answer(200, _PREFLIGHT_HEADERS)
         fields["scheme"] = identity.method
         fields["user"] = identity.user
+        if identity.dropped:
+            fields["dropped_values"] = identity.dropped
         case.policy.check(identity)
         fields["status"], fields["outcome"], fields["reason"] = 200, "allow", "ok"
         if self._cache_hint:

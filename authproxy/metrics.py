@@ -200,6 +200,13 @@ class Metrics:
             "authproxy_http_parse_errors_total",
             "Requests the HTTP parser refused, answered 401.", registry=registry,
         )
+        self.invalid_policies = Counter(
+            "authproxy_invalid_policy_total",
+            "Requests refused (403) because the location's policy is invalid, by problem "
+            "(unknown_key, empty_value, empty_item, repeated_key, unknown_scheme, not_utf8, "
+            "too_long). The policy itself is logged once, never a label.",
+            ["problem"], registry=registry,
+        )
         self.multiprocess_dir = multiprocess_dir
         self._shared: SharedDecisions | None = None
         self._exposed = registry

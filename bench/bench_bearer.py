@@ -43,7 +43,7 @@ def _init_signer(pem: bytes) -> None:
 def _mint_range(start: int, count: int) -> list[str]:
     now = int(time.time())
     return [
-        pyjwt.encode({"sub": f"user{i}", "iat": now, "exp": now + 3600, "jti": str(i)},
+        pyjwt.encode({"sub": f"user{i}", "aud": "bench", "iat": now, "exp": now + 3600, "jti": str(i)},
                      _SIGNER[0], algorithm="RS256", headers={"kid": KID})
         for i in range(start, start + count)
     ]
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         nginx_conf(tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"}))
     (tmp / "authproxy.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{ports["authproxy"]}"]\n'
-        f'[jwt]\njwks_file = "{tmp}/jwks.json"\nalgorithms = ["RS256"]\n')
+        f'[jwt]\njwks_file = "{tmp}/jwks.json"\nalgorithms = ["RS256"]\n'
+        'jwks_require_audience = ["bench"]\n')
     py = sys.executable
     cached = "Bearer " + tokens[-1]
     base = f"http://127.0.0.1:{ports['nginx']}"

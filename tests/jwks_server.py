@@ -117,10 +117,16 @@ K1 = signing_key("RS256", "k1")
 K2 = signing_key("RS256", "k2")
 
 
+# The audience of the tests' tokens and configs: a [jwt] checking neither iss nor aud is a
+# configuration error (SPEC §8.3).
+AUDIENCE = "authproxy-tests"
+
+
 def claims_at(now: float, **claims: Any) -> dict[str, Any]:
-    """Default claims valid at ``now`` (sub alice, iat now, exp now+300), overridden by
-    ``claims``; an OMIT value removes the claim."""
-    base: dict[str, Any] = {"sub": "alice", "iat": int(now), "exp": int(now) + 300}
+    """Default claims valid at ``now`` (sub alice, aud AUDIENCE, iat now, exp now+300),
+    overridden by ``claims``; an OMIT value removes the claim."""
+    base: dict[str, Any] = {"sub": "alice", "aud": AUDIENCE, "iat": int(now),
+                            "exp": int(now) + 300}
     base.update(claims)
     return {k: v for k, v in base.items() if v is not OMIT}
 
@@ -250,7 +256,8 @@ class JwksServer:
 
 
 def jwt_section(server: JwksServer, **jwt: Any) -> dict[str, Any]:
-    return {"jwks_endpoint": server.url, "jwks_ssl_ca_certificate": str(server.ca_file), **jwt}
+    return {"jwks_endpoint": server.url, "jwks_ssl_ca_certificate": str(server.ca_file),
+            "jwks_require_audience": [AUDIENCE], **jwt}
 
 
 StartApp = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 import trustme
 
-from .jwks_server import SigningKey, mint
+from .jwks_server import AUDIENCE, SigningKey, mint
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX_DIR = REPO / "nginx"
@@ -221,7 +221,7 @@ def start_users_and_keys_authproxy(
         "log": {"level": "info", "format": "json"},
         "basic": {"users_file": str(directory / "users.htpasswd"),
                   "groups_file": str(directory / "groups"), "max_failures": 10000},
-        "jwt": {"jwks_file": str(directory / "jwks.json")},
+        "jwt": {"jwks_file": str(directory / "jwks.json"), "jwks_require_audience": [AUDIENCE]},
     })
     with start_authproxy(config, [f"127.0.0.1:{free_port()}"], directory) as proxy:
         yield proxy

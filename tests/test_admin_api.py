@@ -29,12 +29,12 @@ pytest_plugins = ["tests.jwks_fixtures"]
 
 @pytest.fixture
 def admin_app(start_app: StartApp, htpasswd: Any) -> Any:
-    """An app with Basic users root (admin) and bob, Bearer admin 'ops-bot'."""
+    """An app with Basic users root (admin, named bare) and bob, Bearer admin 'ops-bot'."""
 
     async def start(**jwt: Any) -> TestClient[Any, Any]:
         users = htpasswd(root="rootpw", bob="bobpw")
         return await start_app({"basic": {"users_file": str(users)},
-                                "admin": {"users": ["root", "ops-bot"]}}, **jwt)
+                                "admin": {"users": ["root", "bearer:ops-bot"]}}, **jwt)
 
     return start
 
@@ -187,3 +187,23 @@ async def test_without_an_endpoint_setup_is_409(
     assert (await setup(client, ROOT)).status == 409
     body = await (await client.get("/api/v2/jwks", headers=ROOT)).json()
     assert [s["source"] for s in body["sources"]] == ["file"]
+
+
+async def test_a_token_naming_a_basic_admin_is_not_an_admin(
+    admin_app: Any, clock: FakeClock
+) -> None:
+    """admin.users "root" (bare: Basic) is not a token whose sub is root: a token from any
+    issuer sharing the keys could name itself so."""
+    client = await admin_app()
+    token = bearer(mint(K1, clock.time(), sub="root"))
+    assert (await setup(client, token)).status == 403
+    assert (await client.get("/api/v2/jwks", headers=token)).status == 403
+    assert (await setup(client, ROOT)).status == 200
+
+
+async def test_a_basic_user_named_like_a_bearer_admin_is_not_an_admin(
+    start_app: StartApp, htpasswd: Any
+) -> None:
+    client = await start_app({"basic": {"users_file": str(htpasswd(**{"ops-bot": "pw"}))},
+                              "admin": {"users": ["bearer:ops-bot"]}})
+    assert (await setup(client, basic("ops-bot", "pw"))).status == 403

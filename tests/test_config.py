@@ -110,3 +110,60 @@ def test_check_config_reads_authproxy_config_env(tmp_path: Path, htpasswd, monke
     assert main(["check-config"]) == 0
     monkeypatch.setenv("AUTHPROXY_CONFIG", str(tmp_path / "nope.toml"))
     assert main(["check-config"]) == 2
+
+
+# -- [jwt] must check iss or aud; admin.users name their scheme (SPEC §8.3) ----------------
+
+
+@pytest.mark.parametrize("jwt", [
+    {"jwks_endpoint": "https://idp.example/jwks"},
+    {"jwks_file": "/dev/null"},
+    {"jwks_endpoint": "https://idp.example/jwks", "insecure_skip_issuer_and_audience": False},
+])
+def test_jwt_checking_neither_issuer_nor_audience_is_an_error(make_config, jwt) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config({"jwt": jwt})
+    assert any("jwt.insecure_skip_issuer_and_audience" in p for p in caught.value.problems)
+
+
+@pytest.mark.parametrize("jwt", [
+    {"jwks_endpoint": "https://idp.example/jwks", "issuer": "https://idp.example"},
+    {"jwks_endpoint": "https://idp.example/jwks", "jwks_require_audience": ["api"]},
+    {"issuer": "https://idp.example"},  # discovery: the issuer is checked
+    {"jwks_endpoint": "https://idp.example/jwks", "insecure_skip_issuer_and_audience": True},
+])
+def test_jwt_checking_issuer_or_audience_or_opting_out_loads(make_config, jwt) -> None:
+    assert make_config({"jwt": jwt}).jwt.enabled
+
+
+def test_the_opt_out_is_warned_about_at_start(tmp_path: Path) -> None:
+    from .servers import free_port, start_authproxy
+
+    # an endpoint on loopback that never answers: the warning comes before any key set
+    config = (f'[jwt]\njwks_endpoint = "http://127.0.0.1:{free_port()}/jwks.json"\n'
+              "insecure_skip_issuer_and_audience = true\n")
+    with start_authproxy(config, [f"127.0.0.1:{free_port()}"], tmp_path) as proxy:
+        warnings = [line for line in proxy.log_text().splitlines()
+                    if '"event":"insecure_config"' in line]
+    assert len(warnings) == 1 and '"level":"warning"' in warnings[0]
+
+
+@pytest.mark.parametrize(("users", "principals"), [
+    (["root"], {("basic", "root")}),
+    (["basic:root", "bearer:ops-bot", "bearer:urn:svc:deploy"],
+     {("basic", "root"), ("bearer", "ops-bot"), ("bearer", "urn:svc:deploy")}),
+])
+def test_admin_users_name_their_scheme(make_config, htpasswd, users, principals) -> None:
+    config = make_config({"basic": {"users_file": str(htpasswd(root="pw"))},
+                          "admin": {"users": users}})
+    assert config.admin.principals == principals
+
+
+@pytest.mark.parametrize("entry", ["ldap:root", "Bearer:ops-bot", "bearer:", "basic:", ""])
+def test_an_admin_entry_with_an_unknown_scheme_or_no_name_is_an_error(
+    make_config, htpasswd, entry: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config({"basic": {"users_file": str(htpasswd(root="pw"))},
+                     "admin": {"users": [entry]}})
+    assert [p for p in caught.value.problems if p.startswith("admin.users:")]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from .conftest import toml_text, write_users
-from .jwks_server import signing_key
+from .jwks_server import AUDIENCE, signing_key
 from .servers import (
     NGINX_DIR,
     PASSWORDS,
@@ -77,7 +77,7 @@ def authproxy_config(files: dict[str, str], **server: Any) -> str:
         "basic": {"users_file": files["users"], "groups_file": files["groups"],
                   "max_failures": 10000},
         # No leeway, so that a cached token's end can be watched without waiting a minute.
-        "jwt": {"jwks_file": files["jwks"], "leeway": 0},
+        "jwt": {"jwks_file": files["jwks"], "leeway": 0, "jwks_require_audience": [AUDIENCE]},
     })
 
 
@@ -258,7 +258,8 @@ def test_authproxy_without_keys_gives_the_503_page_to_bearer_requests(
         "server": {"realm": REALM},
         "basic": {"users_file": auth_files["users"]},
         # An endpoint that never answers: no key set is ever loaded.
-        "jwt": {"jwks_endpoint": f"http://127.0.0.1:{free_port()}/jwks.json"},
+        "jwt": {"jwks_endpoint": f"http://127.0.0.1:{free_port()}/jwks.json",
+                "jwks_require_audience": [AUDIENCE]},
     })
     with (start_site(address, echo_upstream, tls_files, tmp_path / "nginx") as site,
           start_authproxy(config, [address], tmp_path / "authproxy")):

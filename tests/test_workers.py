@@ -41,7 +41,7 @@ from authproxy.metrics import Metrics
 from authproxy.supervisor import Supervisor
 
 from .conftest import bcrypt_hash, toml_text, write_users
-from .jwks_server import K1, K2, JwksServer, basic, jwt_section, mint, signing_key
+from .jwks_server import AUDIENCE, K1, K2, JwksServer, basic, jwt_section, mint, signing_key
 from .servers import Authproxy, free_port, start_authproxy, wait_until
 
 pytest_plugins = ["tests.jwks_fixtures"]
@@ -161,7 +161,8 @@ def test_every_worker_answers_on_tcp_and_unix_and_reloads_on_sighup(tmp_path: Pa
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps({"keys": [K1.public_jwk]}))
     tcp, unix = f"127.0.0.1:{free_port()}", f"unix:{tmp_path / 'authproxy.sock'}"
-    config = config_text(users, 2, jwt={"jwks_file": str(jwks_file)})
+    config = config_text(users, 2, jwt={"jwks_file": str(jwks_file),
+                                        "jwks_require_audience": [AUDIENCE]})
     with start_authproxy(config, [tcp, unix], tmp_path / "run") as proxy:
         assert stat.S_IMODE(os.stat(unix[len("unix:"):]).st_mode) == 0o666  # as one process
         workers = serving_workers(proxy, 2)
@@ -414,7 +415,8 @@ def test_a_ban_reached_on_two_workers_together_holds_on_every_worker(tmp_path: P
 def jwks_config(users: Path, workers: int, server: JwksServer, **jwt: Any) -> str:
     return config_text(
         users, workers, admin={"users": ["root"]},
-        jwt={"jwks_endpoint": server.url, "jwks_ssl_ca_certificate": str(server.ca_file), **jwt},
+        jwt={"jwks_endpoint": server.url, "jwks_ssl_ca_certificate": str(server.ca_file),
+             "jwks_require_audience": [AUDIENCE], **jwt},
     )
 
 
