@@ -114,6 +114,12 @@ class ServerConfig:
     workers: str = field(
         default="1", metadata=_meta('processes sharing the sockets, or "auto"', _check_workers)
     )
+    worker_timeout: int = field(
+        default=5,
+        metadata=_meta(
+            "seconds a worker's event loop may send no heartbeat before the supervisor kills "
+            "(SIGKILL) and replaces it, as hung (workers > 1)", _positive),
+    )
     realm: str = field(default="authproxy", metadata=_meta("realm in challenges", _header_safe))
     trusted_proxies: tuple[str, ...] = field(
         default=("127.0.0.1/32", "::1/128"),
