@@ -35,18 +35,25 @@ class Origin:
     ``trusted`` (server.trusted_proxies), or from a peer on a unix socket: it has no address,
     and is the local proxy (the socket's directory permissions decide who may connect)."""
 
-    def __init__(self, trusted: tuple[IPNetwork, ...], allow_preflight: bool) -> None:
+    def __init__(
+        self, trusted: tuple[IPNetwork, ...], allow_preflight: bool,
+        trust_unix_peers: bool = True,
+    ) -> None:
         # Memoized per address: peers are few (the proxies); forwarded hops are
         # client-chosen, hence the bound.
         self._is_trusted = functools.lru_cache(maxsize=4096)(
             functools.partial(_in_networks, networks=trusted))
         self._allow_preflight = allow_preflight
+        # False when any local user may connect to the unix socket (listen.unix_peers_trusted)
+        self._trust_unix_peers = trust_unix_peers
 
     def client_address(self, request: RequestView) -> str:
         """The client's address: forwarded headers are believed only from a trusted proxy."""
         peer = request.remote or ""
         if peer and not self._is_trusted(peer):
             return peer
+        if not peer and not self._trust_unix_peers:
+            return "unix"
         real_ip = request.headers.get("X-Real-IP", "").strip()
         if real_ip and _is_ip(real_ip):
             return real_ip

@@ -98,7 +98,7 @@ def supervise(config: Config) -> int:
         from .metrics import Metrics
         from .server import event_loop
 
-        sockets = bind_all(config.server.listen_addresses)
+        sockets = bind_all(config.server.listen_addresses, config.server.unix_access)
         if sockets is None:
             return 1
         metrics = Metrics(metrics_dir)
