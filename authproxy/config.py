@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .listen import ListenAddress, parse_listen
+from .listen import ListenAddress, UnixSocketAccess, parse_listen, unix_peers_trusted
 from .regularfile import (
     MAX_GROUPS_FILE_BYTES,
     MAX_JWKS_FILE_BYTES,
@@ -77,6 +77,12 @@ def _check_networks(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def _check_mode(value: str) -> str | None:
+    if re.fullmatch(r"0?[0-7]{3}", value):
+        return None
+    return 'must be octal permission bits, like "0660"'
+
+
 def _check_workers(value: str) -> str | None:
     if value == "auto" or (value.isdigit() and int(value) >= 1):
         return None
@@ -120,6 +126,25 @@ class ServerConfig:
     workers: str = field(
         default="1", metadata=_meta('processes sharing the sockets, or "auto"', _check_workers)
     )
+    worker_timeout: int = field(
+        default=5,
+        metadata=_meta(
+            "seconds a worker's event loop may send no heartbeat before the supervisor kills "
+            "(SIGKILL) and replaces it, as hung (workers > 1)", _positive),
+    )
+    unix_socket_mode: str = field(
+        default="0666",
+        metadata=_meta(
+            'permissions of unix listen sockets, octal ("0660"). Their peers are believed as '
+            'the proxy (X-Real-IP / X-Forwarded-For) only without o+w: "0666" lets any local '
+            "user connect, so nothing they forward is believed",
+            _check_mode),
+    )
+    unix_socket_group: str = field(
+        default="",
+        metadata=_meta("group (name or number) given to unix listen sockets, e.g. the "
+                       "proxy's (www-data); this process must belong to it. Empty: its own"),
+    )
     realm: str = field(default="authproxy", metadata=_meta("realm in challenges", _header_safe))
     trusted_proxies: tuple[str, ...] = field(
         default=("127.0.0.1/32", "::1/128"),
@@ -135,6 +160,15 @@ class ServerConfig:
     @property
     def listen_addresses(self) -> tuple[ListenAddress, ...]:
         return tuple(parse_listen(a) for a in self.listen)
+
+    @property
+    def unix_access(self) -> UnixSocketAccess:
+        return UnixSocketAccess(int(self.unix_socket_mode, 8), self.unix_socket_group)
+
+    @property
+    def trusts_unix_peers(self) -> bool:
+        """Whether a peer on the unix sockets is believed as the proxy (listen.py)."""
+        return unix_peers_trusted(self.unix_access.mode)
 
     @property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -85,7 +85,8 @@ class Decider:
         self.metrics = metrics
         self.decisions = decisions
         self._realm = config.server.realm
-        self.origin = Origin(config.server.trusted_networks, config.server.allow_preflight)
+        self.origin = Origin(config.server.trusted_networks, config.server.allow_preflight,
+                             trust_unix_peers=config.server.trusts_unix_peers)
         self._wall_clock = wall_clock
         self._cache_hint = config.server.nginx_cache_hint
         self._invalid_policies = InvalidPolicyLog()

@@ -6,7 +6,10 @@ config, pickled: the worker runs exactly what the supervisor checked, even if th
 since, and nothing but the supervisor holds the other end) and the ``lockout`` state that
 follows it (banshare.py), then notices (``published``, ``ban``, ``known``) and replies
 (``reply`` with the request's ``id``). The worker sends requests (``refresh``) and notices
-(``failure``, ``known``). When the supervisor goes away, the worker sees end-of-file and stops.
+(``failure``, ``known``; :class:`Heartbeat`). When the supervisor goes away, the worker sees
+end-of-file and stops.
+
+Messages are being moved to one dataclass each, defined here (:class:`Heartbeat` so far).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pickle
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .config import Config
 
@@ -59,6 +62,24 @@ async def _read_lockout_state(reader: asyncio.StreamReader) -> Message:
         state["bans"].extend(message.get("bans", ()))
         state["known"].extend(message.get("known", ()))
     raise RuntimeError("no lockout state from the supervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Worker to supervisor, every :func:`heartbeat_interval` from the worker's event loop:
+    that loop turned just now. A worker silent for ``server.worker_timeout`` seconds is hung
+    (stopped, or its loop blocked) and is killed and replaced (supervisor.py)."""
+
+    OP: ClassVar[str] = "heartbeat"
+
+    def message(self) -> Message:
+        return {"op": self.OP}
+
+
+def heartbeat_interval(worker_timeout: float) -> float:
+    """Seconds between heartbeats: several fit in ``worker_timeout``, so that one late turn
+    of a busy loop is not taken for a hang."""
+    return min(1.0, worker_timeout / 4)
 
 
 def bootstrap_message(config: Config, index: int, state_dir: str, metrics_dir: str) -> Message:

@@ -1,9 +1,17 @@
 """Where authproxy listens: ``HOST:PORT``, ``[V6]:PORT`` or ``unix:/path``, bound the same way
-for one process and for a supervisor whose workers inherit the sockets."""
+for one process and for a supervisor whose workers inherit the sockets.
+
+A unix socket gets the mode and group of ``server.unix_socket_mode`` and
+``server.unix_socket_group`` before it listens, so no connection is ever accepted under other
+permissions. Its peers have no address; they are believed as the proxy (their forwarded
+client address trusted) only if the mode lets no "other" user connect
+(:func:`unix_peers_trusted`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import ipaddress
 import logging
 import os
@@ -16,7 +24,26 @@ from dataclasses import dataclass
 log = logging.getLogger("authproxy.server")
 
 BACKLOG = 128  # aiohttp's default for its sites
-UNIX_SOCKET_MODE = 0o666  # restrict access with the directory's permissions
+UNIX_SOCKET_MODE = 0o666  # server.unix_socket_mode's default: anyone may connect, none is believed
+
+
+def unix_peers_trusted(mode: int) -> bool:
+    """Whether peers on a unix socket of permission bits ``mode`` may be believed as the proxy.
+
+    connect(2) on a unix socket needs write permission on its file: without o+w only its
+    owner and group (the proxy's, when set up as the shipped units do) can connect. With it
+    any local user could, and choose the X-Real-IP believed, so then no peer is believed.
+    """
+    return not mode & stat.S_IWOTH
+
+
+@dataclass(frozen=True, slots=True)
+class UnixSocketAccess:
+    """Who may connect to the unix sockets: permission bits and, if not empty, a group (name or
+    number) the socket file is given (this process must belong to it)."""
+
+    mode: int = UNIX_SOCKET_MODE
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,25 +83,38 @@ def parse_listen(text: str) -> ListenAddress:
     return ListenAddress(host=host, port=port)
 
 
-def bind_all(addresses: Iterable[ListenAddress]) -> list[socket.socket] | None:
+def bind_all(
+    addresses: Iterable[ListenAddress], unix_access: UnixSocketAccess = UnixSocketAccess()
+) -> list[socket.socket] | None:
     """Listening sockets for every address; None, with an error logged and nothing left
-    bound, if one cannot be had (in use, no permission, a name that does not resolve)."""
+    bound, if one cannot be had (in use, no permission, a name that does not resolve, a
+    unix socket group that does not exist or that this process may not give)."""
     sockets: list[socket.socket] = []
+    addresses = list(addresses)
     try:
         for address in addresses:
-            sockets.extend(bind(address))
+            sockets.extend(bind(address, unix_access))
     except OSError as exc:
         for sock in sockets:
             sock.close()
         log.error("cannot listen", extra={"event": "listen_error", "error": str(exc)})
         return None
+    unix = [str(a) for a in addresses if a.is_unix]
+    if unix and not unix_peers_trusted(unix_access.mode):
+        log.warning("any local user may connect to the unix socket: its peers are not "
+                    "believed as the proxy (no forwarded client address); set "
+                    'server.unix_socket_mode (e.g. "0660") and server.unix_socket_group',
+                    extra={"event": "listen_untrusted", "listen": unix,
+                           "mode": f"{unix_access.mode:04o}"})
     return sockets
 
 
-def bind(address: ListenAddress) -> list[socket.socket]:
+def bind(
+    address: ListenAddress, unix_access: UnixSocketAccess = UnixSocketAccess()
+) -> list[socket.socket]:
     """Listening sockets for ``address``: one per address a host name resolves to."""
     if address.is_unix:
-        return [_bind_unix(address.path)]
+        return [_bind_unix(address.path, unix_access)]
     sockets = []
     infos = socket.getaddrinfo(address.host or None, address.port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
@@ -94,7 +134,8 @@ def bind(address: ListenAddress) -> list[socket.socket]:
     return sockets
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, access: UnixSocketAccess) -> socket.socket:
+    gid = _group_id(access.group) if access.group else -1
     # As asyncio does: a socket file left by an earlier run is replaced, anything else is not.
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
@@ -102,9 +143,23 @@ def _bind_unix(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        os.chmod(path, UNIX_SOCKET_MODE)
+        # Until listen(), a connect() is refused whatever the file's mode: the permissions
+        # set here are the only ones any connection ever meets.
+        if gid != -1:
+            os.chown(path, -1, gid)
+        os.chmod(path, access.mode)
         sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def _group_id(group: str) -> int:
+    """The id of ``group``, a name or a number; OSError if there is no such group."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise OSError(f"unix socket group {group!r}: no such group") from None

@@ -207,6 +207,12 @@ class Metrics:
             "too_long). The policy itself is logged once, never a label.",
             ["problem"], registry=registry,
         )
+        self.worker_restarts = Counter(
+            "authproxy_worker_restarts_total",
+            "Worker processes restarted by the supervisor, by reason: exited (died on its "
+            "own) or hung (sent no heartbeat for server.worker_timeout, killed).",
+            ["reason"], registry=registry,
+        )
         self.multiprocess_dir = multiprocess_dir
         self._shared: SharedDecisions | None = None
         self._exposed = registry

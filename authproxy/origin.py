@@ -54,13 +54,18 @@ class Origin:
     ``trusted`` (server.trusted_proxies), or from a peer on a unix socket: it has no address,
     and is the local proxy (the socket's directory permissions decide who may connect)."""
 
-    def __init__(self, trusted: tuple[IPNetwork, ...], allow_preflight: bool) -> None:
+    def __init__(
+        self, trusted: tuple[IPNetwork, ...], allow_preflight: bool,
+        trust_unix_peers: bool = True,
+    ) -> None:
         # Memoized per address: peers are few (the proxies); forwarded hops are
         # client-chosen, hence the bound.
         self._is_trusted = functools.lru_cache(maxsize=4096)(
             functools.partial(_in_networks, networks=trusted))
         self._allow_preflight = allow_preflight
         self._warned_at = -NO_ADDRESS_WARNING_INTERVAL
+        # False when any local user may connect to the unix socket (listen.unix_peers_trusted)
+        self._trust_unix_peers = trust_unix_peers
 
     def client(self, request: RequestView) -> Client:
         """The client as the lockout and the log see it (SPEC §8.1 rules 5 and 6).
@@ -75,6 +80,8 @@ class Origin:
         peer = request.remote or ""
         if peer and not self._is_trusted(peer):
             return Client(peer, address_key(peer))
+        if not peer and not self._trust_unix_peers:
+            return Client("unix", "")  # any local user may connect: nobody to believe
         headers = request.headers
         real_ip = headers.get("X-Real-IP")
         if real_ip is not None:

@@ -161,7 +161,7 @@ def event_loop() -> asyncio.Runner:
 def serve(config: Config) -> int:
     """The single-process service (server.workers 1): bind, then run the event loop around
     :func:`run`. Exit status 1 if an address cannot be listened on."""
-    sockets = bind_all(config.server.listen_addresses)
+    sockets = bind_all(config.server.listen_addresses, config.server.unix_access)
     if sockets is None:
         return 1
     with event_loop() as runner:

@@ -28,6 +28,12 @@ How, and why:
   RESTART_BACKOFF_FIRST (reset once a worker ran STABLE_AFTER seconds); more than
   MAX_RESTARTS within RESTART_WINDOW means something is broken for good, and the supervisor
   stops the service with exit status 1 for the service manager to see.
+- **Liveness**: every worker sends a heartbeat from its event loop (ipc.Heartbeat). One
+  silent for ``server.worker_timeout`` seconds (WORKER_START_TIMEOUT before its first) is
+  hung: stopped, or its loop blocked by a handler. Its kept-alive connections would wait on it
+  for ever, so it is killed (SIGKILL: a stopped or stuck process handles no SIGTERM), logged
+  (``worker_hung``), counted (``authproxy_worker_restarts_total{reason="hung"}``) and
+  restarted like a worker that died, within the same back-off and restart bounds.
 """
 
 from __future__ import annotations
@@ -42,14 +48,22 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .banshare import BanCoordinator
 from .config import METRICS_FLUSH_INTERVAL, SHUTDOWN_TIMEOUT, Config
-from .ipc import MAX_MESSAGE, Message, bootstrap_message, encode, read_message
+from .ipc import (
+    MAX_MESSAGE,
+    Heartbeat,
+    Message,
+    bootstrap_message,
+    encode,
+    heartbeat_interval,
+    read_message,
+)
 from .listen import bind_all
 
 if TYPE_CHECKING:
@@ -64,6 +78,9 @@ STABLE_AFTER = 10.0  # seconds a worker must run for its next death to count as 
 MAX_RESTARTS = 10  # restarts within RESTART_WINDOW seconds before the supervisor gives up
 RESTART_WINDOW = 60.0
 STOP_GRACE = SHUTDOWN_TIMEOUT + 5.0  # seconds after SIGTERM before a worker is killed
+# Seconds a new worker gets to send its first heartbeat: an interpreter's start and imports
+# take about half a second, much more on a loaded machine.
+WORKER_START_TIMEOUT = 30.0
 
 
 def supervise(config: Config) -> int:
@@ -81,7 +98,7 @@ def supervise(config: Config) -> int:
         from .metrics import Metrics
         from .server import event_loop
 
-        sockets = bind_all(config.server.listen_addresses)
+        sockets = bind_all(config.server.listen_addresses, config.server.unix_access)
         if sockets is None:
             return 1
         metrics = Metrics(metrics_dir)
@@ -102,6 +119,8 @@ class _Slot:
     process: asyncio.subprocess.Process | None = None
     channel: asyncio.StreamWriter | None = None
     started_at: float = 0.0
+    heard_at: float | None = None  # the last heartbeat of the current process
+    hung: bool = False  # the current process was killed for falling silent
     failures: int = 0  # deaths in a row, each within STABLE_AFTER of its start
 
 
@@ -188,6 +207,7 @@ class Supervisor:
             # Set before trying: a start that fails counts as a death right after it, so the
             # back-off grows as it does for workers that die young.
             slot.started_at = time.monotonic()
+            slot.heard_at, slot.hung = None, False
             try:
                 process = await self._spawn(slot)
             except Exception as exc:  # counted as a death: restarted, within the same bounds
@@ -197,7 +217,7 @@ class Supervisor:
             else:
                 if self._stopping.is_set():  # stop() ran while it was starting
                     process.send_signal(signal.SIGTERM)
-                status = await process.wait()
+                status = await self._wait_alive(slot, process)
                 self._exited(slot, process, status)
             if self._stopping.is_set():
                 return
@@ -210,17 +230,60 @@ class Supervisor:
                 self._status = 1
                 self.stop()
                 return
+            reason = "hung" if slot.hung else "exited"
+            self._metrics.worker_restarts.labels(reason=reason).inc()
             log.warning("restarting a worker", extra={
                 "event": "worker_restart", "worker": slot.index, "delay_seconds": delay,
+                "reason": reason,
             })
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
 
+    async def _wait_alive(self, slot: _Slot, process: asyncio.subprocess.Process) -> int:
+        """``process``'s exit status, once it exits or, hung, has been killed."""
+        exited = asyncio.ensure_future(process.wait())
+        timeout = float(self.config.server.worker_timeout)
+        check_every = heartbeat_interval(timeout)
+        while not slot.hung:
+            if slot.heard_at is None:
+                deadline = slot.started_at + WORKER_START_TIMEOUT
+            else:
+                deadline = slot.heard_at + timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._kill_hung(slot, process)
+                break
+            # Woken at least once an interval: a heartbeat meanwhile moves the deadline.
+            done, _ = await asyncio.wait({exited}, timeout=min(remaining, check_every))
+            if done:
+                return exited.result()
+        return await exited
+
+    def _kill_hung(self, slot: _Slot, process: asyncio.subprocess.Process) -> None:
+        slot.hung = True
+        log.error("worker sent no heartbeat in time: killing it", extra={
+            "event": "worker_hung", "worker": slot.index, "worker_pid": process.pid,
+            "silent_seconds": round(time.monotonic() - (slot.heard_at or slot.started_at), 1),
+        })
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+    def _heard(self, slot: _Slot, process: asyncio.subprocess.Process) -> None:
+        if slot.process is process:  # not a late line of a process already replaced
+            slot.heard_at = time.monotonic()
+
+    def _greeting(self, slot: _Slot) -> list[Message]:
+        """What a new worker reads from its channel first, before it serves: the bootstrap,
+        then the lockout state (the bans in force, the known addresses: banshare.py)."""
+        return [bootstrap_message(self.config, slot.index, self._state_dir,
+                                  self._metrics.multiprocess_dir or ""),
+                *self._bans.state_messages()]
+
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         from .worker import PROGRAM
 
-        # The channel is ready and the bootstrap waits in it before the process exists: once
+        # The channel is ready and the greeting waits in it before the process exists: once
         # it does, nothing is left that could fail and leave it running unwatched.
         ours, theirs = socket.socketpair()
         try:
@@ -229,9 +292,7 @@ class Supervisor:
             ours.close()
             theirs.close()
             raise
-        writer.write(encode(bootstrap_message(self.config, slot.index, self._state_dir,
-                                              self._metrics.multiprocess_dir or "")))
-        for message in self._bans.state_messages():  # read before the worker serves
+        for message in self._greeting(slot):
             writer.write(encode(message))
         slot.channel = writer  # from here on, bans and known pairs reach it too
         fds = [theirs.fileno(), *(s.fileno() for s in self._sockets)]
@@ -247,7 +308,7 @@ class Supervisor:
         finally:
             theirs.close()
         slot.process = process
-        self._start(self._answer_requests(reader, writer))
+        self._start(self._answer_requests(reader, writer, lambda: self._heard(slot, process)))
         log.info("worker started", extra={
             "event": "worker_start", "worker": slot.index, "worker_pid": process.pid,
         })
@@ -278,10 +339,13 @@ class Supervisor:
         return min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_FIRST * 2.0 ** (slot.failures - 1))
 
     async def _answer_requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        heard: Callable[[], None],
     ) -> None:
         while (request := await read_message(reader)) is not None:
-            if request.get("op") == "refresh":
+            if request.get("op") == Heartbeat.OP:
+                heard()
+            elif request.get("op") == "refresh":
                 self._start(self._answer(request, writer))
             elif request.get("op") == "failure":
                 self._bans.count(request, lambda notice: _send(writer, notice))

@@ -3,18 +3,21 @@
 Started by the supervisor as ``python -c PROGRAM CONTROL_FD LISTEN_FD...``: it reads its
 bootstrap from the control channel, then serves the inherited listening sockets exactly as
 the single-process service does (same app, same signals, same drain on SIGTERM), with its
-metrics in the shared directory and the endpoint's key set from the supervisor.
+metrics in the shared directory and the endpoint's key set from the supervisor. From its
+event loop it sends the supervisor a heartbeat (ipc.Heartbeat) until it exits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 from collections.abc import Sequence
 
-from .ipc import MasterLink, WorkerContext
+from .ipc import Heartbeat, MasterLink, WorkerContext, heartbeat_interval
 from .logs import setup_logging
 from .server import event_loop, run
 from .users import UserFileError
@@ -37,6 +40,8 @@ async def _serve(control_fd: int, listen_fds: list[int]) -> int:
     worker = WorkerContext(int(boot["index"]), str(boot["state_dir"]),
                            str(boot["metrics_dir"]), link, boot["lockout"])
     link.start(on_lost=_supervisor_gone)
+    beating = asyncio.create_task(
+        _beat(link, heartbeat_interval(config.server.worker_timeout)))
     sockets = [socket.socket(fileno=fd) for fd in listen_fds]
     try:
         return await run(config, sockets, worker)
@@ -44,7 +49,18 @@ async def _serve(control_fd: int, listen_fds: list[int]) -> int:
         log.error("worker cannot start", extra={"event": "worker_error", "error": str(exc)})
         return 1
     finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
         await link.close()
+
+
+async def _beat(link: MasterLink, interval: float) -> None:
+    # A task on the serving loop, not a thread: a loop blocked by a stuck handler must fall
+    # silent exactly like a stopped process.
+    while True:
+        link.notify(Heartbeat().message())
+        await asyncio.sleep(interval)
 
 
 def _supervisor_gone() -> None:

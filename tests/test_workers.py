@@ -59,7 +59,8 @@ def config_text(users: Path, workers: int, **sections: dict[str, Any]) -> str:
     (these tests send many wrong passwords from one address), plus ``sections``."""
     basic_section = {"users_file": str(users), "max_failures": 100_000,
                      **sections.pop("basic", {})}
-    return toml_text({"server": {"workers": workers}, "log": {"format": "json"},
+    server_section = {"workers": workers, **sections.pop("server", {})}
+    return toml_text({"server": server_section, "log": {"format": "json"},
                       "basic": basic_section, **sections})
 
 
