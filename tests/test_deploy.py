@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tomllib
@@ -668,6 +669,9 @@ def test_the_pod_serves_and_picks_up_a_secret_update(
         assert denied.status == 401
         assert denied.header_values("WWW-Authenticate") == [
             'Basic realm="authproxy", charset="UTF-8"']
+        # only the pod's fsGroup may connect: so authproxy believes nginx's X-Real-IP
+        socket_file = pod.here(socket_path(objects)).stat()
+        assert (stat.S_IMODE(socket_file.st_mode), socket_file.st_gid) == (0o660, 10001)
         assert request(ports["http"], "/app/", basic).status == 401
         assert not app.requests
 

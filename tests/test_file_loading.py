@@ -27,7 +27,7 @@ from authproxy.regularfile import (
 )
 
 from .conftest import toml_text, write_users
-from .jwks_server import signing_key
+from .jwks_server import AUDIENCE, signing_key
 from .servers import (
     DEADLINE,
     Authproxy,
@@ -92,7 +92,7 @@ def config(directory: Path, **basic: str) -> str:
         "log": {"level": "info", "format": "json"},
         "basic": {"users_file": str(users), "groups_file": str(directory / "groups"),
                   "max_failures": 10000, **basic},
-        "jwt": {"jwks_file": str(directory / "jwks.json")},
+        "jwt": {"jwks_file": str(directory / "jwks.json"), "jwks_require_audience": [AUDIENCE]},
     })
 
 
