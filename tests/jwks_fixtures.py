@@ -12,7 +12,8 @@ import trustme
 from aiohttp.test_utils import TestClient, TestServer
 
 from authproxy.app import create_app
-from authproxy.server import MAX_FIELD_SIZE, MAX_LINE_SIZE
+from authproxy.config import ServerConfig
+from authproxy.server import MAX_LINE_SIZE
 
 from .jwks_server import K1, FakeClock, JwksServer, StartApp, jwt_section
 
@@ -59,7 +60,8 @@ def start_app(aiohttp_client: Any, make_config: Any, jwks_server: JwksServer,
         # the parser limits of `authproxy serve`, so credentials up to them reach the app
         # (aiohttp's TestServer takes them in start_server only, not in its constructor)
         server = TestServer(app)
-        await server.start_server(max_field_size=MAX_FIELD_SIZE, max_line_size=MAX_LINE_SIZE)
+        await server.start_server(max_field_size=ServerConfig().max_head_bytes,
+                                  max_line_size=MAX_LINE_SIZE)
         return await aiohttp_client(server)
 
     return start
