@@ -98,7 +98,8 @@ def remote_address(peername: Any) -> str | None:
 
 
 class Connection(RequestHandler):
-    __slots__ = ("_admitted", "_body", "_decider", "_edge", "_head_timer", "_held", "_remote")
+    __slots__ = ("_admitted", "_body", "_decider", "_edge", "_head_timer", "_held",
+                 "_parse_failed", "_remote")
 
     _decider: Decider
     _remote: str | None
@@ -107,12 +108,16 @@ class Connection(RequestHandler):
     _held: int  # bytes of the unfinished request head, as counted in edge.held
     _body: Any  # the payload (StreamReader) of the last request, while its body may arrive
     _head_timer: asyncio.TimerHandle | None
+    # The parser refused a request: aiohttp answers it and closes. Until then, what arrives
+    # is not parsed: each refusal would queue another error holding the bytes it was fed.
+    _parse_failed: bool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._edge = self._manager.edge  # type: ignore[union-attr]
         self._held = 0
         self._body = None
         self._head_timer = None
+        self._parse_failed = False
         self._admitted = self._edge.admit()
         if not self._admitted:
             # Past the cap: the descriptor goes back at once, before any byte is read.
@@ -135,6 +140,8 @@ class Connection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._parse_failed:
+            return
         waiter = self._waiter
         if (waiter is None or waiter.done() or self._messages or self._buffer_paused
                 or self._payload_parser is not None or self._upgraded):
@@ -180,8 +187,11 @@ class Connection(RequestHandler):
         if parsed:
             message, payload = self._messages[-1]
             self._body = None if payload is EMPTY_PAYLOAD else payload
-            if self._body is not None or not isinstance(message, RawRequestMessage):
-                held = 0  # a body follows, or a parse error (aiohttp answers and closes)
+            if not isinstance(message, RawRequestMessage):
+                self._parse_failed = True
+                held = 0
+            elif self._body is not None:
+                held = 0  # a body follows
             elif data.endswith(b"\r\n\r\n"):
                 held = 0
             else:
