@@ -99,7 +99,7 @@ def remote_address(peername: Any) -> str | None:
 
 class Connection(RequestHandler):
     __slots__ = ("_admitted", "_body", "_decider", "_edge", "_head_timer", "_held",
-                 "_parse_failed", "_remote")
+                 "_ignoring_input", "_remote")
 
     _decider: Decider
     _remote: str | None
@@ -108,20 +108,20 @@ class Connection(RequestHandler):
     _held: int  # bytes of the unfinished request head, as counted in edge.held
     _body: Any  # the payload (StreamReader) of the last request, while its body may arrive
     _head_timer: asyncio.TimerHandle | None
-    # The parser refused a request: aiohttp answers it and closes. Until then, what arrives
-    # is not parsed: each refusal would queue another error holding the bytes it was fed.
-    _parse_failed: bool
+    # Nothing that arrives is parsed any more: the connection was refused at the cap, or the
+    # parser refused a request, which aiohttp answers before it closes (parsed meanwhile,
+    # every read would queue another error holding the bytes it was fed).
+    _ignoring_input: bool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._edge = self._manager.edge  # type: ignore[union-attr]
         self._held = 0
         self._body = None
         self._head_timer = None
-        self._parse_failed = False
         self._admitted = self._edge.admit()
+        self._ignoring_input = not self._admitted
         if not self._admitted:
             # Past the cap: the descriptor goes back at once, before any byte is read.
-            self._force_close = True
             transport.close()
             return
         self._decider = self._manager.decider  # type: ignore[union-attr]
@@ -140,7 +140,7 @@ class Connection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._parse_failed:
+        if self._ignoring_input:
             return
         waiter = self._waiter
         if (waiter is None or waiter.done() or self._messages or self._buffer_paused
@@ -188,7 +188,7 @@ class Connection(RequestHandler):
             message, payload = self._messages[-1]
             self._body = None if payload is EMPTY_PAYLOAD else payload
             if not isinstance(message, RawRequestMessage):
-                self._parse_failed = True
+                self._ignoring_input = True
                 held = 0
             elif self._body is not None:
                 held = 0  # a body follows
