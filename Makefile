@@ -18,6 +18,7 @@ bench: export WITH_BENCH = 1
 bench: deps
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/bench_bearer.py
+	$(VENV)/bin/python bench/bench_edge.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info

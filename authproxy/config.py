@@ -51,6 +51,13 @@ def _non_negative(value: int) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
 
+def _at_least(minimum: int) -> Callable[[int], str | None]:
+    def check(value: int) -> str | None:
+        return None if value >= minimum else f"must be at least {minimum}"
+
+    return check
+
+
 def _header_safe(value: str) -> str | None:
     if _HEADER_SAFE.fullmatch(value):
         return None
@@ -155,6 +162,36 @@ class ServerConfig:
     )
     nginx_cache_hint: bool = field(
         default=False, metadata=_meta("emit X-Accel-Expires on 200 so nginx may cache")
+    )
+    # The HTTP edge (SPEC §8.4): what one client can hold open. Defaults suit nginx's upstream
+    # keep-alive pool, whose own idle timeout (60 s by default) is shorter than ours, so
+    # nginx normally closes first; when we close first, nginx opens a new connection.
+    keepalive_timeout: int = field(
+        default=75, metadata=_meta(
+            "seconds a connection may wait for its next complete request head (from its "
+            "opening, and after each response) before it is closed", _positive),
+    )
+    header_timeout: int = field(
+        default=10, metadata=_meta(
+            "seconds from the first byte of a request head to its end; later, the "
+            "connection is closed", _positive),
+    )
+    max_head_bytes: int = field(
+        default=128 * 1024, metadata=_meta(
+            "bytes of one request head a connection may hold (at least 65536+4096: SPEC §7 "
+            "wants 64 kB header lines refused as credentials); past it: 401 and closed",
+            _at_least(65536 + 4096)),
+    )
+    max_head_bytes_total: int = field(
+        default=16 * 1024 * 1024, metadata=_meta(
+            "bytes of unfinished request heads held across all connections of a process; "
+            "the connection that goes past it gets a 401 and is closed", _positive),
+    )
+    max_connections: int = field(
+        default=2048, metadata=_meta(
+            "open connections per process; more are closed at once (lowered at start-up, "
+            "with a warning, when the descriptor limit RLIMIT_NOFILE cannot hold them)",
+            _positive),
     )
 
     @property
@@ -483,4 +520,6 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("jwt.accept_in_basic needs a JWT key source")
     if config.basic.groups_file and not config.basic.users_file:
         problems.append("basic.groups_file needs basic.users_file")
+    if config.server.max_head_bytes_total < config.server.max_head_bytes:
+        problems.append("server.max_head_bytes_total must be at least server.max_head_bytes")
     return problems

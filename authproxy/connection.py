@@ -17,8 +17,14 @@ too, so the order holds. This leans on RequestHandler's internals (``_waiter``,
 ``_messages``, the parser's message accounting), which is why setup.cfg pins aiohttp to the
 minor version these were read from, and tests/test_http_layer.py checks the behaviour.
 
-The other change: a request aiohttp's parser refuses gets our 401 with the challenge instead
-of aiohttp's 400, which nginx would turn into a 500 for the client.
+The other changes: a request aiohttp's parser refuses gets our 401 with the challenge instead
+of aiohttp's 400, which nginx would turn into a 500 for the client; and the connection keeps
+the edge's bounds (SPEC §8.4, edge.py): it is closed at once past server.max_connections; the
+unfinished request head it holds is counted (bytes received since the last complete head,
+bodies excepted) against server.max_head_bytes and, with every other connection's,
+server.max_head_bytes_total, past which it gets a 401 and is closed; and a head begun must end
+within server.header_timeout. aiohttp's keep-alive timer (server.keepalive_timeout) closes a
+connection that completes no head within that long of its opening or its last response.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from .handlers import SERVER, Answer, Decider, is_decision_path, refuse_unparseable
+from .edge import EdgeLimits
+from .errors import Unauthenticated
+from .handlers import NO_STORE, SERVER, Answer, Decider, is_decision_path, refuse_unparseable
 
 log = logging.getLogger("authproxy.server")
 
@@ -95,21 +103,59 @@ def remote_address(peername: Any) -> str | None:
 
 
 class Connection(RequestHandler):
-    __slots__ = ("_decider", "_remote")
+    __slots__ = ("_admitted", "_body", "_decider", "_edge", "_head_timer", "_held",
+                 "_ignoring_input", "_remote")
 
     _decider: Decider
     _remote: str | None
+    _edge: EdgeLimits
+    _admitted: bool
+    _held: int  # bytes of the unfinished request head, as counted in edge.held
+    _body: Any  # the payload (StreamReader) of the last request, while its body may arrive
+    _head_timer: asyncio.TimerHandle | None
+    # Nothing that arrives is parsed any more: the connection was refused at the cap, or the
+    # parser refused a request, which aiohttp answers before it closes (parsed meanwhile,
+    # every read would queue another error holding the bytes it was fed).
+    _ignoring_input: bool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._edge = self._manager.edge  # type: ignore[union-attr]
+        self._held = 0
+        self._body = None
+        self._head_timer = None
+        self._admitted = self._edge.admit()
+        self._ignoring_input = not self._admitted
+        if not self._admitted:
+            # Past the cap: the descriptor goes back at once, before any byte is read.
+            transport.close()
+            return
         self._decider = self._manager.decider  # type: ignore[union-attr]
         self._remote = remote_address(transport.get_extra_info("peername"))
         super().connection_made(transport)
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return  # never handed to aiohttp's server, which would not know it
+        self._edge.release(self._held)
+        self._held = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._body = None
+        super().connection_lost(exc)
+
     def data_received(self, data: bytes) -> None:
+        if self._ignoring_input:
+            return
         waiter = self._waiter
         if (waiter is None or waiter.done() or self._messages or self._buffer_paused
                 or self._payload_parser is not None or self._upgraded):
-            super().data_received(data)  # aiohttp has a request in hand: it keeps the order
+            # aiohttp has a request in hand: it keeps the order
+            queued = len(self._messages)
+            super().data_received(data)
+            bound = self._count_head(data, len(self._messages) - queued)
+            if bound is not None:
+                self._refuse(bound, answer=False)
             return
         # start() idles on ``waiter`` with nothing queued: parse without waking it, answer
         # what can be answered now, and wake it for the rest.
@@ -121,6 +167,11 @@ class Connection(RequestHandler):
         if self._close or self._force_close:
             waiter.cancel()  # what close() would have done, had the waiter been in place
             return
+        bound = self._count_head(data, len(self._messages))
+        if bound is not None:
+            # nothing answered yet on this read: the 401 keeps the order of the answers
+            self._refuse(bound, answer=not self._messages)
+            return
         self._answer_queued()
         if not self._messages or waiter.done():
             return
@@ -130,6 +181,61 @@ class Connection(RequestHandler):
             waiter.cancel()
         else:
             waiter.set_result(None)
+
+    def _count_head(self, data: bytes, parsed: int) -> str | None:
+        """Count ``data``, just fed to the parser, which completed ``parsed`` requests from
+        it: the bytes held are those after the end of the last complete head (0 when a body
+        follows it: aiohttp's flow control bounds bodies), else the bytes held before plus
+        ``data``. Starts or stops the header timer. Returns the bound broken, or None."""
+        if self._force_close or self._payload_parser is not None or self._upgraded:
+            return None  # closing, or bytes that are not a request head
+        if parsed:
+            message, payload = self._messages[-1]
+            self._body = None if payload is EMPTY_PAYLOAD else payload
+            if not isinstance(message, RawRequestMessage):
+                self._ignoring_input = True
+                held = 0
+            elif self._body is not None:
+                held = 0  # a body follows
+            elif data.endswith(b"\r\n\r\n"):
+                held = 0
+            else:
+                end = data.rfind(b"\r\n\r\n")
+                held = len(data) - end - 4 if end >= 0 else len(data)
+        elif self._body is not None and not self._body.is_eof():
+            return None  # body bytes
+        else:
+            self._body = None
+            held = self._held + len(data)
+        before, self._held = self._held, held
+        if held and self._head_timer is None:
+            self._head_timer = self._loop.call_later(
+                self._edge.header_timeout, self._head_timed_out)
+        elif not held and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        return self._edge.hold(before, held) if held != before else None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._held and not self._force_close:
+            self._refuse("header_timeout", answer=False)
+
+    def _refuse(self, bound: str, answer: bool) -> None:
+        """Close the connection for breaking ``bound``, first writing a 401 with the
+        challenge when ``answer`` (aiohttp has nothing in hand, so the order holds)."""
+        self._edge.closed(bound)
+        self._edge.hold(self._held, 0)  # its head is let go now, not when the loop
+        self._held = 0  # reports the connection lost
+        if answer and self.transport is not None and not self.transport.is_closing():
+            decider = self._decider
+            reason = "request_head_too_large"
+            decider.metrics.record_decision("", "deny", reason, 0.0)
+            decider.decisions.write({"status": 401, "outcome": "deny", "reason": reason})
+            challenge = decider.challenge_header(decider.chain.schemes, Unauthenticated(reason))
+            self.transport.write(encode_answer(Answer(401, {
+                "WWW-Authenticate": challenge, **NO_STORE, "Connection": "close"})))
+        self.force_close()
 
     def _answer_queued(self) -> None:
         messages = self._messages

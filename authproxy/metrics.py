@@ -213,6 +213,16 @@ class Metrics:
             "own) or hung (sent no heartbeat for server.worker_timeout, killed).",
             ["reason"], registry=registry,
         )
+        self.edge_closes = Counter(
+            "authproxy_http_edge_closes_total",
+            "Connections closed by an edge bound (SPEC 8.4), by reason: max_connections, "
+            "header_timeout, head_too_large, head_budget.",
+            ["reason"], registry=registry,
+        )
+        self.connections_open = Gauge(
+            "authproxy_http_connections_open", "Client connections open right now.",
+            registry=registry, multiprocess_mode="livesum",
+        )
         self.multiprocess_dir = multiprocess_dir
         self._shared: SharedDecisions | None = None
         self._exposed = registry
@@ -234,7 +244,8 @@ class Metrics:
         if self._shared is None:
             return
         self._shared.flush()
-        for gauge in (self.bans_in_force, self.jwks_age, self.jwks_keys):
+        for gauge in (self.bans_in_force, self.jwks_age, self.jwks_keys,
+                      self.connections_open):
             _sample(gauge)
 
     def exposition(self) -> bytes:

@@ -15,9 +15,10 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from .app import DECIDER, RELOADERS, create_app
+from .app import DECIDER, METRICS, RELOADERS, create_app
 from .config import SHUTDOWN_TIMEOUT, Config
 from .connection import Connection
+from .edge import RESERVED_DESCRIPTORS, EdgeLimits, connection_cap, raise_descriptor_limit
 from .handlers import Decider, is_decision_path
 from .ipc import WorkerContext
 from .listen import bind_all
@@ -27,13 +28,14 @@ _Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 GC_THRESHOLDS = (50_000, 20, 100)  # allocations per young collection; the defaults: 700, 10, 10
 # nginx forwards whatever header size its large_client_header_buffers allow; the credential is
-# judged (and refused, past MAX_AUTHORIZATION) by us rather than the request by the parser.
-MAX_FIELD_SIZE = 1 << 20
+# judged (and refused, past MAX_AUTHORIZATION) by us rather than the request by the parser. A
+# field may be as long as a whole head (server.max_head_bytes), the request line 64 kB.
 MAX_LINE_SIZE = 1 << 16
 
 
 class _Server(web.Server):
     decider: Decider
+    edge: EdgeLimits
 
     def __call__(self) -> RequestHandler:
         return Connection(self, loop=self._loop, **self._kwargs)
@@ -50,6 +52,9 @@ class AuthRunner(web.AppRunner):
         # only the factory method and the decider set here, so re-classing is safe.
         server.__class__ = _Server
         decider = server.decider = self.app[DECIDER]  # type: ignore[attr-defined]
+        settings = decider.config.server
+        server.edge = EdgeLimits(  # type: ignore[attr-defined]
+            settings, self.app[METRICS], connection_cap(settings.max_connections))
         server.request_handler = _decisions_first(decider, server.request_handler)
         return server
 
@@ -69,11 +74,13 @@ def _decisions_first(decider: Decider, route: _Handler) -> _Handler:
 
 
 def make_runner(app: web.Application) -> AuthRunner:
+    settings = app[DECIDER].config.server
     return AuthRunner(
         app,
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
-        max_field_size=MAX_FIELD_SIZE,
+        keepalive_timeout=float(settings.keepalive_timeout),
+        max_field_size=settings.max_head_bytes,
         max_line_size=MAX_LINE_SIZE,
     )
 
@@ -101,6 +108,7 @@ async def run(
     seconds to finish, and only then do the cleanup contexts (hash threads, key refresh) end.
     ``worker``: this process is one of the supervisor's, serving the sockets it inherited.
     """
+    raise_descriptor_limit(config.server.max_connections + RESERVED_DESCRIPTORS)
     app = create_app(config, worker=worker)
     runner = make_runner(app)
     await runner.setup()

@@ -12,9 +12,11 @@ import trustme
 from aiohttp.test_utils import TestClient, TestServer
 
 from authproxy.app import create_app
-from authproxy.server import MAX_FIELD_SIZE, MAX_LINE_SIZE
+from authproxy.server import MAX_LINE_SIZE
 
 from .jwks_server import K1, FakeClock, JwksServer, StartApp, jwt_section
+
+TEST_MAX_FIELD_SIZE = 2 << 20
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +58,12 @@ def start_app(aiohttp_client: Any, make_config: Any, jwks_server: JwksServer,
         all_sections["jwt"] = {**jwt_section(jwks_server), **all_sections.get("jwt", {}), **jwt}
         app = create_app(make_config(all_sections), clock=clock.monotonic,
                          wall_clock=clock.time)
-        # the parser limits of `authproxy serve`, so credentials up to them reach the app
-        # (aiohttp's TestServer takes them in start_server only, not in its constructor)
+        # Parser limits past any header a test sends, so that every credential reaches the
+        # app (aiohttp's TestServer takes them in start_server only, not in its constructor).
+        # `authproxy serve` answers heads past server.max_head_bytes with a 401 at its edge
+        # (tests/test_edge.py), which this plain aiohttp server does not have.
         server = TestServer(app)
-        await server.start_server(max_field_size=MAX_FIELD_SIZE, max_line_size=MAX_LINE_SIZE)
+        await server.start_server(max_field_size=TEST_MAX_FIELD_SIZE, max_line_size=MAX_LINE_SIZE)
         return await aiohttp_client(server)
 
     return start

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from authproxy import bearer as bearer_module
 from authproxy.app import DECIDER
 from authproxy.bearer import MAX_KIDLESS_CANDIDATES
 from authproxy.config import ConfigError
@@ -283,6 +284,24 @@ async def test_the_cache_is_keyed_by_the_exact_token_string(
     for variant in (f"{head}.{payload}.{signature}=", f"{head}.{payload}!.{signature}",
                     f"{head}.{payload}.{signature[:-1]}{chr(ord(signature[-1]) ^ 1)}"):
         assert (await get_auth(client, variant)).status == 401
+
+
+async def test_past_the_byte_budget_the_oldest_tokens_are_forgotten(
+    start_app: StartApp, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens of 200 groups each (~30 kB an entry): a budget of 10 such entries holds no
+    more, however many fit the entry count, and the oldest goes first."""
+    monkeypatch.setattr(bearer_module, "CACHE_BYTES", 10 * 30_000)
+    client = await start_app()
+    groups = [f"group-{g:04d}-of-a-large-directory" for g in range(200)]
+    tokens = [mint(K1, clock.time(), sub=f"user{i}", groups=groups) for i in range(20)]
+    for token in tokens:
+        assert (await get_auth(client, token)).status == 200
+    assert await cache_lookups(client, "miss") == 20
+    assert (await get_auth(client, tokens[-1])).status == 200  # the newest: remembered
+    assert await cache_lookups(client, "hit") == 1
+    assert (await get_auth(client, tokens[0])).status == 200  # the oldest: verified again
+    assert await cache_lookups(client, "miss") == 21
 
 
 # -- accept_in_basic -------------------------------------------------------------------------

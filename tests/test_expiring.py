@@ -1,8 +1,15 @@
-"""The credential caches: their size bound, and deadlines kept on read and on insert."""
+"""The credential caches: their size and byte bounds, and deadlines kept on read and on
+insert."""
 
 from __future__ import annotations
 
-from authproxy.expiring import SWEEP_EVERY, ExpiringCache
+import json
+import tracemalloc
+from dataclasses import dataclass
+
+from authproxy import bearer
+from authproxy.expiring import ENTRY_OVERHEAD, SWEEP_EVERY, ExpiringCache, estimate_size
+from authproxy.identity import Identity
 
 from .jwks_server import FakeClock
 
@@ -72,3 +79,66 @@ def test_an_entry_put_again_moves_to_the_new_end() -> None:
     for key in (b"a", b"b", b"a", b"c"):
         small.put(key, "value", clock.monotonic() + 1000)
     assert small.get(b"a") is not None and small.get(b"b") is None
+
+
+# -- the byte budget --------------------------------------------------------------------------
+
+
+def test_past_its_byte_budget_the_oldest_entries_go() -> None:
+    clock = FakeClock()
+    weight = 1000 + 1 + ENTRY_OVERHEAD  # weigh() plus the one-byte key and the overhead
+    cache = ExpiringCache[str](10_000, clock.monotonic, max_bytes=3 * weight,
+                               weigh=lambda value: 1000)
+    for i in range(5):
+        cache.put(bytes([i]), "value", clock.monotonic() + 100)
+    assert len(cache) == 3 and cache.bytes == 3 * weight
+    assert cache.get(b"\x00") is None and cache.get(b"\x01") is None
+    assert all(cache.get(bytes([i])) is not None for i in (2, 3, 4))
+    cache.pop(b"\x02")
+    clock.advance(100)
+    assert cache.get(b"\x03") is None  # expired on read
+    assert cache.bytes == weight  # what left, by pop, expiry or eviction, is given back
+    # one entry heavier than the whole budget is not kept
+    heavy = ExpiringCache[str](10_000, clock.monotonic, max_bytes=500, weigh=lambda v: 1000)
+    heavy.put(b"k", "value", clock.monotonic() + 100)
+    assert len(heavy) == 0 and heavy.bytes == 0
+
+
+def test_an_identity_is_weighed_at_about_what_it_holds() -> None:
+    """The estimate of a token's entry with 200 groups against the memory it really
+    takes (tracemalloc): the comment that once said ~0.5 kB was off by sixty times."""
+
+    def identity(i: int) -> Identity:
+        claims = json.loads(json.dumps({"groups": [f"group-{i}-{g:04d}" for g in range(200)]}))
+        return Identity(user=f"user{i}", method="bearer", subject=f"user{i}",
+                        groups=frozenset(claims["groups"]), expires_at=1e9)
+
+    tracemalloc.start()
+    try:
+        kept = [identity(i) for i in range(200)]
+        measured = tracemalloc.get_traced_memory()[0] / len(kept)
+    finally:
+        tracemalloc.stop()
+    estimated = sum(map(estimate_size, kept)) / len(kept)
+    assert measured > 20_000
+    assert 0.9 * measured < estimated < 1.5 * measured
+
+
+def test_fields_added_to_an_entry_later_are_weighed_too() -> None:
+    """An identity may grow a field (the policy work adds verified claims): the estimate
+    follows dataclass fields, nested dicts and lists included, and cycles do not hang it."""
+
+    @dataclass(frozen=True, slots=True)
+    class WithClaims:
+        user: str
+        claims: dict[str, object]
+
+    plain = WithClaims("alice", {})
+    nested: dict[str, object] = {"realm_access": {"roles": ["r" * 1000, "s" * 1000]}}
+    nested["self"] = nested
+    assert estimate_size(WithClaims("alice", nested)) > estimate_size(plain) + 2000
+
+
+def test_the_bearer_cache_has_a_byte_budget() -> None:
+    assert bearer.CACHE_BYTES <= 64 * 1024 * 1024
+    assert bearer.CACHE_BYTES // 30_000 < bearer.CACHE_SIZE  # the budget binds first
