@@ -19,6 +19,7 @@ bench: deps
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/bench_bearer.py
 	$(VENV)/bin/python bench/bench_edge.py
+	$(VENV)/bin/python bench/bench_guessing.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info

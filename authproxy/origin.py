@@ -51,8 +51,8 @@ class RequestView(Protocol):
 
 class Origin:
     """Reads who is asking about what, believing forwarded headers only from the proxies in
-    ``trusted`` (server.trusted_proxies), or from a peer on a unix socket: it has no address,
-    and is the local proxy (the socket's directory permissions decide who may connect)."""
+    ``trusted`` (server.trusted_proxies), or from a peer on a unix socket when
+    ``trust_unix_peers`` (the socket's mode lets no other user connect: listen.py)."""
 
     def __init__(
         self, trusted: tuple[IPNetwork, ...], allow_preflight: bool,
