@@ -137,22 +137,36 @@ class BasicAuthenticator:
         """Everything that needs no waiting: decoding, the token verifier's quick path,
         bans, the remembered passwords. What is left to await, if anything."""
         value = request.credentials.value
-        user, password = decode_basic(value)
-        verifier = self._token_verifier
-        if verifier is not None and _JWT_SHAPE.fullmatch(password):
-            token = password.decode()
-            identity = verifier.verify_now(token)
-            if identity is None:
-                return _Token(user, token, verifier)
-            check_token_user(user, identity)
-            return identity
-        attempt = self.lockout.check(user, request.client_key)  # refuses the banned
+        decoded = None
+        # While no ban is in force, none can refuse: the remembered passwords are asked first,
+        # and only a miss is decoded (the hot path stays one MAC and one lookup).
+        if self.lockout.tracker.banning or self._token_verifier is not None:
+            decoded = decode_basic(value)
+            token = self._token(*decoded)
+            if token is not None:
+                return token
+            # A ban refuses before anything else, a remembered password included (rule 1).
+            self.lockout.check(decoded[0], request.client_key)
         key = self._cache_key(value)
         cached = self._remembered(key)
         if cached is not None:
             self._cache_hits.inc()
             return cached
-        return _Password(user, password, key, attempt)
+        user, password = decoded or decode_basic(value)
+        return _Password(user, password, key, request.client_key)
+
+    def _token(self, user: str, password: bytes) -> Identity | _Token | None:
+        """A JWT given as the password (jwt.accept_in_basic): its identity, or what to await
+        for it; None for a password."""
+        verifier = self._token_verifier
+        if verifier is None or not _JWT_SHAPE.fullmatch(password):
+            return None
+        token = password.decode()
+        identity = verifier.verify_now(token)
+        if identity is None:
+            return _Token(user, token, verifier)
+        check_token_user(user, identity)
+        return identity
 
     async def _verify_password(self, step: _Password) -> Identity:
         self._cache_misses.inc()
@@ -160,7 +174,8 @@ class BasicAuthenticator:
         snapshot = self.store.snapshot
         entry = snapshot.table.get(user)
         hashed = entry or snapshot.table.dummy
-        matched, seconds = await self._verify_shared(step, hashed, entry is not None)
+        attempt = self.lockout.attempt(user, step.address)
+        matched, seconds = await self._verify_shared(step, attempt, hashed, entry is not None)
         self._costs.observe(hashed, seconds)
         if entry is None or not matched:  # the dummy never matches, but never trust it to
             # As long as the costliest verification, whatever this one cost (rule 7).
@@ -200,7 +215,7 @@ class BasicAuthenticator:
                 and identity.groups == snapshot.groups.get(user, frozenset()))
 
     async def _verify_shared(
-        self, step: _Password, hashed: PasswordHash, exists: bool
+        self, step: _Password, attempt: Attempt, hashed: PasswordHash, exists: bool
     ) -> tuple[bool, float]:
         """(matched, seconds the hash took): one verification for all concurrent requests
         with the same credentials. The one that starts it reserves an attempt (raising
@@ -214,12 +229,12 @@ class BasicAuthenticator:
         if future is None:
             if len(self._inflight) >= MAX_PENDING:
                 raise Unauthenticated("overloaded")
-            self.lockout.reserve(step.attempt)
+            self.lockout.reserve(attempt)
             future = asyncio.ensure_future(self._verify(hashed, step.password))
             self._inflight[shared] = future
             future.add_done_callback(lambda _: self._inflight.pop(shared, None))
         # Joining costs no hash, so reserves nothing; it still counts, once the result is in.
-        future.add_done_callback(partial(self._settle, step.attempt, exists))
+        future.add_done_callback(partial(self._settle, attempt, exists))
         # shield: one waiter going away (client disconnect) must not cancel the others' result
         return await asyncio.shield(future)
 
@@ -268,12 +283,12 @@ class VerificationCosts:
 
 
 class _Password(NamedTuple):
-    """A password to verify: what was decoded, its cache key, and its admitted attempt."""
+    """A password to verify: what was decoded, its cache key, and the client's address key."""
 
     user: str
     password: bytes
     key: bytes
-    attempt: Attempt
+    address: str
 
 
 class _Token(NamedTuple):

@@ -56,21 +56,28 @@ class FailureTracker:
         # Each value is a one-element list so a failure can be counted in place: re-setting a
         # TTLCache entry restarts its clock, and the window must run from the first failure.
         self._failures: TTLCache[str, list[int]] = TTLCache(MAX_TRACKED, ttl=window, timer=clock)
-        # Values: when the ban ends (the TTL is the longest; a ban adopted from the supervisor
-        # may have less left).
-        self._bans: TTLCache[str, float] | None = (
-            TTLCache(MAX_TRACKED, ttl=ban_time, timer=clock) if ban_time > 0 else None
-        )
+        # When each ban ends, oldest ban first. A plain dict: every decision looks here (a
+        # TTLCache lookup costs as much as the rest of a remembered password's decision).
+        self._bans: dict[str, float] = {}
+
+    @property
+    def banning(self) -> bool:
+        """Whether any ban may be in force (false: no lookup can find one)."""
+        return bool(self._bans)
 
     def is_banned(self, key: str) -> bool:
         return self.ban_left(key) > 0
 
     def ban_left(self, key: str) -> float:
         """Seconds ``key`` stays banned; 0 when it is not."""
-        if self._bans is None or not key:
-            return 0.0
         until = self._bans.get(key)
-        return 0.0 if until is None else max(0.0, until - self._clock())
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._bans[key]
+            return 0.0
+        return left
 
     def failures(self, key: str) -> int:
         counter = self._failures.get(key)
@@ -87,7 +94,7 @@ class FailureTracker:
             if counter is None:
                 counter = self._failures[key] = [0]
             counter[0] += 1
-            if counter[0] >= self.max_failures and self._bans is not None:
+            if counter[0] >= self.max_failures and self.ban_time > 0:
                 self.ban(key)
                 banned.append(key)
         return banned
@@ -95,28 +102,35 @@ class FailureTracker:
     def ban(self, key: str, seconds: float | None = None) -> None:
         """Ban ``key`` for ``seconds`` (default ``ban_time``) from now, and forget its
         failures. A no-op when bans are off (``ban_time`` 0)."""
-        if self._bans is None or not key:
+        if self.ban_time <= 0 or not key:
             return
-        self._bans[key] = self._clock() + min(self.ban_time, seconds or self.ban_time)
+        bans = self._bans
+        bans.pop(key, None)  # to the new end: the oldest ban stays first
+        bans[key] = self._clock() + min(self.ban_time, seconds or self.ban_time)
         self._failures.pop(key, None)
+        if len(bans) > MAX_TRACKED:
+            self._expire()
+            while len(bans) > MAX_TRACKED:  # all in force: the oldest goes
+                del bans[next(iter(bans))]
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for key in [key for key, until in self._bans.items() if until <= now]:
+            del self._bans[key]
 
     def bans(self) -> list[tuple[str, float]]:
         """Every ban in force, with the seconds it has left."""
-        if self._bans is None:
-            return []
         now = self._clock()
-        return [(key, until - now) for key, until in list(self._bans.items()) if until > now]
+        return [(key, until - now) for key, until in self._bans.items() if until > now]
 
     def bans_in_force(self) -> int:
-        if self._bans is None:
-            return 0
-        self._bans.expire()
+        self._expire()
         return len(self._bans)
 
 
 @dataclass(slots=True)
 class Attempt:
-    """One password verification, admitted by :meth:`Lockout.admit`; settle it once."""
+    """One password verification (:meth:`Lockout.attempt`); settle it once."""
 
     user_key: str  # "user:<user-id>"
     client_key: str  # "client:<address key>", or "" when the proxy sent no client address
@@ -156,21 +170,27 @@ class Lockout:
         mac.update(f"{user}\x00{address}".encode("utf-8", "surrogateescape"))
         return mac.digest()[:16]
 
-    def check(self, user: str, address: str) -> Attempt:
+    def check(self, user: str, address: str) -> None:
         """Rules 1, 3 and 4 for ``user`` from ``address`` (a client address key, "" for
-        none): raise Unauthenticated("banned") for a refused request; else the attempt, not
-        yet reserved."""
+        none): raise Unauthenticated("banned") for a refused request. Costs two dict lookups
+        while anything is banned, nothing otherwise: every decision asks."""
         tracker = self.tracker
+        if not tracker.banning:
+            return
         # One key space for both kinds, each marked: a user-id may spell an address.
-        client_key = f"client:{address}" if address else ""
-        if tracker.is_banned(client_key):
+        client_key = "client:" + address if address else ""
+        if client_key and tracker.is_banned(client_key):
             raise Unauthenticated("banned")
-        user_key = f"user:{user}"
-        pair = self.known_pair(user, address)
-        if tracker.is_banned(user_key) and not self.is_known(pair):
+        if (tracker.is_banned("user:" + user)
+                and not self.is_known(self.known_pair(user, address))):
             self.fail_address(client_key)
             raise Unauthenticated("banned")
-        return Attempt(user_key, client_key, pair)
+
+    def attempt(self, user: str, address: str) -> Attempt:
+        """The attempt of a verification for ``user`` from ``address``, to reserve and
+        settle."""
+        return Attempt("user:" + user, "client:" + address if address else "",
+                       self.known_pair(user, address))
 
     def reserve(self, attempt: Attempt) -> None:
         """Rule 2: count the attempt as a failure-to-be on both keys before it is verified;

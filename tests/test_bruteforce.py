@@ -290,7 +290,8 @@ def test_known_addresses_expire_and_reservations_are_released() -> None:
     clock = FakeClock()
     lockout = Lockout(FailureTracker(2, window=60, ban_time=300, clock=clock.monotonic),
                       known_address_ttl=100, clock=clock.monotonic)
-    attempt = lockout.check("alice", "192.0.2.1")
+    lockout.check("alice", "192.0.2.1")
+    attempt = lockout.attempt("alice", "192.0.2.1")
     lockout.reserve(attempt)
     lockout.settle(attempt, True)
     assert lockout.is_known(lockout.known_pair("alice", "192.0.2.1"))
@@ -302,7 +303,7 @@ def test_known_addresses_expire_and_reservations_are_released() -> None:
     with pytest.raises(Exception, match="banned"):  # no longer known
         lockout.check("alice", "192.0.2.1")
     # two reservations fill max_failures for bob; settling one frees its place
-    first, second, third = (lockout.check("bob", f"198.51.100.{i}") for i in range(3))
+    first, second, third = (lockout.attempt("bob", f"198.51.100.{i}") for i in range(3))
     lockout.reserve(first)
     lockout.reserve(second)
     with pytest.raises(Exception, match="attempt_limit"):
