@@ -160,7 +160,7 @@ def _init(pem: bytes) -> None:
 
 def _mint(start: int, count: int) -> list[str]:
     now = int(time.time())
-    return [pyjwt.encode({"sub": f"user{i}", "exp": now + 3600, "jti": str(i),
+    return [pyjwt.encode({"sub": f"user{i}", "aud": "bench", "exp": now + 3600, "jti": str(i),
                           "groups": GROUPS}, _KEY[0], algorithm="ES256", headers={"kid": KID})
             for i in range(start, start + count)]
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(
             f'[server]\nlisten = ["127.0.0.1:{port}"]\n'
             f'[basic]\nusers_file = "{tmp}/users"\n'
-            f'[jwt]\njwks_file = "{tmp}/jwks.json"\n'
+            f'[jwt]\njwks_file = "{tmp}/jwks.json"\njwks_require_audience = ["bench"]\n'
             f'[log]\nlevel = "error"\n'
         )
         auth = "Basic " + base64.b64encode(b"alice:pw").decode()

@@ -4,8 +4,9 @@ A real ``authproxy serve`` (max_failures 10) is asked directly, as nginx would a
 request from a trusted peer, naming its client in X-Real-IP.
 
 - Many addresses: wrong passwords for one user, each from an address of its own, concurrently.
-- One address: the same burst from one address.
-- Meanwhile, remembered users keep asking from their own addresses: their p99.
+- One address: the same, from one address.
+- Meanwhile, a remembered user keeps asking from its own address: its p99, measured by wrk
+  in a process of its own (the guessers' Python client would otherwise be what is measured).
 - Timing (SPEC §8.1 rule 7): the median answer to an unknown user and to a wrong password for
   a user of each hash scheme, from a second instance without bans.
 
@@ -37,8 +38,7 @@ from authproxy.demo import free_ports
 
 HERE = Path(__file__).resolve().parent
 MAX_FAILURES = 10
-OWNERS = 8  # remembered users asking throughout
-OWNER_PAUSE = 0.01  # seconds between one owner's requests: the client must not be the limit
+OWNER_CONNECTIONS = 8  # wrk's, for the remembered user asking throughout
 
 
 def basic(user: str, password: str) -> str:
@@ -58,8 +58,8 @@ def write_users(path: Path) -> None:
     def bcrypt_entry(password: str) -> str:
         return bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)).decode()
 
-    lines = [f"alice:{bcrypt_entry('wonderland')}", f"bob:{bcrypt_entry('builder')}"]
-    lines += [f"owner{i}:{bcrypt_entry(f'owner-{i}')}" for i in range(OWNERS)]
+    lines = [f"alice:{bcrypt_entry('wonderland')}", f"bob:{bcrypt_entry('builder')}",
+             f"owner:{bcrypt_entry('owner-password')}"]
     lines += [f"apr:{apr_md5_crypt.hash('apr-password')}", f"sha:{sha1_entry('sha-password')}",
               f"argon:{PasswordHasher().hash('argon-password')}"]
     path.write_text("\n".join(lines) + "\n")
@@ -107,38 +107,44 @@ async def ask(session: aiohttp.ClientSession, base: str, user: str, password: st
         return response.status
 
 
-async def owners_asking(session: aiohttp.ClientSession, base: str, stop: asyncio.Event,
-                        latencies: list[float]) -> None:
-    """Remembered users, each from its own address, one request after another."""
-    async def owner(i: int) -> None:
-        while not stop.is_set():
-            started = time.perf_counter()
-            status = await ask(session, base, f"owner{i}", f"owner-{i}", f"192.0.2.{i + 1}")
-            latencies.append(time.perf_counter() - started)
-            if status != 200:
-                raise RuntimeError(f"owner{i} refused: {status}")
-            await asyncio.sleep(OWNER_PAUSE)
-    await asyncio.gather(*(owner(i) for i in range(OWNERS)))
+def owner_asking(base: str, seconds: int) -> subprocess.Popen[str]:
+    """wrk: the remembered user, from its own address, for ``seconds``."""
+    return subprocess.Popen(
+        ["wrk", "-t1", f"-c{OWNER_CONNECTIONS}", f"-d{seconds}s", "--latency",
+         "-H", f"Authorization: {basic('owner', 'owner-password')}",
+         "-H", "X-Real-IP: 192.0.2.1", f"{base}/auth"],
+        stdout=subprocess.PIPE, text=True)
 
 
-async def guessing(session: aiohttp.ClientSession, base: str, user: str, guesses: int,
-                   concurrency: int, addresses: Iterator[str]) -> tuple[float, float]:
-    """``guesses`` wrong passwords for ``user``, ``concurrency`` at a time, each from the
-    next of ``addresses``. Returns (hashes computed, seconds taken)."""
+def wrk_figures(process: subprocess.Popen[str]) -> tuple[float, float]:
+    """(requests/s, p99 ms) of a finished wrk; raise if any answer was not 200."""
+    out, _ = process.communicate()
+    if re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        raise RuntimeError(f"the remembered user was refused:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+async def guessing(session: aiohttp.ClientSession, base: str, user: str, seconds: float,
+                   concurrency: int, rate: float, addresses: Iterator[str]) -> tuple[int, float]:
+    """Wrong passwords for ``user`` for ``seconds``, ``concurrency`` at a time, ``rate`` a
+    second at most (0: as fast as they go), each from the next of ``addresses``. Returns
+    (guesses sent, hashes computed)."""
     before = await hashes(session, base)
     counter = itertools.count()
-    started = time.perf_counter()
+    started = time.monotonic()
+    deadline = started + seconds
 
     async def guesser() -> None:
-        while (i := next(counter)) < guesses:
+        while time.monotonic() < deadline:
+            i = next(counter)
+            if rate:
+                await asyncio.sleep(started + i / rate - time.monotonic())
             if await ask(session, base, user, f"guess-{i}", next(addresses)) != 401:
                 raise RuntimeError("a wrong password passed")
     await asyncio.gather(*(guesser() for _ in range(concurrency)))
-    return await hashes(session, base) - before, time.perf_counter() - started
-
-
-def p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100)[98] * 1000 if len(values) >= 100 else float("nan")
+    return next(counter), await hashes(session, base) - before
 
 
 async def timing(session: aiohttp.ClientSession, base: str, rounds: int) -> dict[str, float]:
@@ -154,41 +160,39 @@ async def timing(session: aiohttp.ClientSession, base: str, rounds: int) -> dict
     return {kind: statistics.median(values) for kind, values in samples.items()}
 
 
-async def run(tmp: Path, guesses: int, concurrency: int, rounds: int) -> None:
+async def run(tmp: Path, seconds: int, concurrency: int, rate: float, rounds: int) -> None:
     ports = free_ports(2, taken=0)
-    connector = aiohttp.TCPConnector(limit=concurrency + OWNERS + 4)
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
     with (authproxy(tmp, "guarded", ports[0], MAX_FAILURES) as guarded,
           authproxy(tmp, "unguarded", ports[1], 10**9) as unguarded):
         async with aiohttp.ClientSession(connector=connector) as session:
             await wait_healthy(session, guarded)
             await wait_healthy(session, unguarded)
-            for i in range(OWNERS):  # remembered from now on
-                assert await ask(session, guarded, f"owner{i}", f"owner-{i}",
-                                 f"192.0.2.{i + 1}") == 200
+            # remembered, and its address known, from now on
+            assert await ask(session, guarded, "owner", "owner-password", "192.0.2.1") == 200
             rows = []
             for label, user, addresses in (
                 ("many addresses", "alice", (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
                                              for i in itertools.count(1))),
                 ("one address", "bob", itertools.repeat("198.51.100.7")),
             ):
-                stop = asyncio.Event()
-                latencies: list[float] = []
-                owners = asyncio.create_task(owners_asking(session, guarded, stop, latencies))
-                computed, seconds = await guessing(session, guarded, user, guesses,
-                                                   concurrency, addresses)
-                stop.set()
-                await owners
-                rows.append((label, computed, seconds, p99(latencies), len(latencies)))
+                owner = owner_asking(guarded, seconds)
+                sent, computed = await guessing(session, guarded, user, seconds, concurrency,
+                                                rate, addresses)
+                rps, tail = await asyncio.to_thread(wrk_figures, owner)
+                rows.append((label, sent, computed, rps, tail))
             medians = await timing(session, unguarded, rounds)
 
-    print(f"\n{guesses:,} wrong passwords for one user (alice, then bob), "
-          f"{concurrency} at a time, "
-          f"max_failures {MAX_FAILURES}; {OWNERS} remembered users asking meanwhile\n")
-    print("| guesses from | hashes computed | per 1,000 guesses | seconds | "
-          "remembered users' p99 ms (requests) |\n|---|---:|---:|---:|---:|")
-    for label, computed, seconds, tail, count in rows:
-        print(f"| {label} | {computed:.0f} | {computed * 1000 / guesses:.1f} | {seconds:.1f} | "
-              f"{tail:.2f} ({count:,}) |")
+    pace = f"at most {rate:,.0f}/s" if rate else "as fast as they go"
+    print(f"\nwrong passwords for one user (alice, then bob) for {seconds} s each, "
+          f"{concurrency} at a time, {pace}, max_failures {MAX_FAILURES}; meanwhile a "
+          "remembered user "
+          f"(wrk -c{OWNER_CONNECTIONS}, its own address)\n")
+    print("| guesses from | guesses | hashes computed | per 1,000 guesses | "
+          "remembered user req/s | its p99 ms |\n|---|---:|---:|---:|---:|---:|")
+    for label, sent, computed, rps, tail in rows:
+        print(f"| {label} | {sent:,} | {computed:.0f} | {computed * 1000 / sent:.2f} | "
+              f"{rps:,.0f} | {tail:.2f} |")
     unknown = medians["unknown user"]
     print(f"\nrefused-password medians over {rounds} interleaved rounds (SPEC §8.1 rule 7: "
           "within 10% of the unknown user's)\n")
@@ -200,14 +204,17 @@ async def run(tmp: Path, guesses: int, concurrency: int, rounds: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--guesses", type=int, default=5000)
+    parser.add_argument("--seconds", type=int, default=5, help="of guessing, per scenario")
+    parser.add_argument("--rate", type=float, default=2000,
+                        help="guesses a second (0: as fast as one Python client sends them, "
+                             "which takes a core of the two)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=30, help="of the timing comparison")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="authproxy-bench-guessing-"))
     try:
         write_users(tmp / "users")
-        asyncio.run(run(tmp, args.guesses, args.concurrency, args.rounds))
+        asyncio.run(run(tmp, args.seconds, args.concurrency, args.rate, args.rounds))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
