@@ -9,8 +9,6 @@ bounds itself (server.max_head_bytes, server.header_timeout, server.keepalive_ti
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import resource
 import time
@@ -25,24 +23,6 @@ LOG_INTERVAL = 10.0  # seconds between two log lines of one reason; the metric c
 # Descriptors a process needs besides client connections: listening sockets, the user,
 # groups and JWKS files, the JWKS client's connections, worker pipes, the event loop's own.
 RESERVED_DESCRIPTORS = 64
-# Unfinished heads held together past this, once all are gone, the freed heap is given back to
-# the system: without it, RSS stayed 20-40 MB above idle after 200 slow 1 MB headers.
-TRIM_AFTER = 8 << 20
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to call
-        return None
-
-
-def give_back_heap() -> None:
-    """Return the heap's free pages to the system (glibc's malloc_trim); elsewhere a no-op."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def raise_descriptor_limit(wanted: int) -> None:
@@ -88,7 +68,6 @@ class EdgeLimits:
         self.header_timeout = float(config.header_timeout)
         self.open = 0
         self.held = 0  # bytes of unfinished heads, all connections together
-        self._peak = 0  # the most held since the heap was last given back
         self._closes = {reason: metrics.edge_closes.labels(reason) for reason in (
             "max_connections", "header_timeout", "head_too_large", "head_budget")}
         metrics.connections_open.set_function(lambda: self.open)
@@ -108,15 +87,11 @@ class EdgeLimits:
         """A connection admitted has closed, holding ``held`` bytes of an unfinished head."""
         self.open -= 1
         self.held -= held
-        if self.held == 0 and self._peak >= TRIM_AFTER:
-            self._peak = 0
-            give_back_heap()
 
     def hold(self, before: int, after: int) -> str | None:
         """A connection's unfinished head went from ``before`` to ``after`` bytes. The bound
         it broke (a reason for :meth:`closed`), or None."""
         self.held += after - before
-        self._peak = max(self._peak, self.held)
         if after > self.max_head_bytes:
             return "head_too_large"
         if after > before and self.held > self.max_head_bytes_total:
