@@ -103,10 +103,12 @@ class ExpiringCache(Generic[V]):
             return None
         return entry[0]
 
-    def put(self, key: bytes, value: V, deadline: float) -> None:
+    def put(self, key: bytes, value: V, deadline: float, weight: int | None = None) -> None:
+        """Store ``value`` until ``deadline``; ``weight``: its bytes when the caller knows
+        them more cheaply than ``weigh`` would count them."""
         entries = self._entries
         self.pop(key)  # a key stored again goes to the new end, with its new deadline
-        weight = self._weigh(value) + len(key) + ENTRY_OVERHEAD
+        weight = (self._weigh(value) if weight is None else weight) + len(key) + ENTRY_OVERHEAD
         entries[key] = (value, deadline, weight)
         self.bytes += weight
         while entries and (len(entries) > self.maxsize or self.bytes > self.max_bytes):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -9,8 +11,9 @@ from aiohttp.test_utils import TestClient
 
 from authproxy import bearer as bearer_module
 from authproxy.app import DECIDER
-from authproxy.bearer import MAX_KIDLESS_CANDIDATES
-from authproxy.config import ConfigError
+from authproxy.bearer import MAX_KIDLESS_CANDIDATES, payload_weight
+from authproxy.claims import ClaimPolicy
+from authproxy.config import ConfigError, JwtConfig
 from authproxy.jose import DESCRIPTIONS
 
 from .conftest import IDENTITY_HEADERS, metric
@@ -444,3 +447,23 @@ async def test_no_token_reaches_a_log_line_or_metric(
 def test_require_typ_accepts_only_known_values(make_config: Any) -> None:
     with pytest.raises(ConfigError, match=r"jwt\.require_typ"):
         make_config({"jwt": {"jwks_endpoint": "https://idp.example/k", "require_typ": "jwt"}})
+
+
+@pytest.mark.parametrize("groups", [0, 5, 200])
+def test_a_cached_tokens_weight_is_never_less_than_its_identity_takes(groups: int) -> None:
+    """The token cache counts an entry by its payload's length (weighing the identity would
+    cost more than the signature): that count must err high, or the byte bound would not
+    bound."""
+    policy = ClaimPolicy(JwtConfig(jwks_require_audience=("api",)))
+    payload = json.dumps({"sub": "user-1234", "aud": "api", "exp": 4_000_000_000,
+                          "iss": "https://idp.example/realms/staff", "scope": "read write",
+                          "groups": [f"group-number-{i}" for i in range(groups)]}).encode()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        identity = policy.identity(payload)
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert identity.user == "user-1234"
+    assert taken < payload_weight(payload) < 3 * taken + 1024
