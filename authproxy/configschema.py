@@ -234,5 +234,7 @@ def _read_entries(kind: TableList, raw: Any, where: str, env_name: str | None,
     entries = [read_table(kind.table, item, f"{where}[{index}]", None, sources)
                for index, item in enumerate(raw)]
     if any(entry is None for entry in entries):
+        # Not the entries that can be built: the cross-checks would name them by the wrong
+        # index. They are checked once every entry can be built.
         return _No.INVALID
     return tuple(entries)
