@@ -69,12 +69,12 @@ class Scalar:
     coerces: tuple[Coerce, ...]  # a union's members, tried in order: the first that fits wins
 
 
-SCALARS: Mapping[Any, Scalar] = {
+SCALARS: Mapping[Any, Scalar] = types.MappingProxyType({
     bool: Scalar("true or false", (_bool,)),
     int: Scalar("a whole number", (_int,)),
     str: Scalar("a string", (_str,)),
     tuple[str, ...]: Scalar("a list of strings", (_str_tuple,)),
-}
+})
 
 
 @dataclass(frozen=True, slots=True)
