@@ -8,7 +8,6 @@ the returned :class:`Config` and never re-checks it.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import re
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .configschema import Sources, key, read_table, table_of
 from .errors import ConfigError
 from .listen import ListenAddress, UnixSocketAccess, parse_listen, unix_peers_trusted
 from .regularfile import (
@@ -37,10 +37,6 @@ ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )
 _HEADER_SAFE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
-
-
-def _meta(doc: str, check: Callable[[Any], str | None] | None = None) -> dict[str, Any]:
-    return {"doc": doc, "check": check}
 
 
 def _positive(value: int) -> str | None:
@@ -90,8 +86,8 @@ def _check_mode(value: str) -> str | None:
     return 'must be octal permission bits, like "0660"'
 
 
-def _check_workers(value: str) -> str | None:
-    if value == "auto" or (value.isdigit() and int(value) >= 1):
+def _check_workers(value: str | int) -> str | None:
+    if value == "auto" or re.fullmatch(r"0*[1-9][0-9]*", str(value)):
         return None
     return 'must be a whole number of at least 1, or "auto"'
 
@@ -128,20 +124,20 @@ def check_url(value: str) -> str | None:
 class ServerConfig:
     listen: tuple[str, ...] = field(
         default=("127.0.0.1:9180",),
-        metadata=_meta("addresses to listen on: HOST:PORT, [V6]:PORT or unix:/path", _check_listen),
+        metadata=key("addresses to listen on: HOST:PORT, [V6]:PORT or unix:/path", _check_listen),
     )
-    workers: str = field(
-        default="1", metadata=_meta('processes sharing the sockets, or "auto"', _check_workers)
+    workers: str | int = field(  # 2 is as natural as "auto"; "2" is accepted too
+        default=1, metadata=key('processes sharing the sockets, or "auto"', _check_workers)
     )
     worker_timeout: int = field(
         default=5,
-        metadata=_meta(
+        metadata=key(
             "seconds a worker's event loop may send no heartbeat before the supervisor kills "
             "(SIGKILL) and replaces it, as hung (workers > 1)", _positive),
     )
     unix_socket_mode: str = field(
         default="0666",
-        metadata=_meta(
+        metadata=key(
             'permissions of unix listen sockets, octal ("0660"). Their peers are believed as '
             'the proxy (X-Real-IP / X-Forwarded-For) only without o+w: "0666" lets any local '
             "user connect, so nothing they forward is believed",
@@ -149,46 +145,46 @@ class ServerConfig:
     )
     unix_socket_group: str = field(
         default="",
-        metadata=_meta("group (name or number) given to unix listen sockets, e.g. the "
+        metadata=key("group (name or number) given to unix listen sockets, e.g. the "
                        "proxy's (www-data); this process must belong to it. Empty: its own"),
     )
-    realm: str = field(default="authproxy", metadata=_meta("realm in challenges", _header_safe))
+    realm: str = field(default="authproxy", metadata=key("realm in challenges", _header_safe))
     trusted_proxies: tuple[str, ...] = field(
         default=("127.0.0.1/32", "::1/128"),
-        metadata=_meta("peers whose X-Real-IP / X-Forwarded-For is believed", _check_networks),
+        metadata=key("peers whose X-Real-IP / X-Forwarded-For is believed", _check_networks),
     )
     allow_preflight: bool = field(
-        default=False, metadata=_meta("let CORS preflights through without credentials")
+        default=False, metadata=key("let CORS preflights through without credentials")
     )
     nginx_cache_hint: bool = field(
-        default=False, metadata=_meta("emit X-Accel-Expires on 200 so nginx may cache")
+        default=False, metadata=key("emit X-Accel-Expires on 200 so nginx may cache")
     )
     # The HTTP edge (SPEC §8.4): what one client can hold open. Defaults suit nginx's upstream
     # keep-alive pool, whose own idle timeout (60 s by default) is shorter than ours, so
     # nginx normally closes first; when we close first, nginx opens a new connection.
     keepalive_timeout: int = field(
-        default=75, metadata=_meta(
+        default=75, metadata=key(
             "seconds a connection may wait for its next complete request head (from its "
             "opening, and after each response) before it is closed", _positive),
     )
     header_timeout: int = field(
-        default=10, metadata=_meta(
+        default=10, metadata=key(
             "seconds from the first byte of a request head to its end; later, the "
             "connection is closed", _positive),
     )
     max_head_bytes: int = field(
-        default=128 * 1024, metadata=_meta(
+        default=128 * 1024, metadata=key(
             "bytes of one request head a connection may hold (at least 65536+4096: SPEC §7 "
             "wants 64 kB header lines refused as credentials); past it: 401 and closed",
             _at_least(65536 + 4096)),
     )
     max_head_bytes_total: int = field(
-        default=16 * 1024 * 1024, metadata=_meta(
+        default=16 * 1024 * 1024, metadata=key(
             "bytes of unfinished request heads held across all connections of a process; "
             "the connection that goes past it gets a 401 and is closed", _positive),
     )
     max_connections: int = field(
-        default=2048, metadata=_meta(
+        default=2048, metadata=key(
             "open connections per process; more are closed at once (lowered at start-up, "
             "with a warning, when the descriptor limit RLIMIT_NOFILE cannot hold them)",
             _positive),
@@ -215,74 +211,76 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = field(
-        default="info", metadata=_meta("log level", _one_of("debug", "info", "warning", "error"))
+        default="info", metadata=key("log level", _one_of("debug", "info", "warning", "error"))
     )
-    format: str = field(default="json", metadata=_meta("log format", _one_of("json", "text")))
+    format: str = field(default="json", metadata=key("log format", _one_of("json", "text")))
 
 
 @dataclass(frozen=True, slots=True)
 class BasicConfig:
-    users_file: str = field(default="", metadata=_meta("htpasswd file; empty disables Basic"))
-    groups_file: str = field(default="", metadata=_meta("AuthGroupFile-style groups, optional"))
+    users_file: str = field(default="", metadata=key("htpasswd file; empty disables Basic"))
+    groups_file: str = field(default="", metadata=key("AuthGroupFile-style groups, optional"))
     cache_ttl: int = field(
-        default=300, metadata=_meta("seconds a verified password is remembered", _non_negative)
+        default=300, metadata=key("seconds a verified password is remembered", _non_negative)
     )
     max_failures: int = field(
-        default=10, metadata=_meta("failures per user or address before a ban", _positive)
+        default=10, metadata=key("failures per user or address before a ban", _positive)
     )
     failure_window: int = field(
-        default=60, metadata=_meta("seconds over which failures are counted", _positive)
+        default=60, metadata=key("seconds over which failures are counted", _positive)
     )
     ban_time: int = field(
-        default=300, metadata=_meta("seconds a user or address is refused", _non_negative)
+        default=300, metadata=key("seconds a user or address is refused", _non_negative)
     )
     known_address_ttl: int = field(
         default=30 * 86400,
-        metadata=_meta("seconds an address a user authenticated from stays exempt from that "
+        metadata=key("seconds an address a user authenticated from stays exempt from that "
                        "user's ban (0: none is)", _non_negative),
     )
 
 
-@dataclass(frozen=True, slots=True)
-class JwtConfig:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuerConfig:
+    """One issuer's keys and rules: a ``[[jwt.issuers]]`` entry, and the base of ``[jwt]``."""
+
     jwks_endpoint: str = field(
-        default="", metadata=_meta("URL of the JWK Set; empty disables it", check_url)
+        default="", metadata=key("URL of the JWK Set; empty disables it", check_url)
     )
-    jwks_file: str = field(default="", metadata=_meta("a static JWK Set file"))
+    jwks_file: str = field(default="", metadata=key("a static JWK Set file"))
     jwks_ssl_ca_certificate: str = field(
-        default="", metadata=_meta("CA bundle for the endpoint's TLS; system CAs if empty")
+        default="", metadata=key("CA bundle for the endpoint's TLS; system CAs if empty")
     )
     jwks_update_interval: int = field(
-        default=300, metadata=_meta("seconds between background refreshes", _positive)
+        default=300, metadata=key("seconds between background refreshes", _positive)
     )
     jwks_max_stale: int = field(
-        default=86400, metadata=_meta("seconds a set may go unrefreshed", _positive)
+        default=86400, metadata=key("seconds a set may go unrefreshed", _positive)
     )
-    jwks_username_field: str = field(default="sub", metadata=_meta("claim naming the user"))
+    jwks_username_field: str = field(default="sub", metadata=key("claim naming the user"))
     jwks_require_audience: tuple[str, ...] = field(
-        default=(), metadata=_meta(
+        default=(), metadata=key(
             "token aud must contain one of these, if set (this or issuer is required)")
     )
-    issuer: str = field(default="", metadata=_meta(
-        "token iss must equal this, if set (this or jwks_require_audience is required)"))
+    issuer: str = field(metadata=key(
+        "token iss must equal this; tokens are routed to this issuer by their iss"))
     insecure_skip_issuer_and_audience: bool = field(
         default=False,
-        metadata=_meta(
+        metadata=key(
             "accept tokens checking neither iss nor aud: any token signed by a key in the "
             "set passes, whoever it was issued to. Only for a key set used by this service "
             "alone; warned about at start"
         ),
     )
     algorithms: tuple[str, ...] = field(
-        default=ASYMMETRIC_ALGORITHMS, metadata=_meta("accepted JWS algorithms", _check_algorithms)
+        default=ASYMMETRIC_ALGORITHMS, metadata=key("accepted JWS algorithms", _check_algorithms)
     )
-    leeway: int = field(default=60, metadata=_meta("seconds of clock skew", _non_negative))
+    leeway: int = field(default=60, metadata=key("seconds of clock skew", _non_negative))
     accept_in_basic: bool = field(
-        default=False, metadata=_meta("also accept a JWT as the Basic password")
+        default=False, metadata=key("also accept a JWT as the Basic password")
     )
     require_typ: str = field(
         default="",
-        metadata=_meta(
+        metadata=key(
             'required JOSE header typ: "" accepts any, "at+jwt" demands RFC 9068 access tokens '
             "(application/at+jwt too, any case)",
             _one_of("", "at+jwt"),
@@ -302,6 +300,18 @@ class JwtConfig:
     def has_endpoint(self) -> bool:
         """Keys come from an endpoint: configured, or discovered from the issuer."""
         return bool(self.jwks_endpoint) or self.discovers_jwks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwtConfig(IssuerConfig):
+    """``[jwt]``: the first issuer, as before, whose ``issuer`` is optional; and more issuers
+    (SPEC §8.3), refused for now by load_config: their verification is a later issue."""
+
+    issuer: str = field(default="", metadata=key(
+        "token iss must equal this, if set (this or jwks_require_audience is required)"))
+    issuers: tuple[IssuerConfig, ...] = field(
+        default=(), metadata=key("more issuers, each a [[jwt.issuers]] table with the keys "
+                                 "of [jwt], issuer required (not supported yet)"))
 
 
 ADMIN_SCHEMES = ("basic", "bearer")
@@ -333,7 +343,7 @@ def _check_admins(values: tuple[str, ...]) -> str | None:
 class AdminConfig:
     users: tuple[str, ...] = field(
         default=(),
-        metadata=_meta(
+        metadata=key(
             "identities allowed to call /api/v2/*: basic:NAME (a user of the user table), "
             "bearer:NAME (a token's jwks_username_field claim); a bare NAME is basic:NAME",
             _check_admins,
@@ -361,51 +371,8 @@ class Config:
         return int(self.server.workers)
 
 
-SECTIONS: dict[str, type[Any]] = {
-    "server": ServerConfig,
-    "log": LogConfig,
-    "basic": BasicConfig,
-    "jwt": JwtConfig,
-    "admin": AdminConfig,
-}
-
-
-def _coerce(kind: str, value: Any, from_env: bool) -> Any:
-    """Turn a TOML or environment value into the field's type; raise ValueError if it is not."""
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if from_env and isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("must be true or false")
-    if kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            return int(value)
-        raise ValueError("must be a whole number")
-    if kind == "str|int":  # workers = 2 is as natural as workers = "auto"
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        kind = "str"
-    if kind == "str":
-        if isinstance(value, str):
-            return value
-        raise ValueError("must be a string")
-    if from_env and isinstance(value, str):
-        return tuple(item.strip() for item in value.split(",") if item.strip())
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)
-    raise ValueError("must be a list of strings")
-
-
-def _field_kind(f: dataclasses.Field[Any]) -> str:
-    if f.name == "workers":
-        return "str|int"
-    type_name = str(f.type)
-    return "list" if type_name.startswith("tuple") else type_name
+# Built at import: a field of a type configschema.py cannot read fails here, not in use.
+SCHEMA = table_of(Config)
 
 
 def load_config(
@@ -418,7 +385,6 @@ def load_config(
     Raises ConfigError listing every problem found, never just the first.
     """
     environ = os.environ if environ is None else environ
-    problems: list[str] = []
     data: dict[str, Any] = {}
     if path:
         try:
@@ -428,61 +394,14 @@ def load_config(
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    for name, value in data.items():
-        if name not in SECTIONS:
-            problems.append(f"unknown section [{name}]")
-        elif not isinstance(value, dict):
-            problems.append(f"[{name}] must be a table")
-
-    sections = {
-        section: _section(section, cls, data.get(section), environ, listen, problems)
-        for section, cls in SECTIONS.items()
-    }
-    config = Config(**sections)
-    problems.extend(_cross_checks(config))
-    if problems:
+    flags = {"server.listen": list(listen)} if listen else {}
+    problems: list[str] = []
+    config = read_table(SCHEMA, data, "", ENV_PREFIX, Sources(environ, flags, problems))
+    if isinstance(config, Config):
+        problems.extend(_cross_checks(config))
+    if problems or not isinstance(config, Config):
         raise ConfigError(problems)
     return config
-
-
-def _section(
-    section: str, cls: type[Any], raw_table: Any, environ: Mapping[str, str],
-    listen: Sequence[str] | None, problems: list[str],
-) -> Any:
-    """One section's dataclass from its TOML table, the environment and ``listen``; each
-    problem is added to ``problems`` and its key left at the default."""
-    table: dict[str, Any] = raw_table if isinstance(raw_table, dict) else {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in fields:
-            problems.append(f"{section}.{key}: unknown key")
-    env_prefix = f"{ENV_PREFIX}{section.upper()}_"
-    for env_name in environ:
-        if env_name.startswith(env_prefix) and env_name[len(env_prefix):].lower() not in fields:
-            problems.append(f"{env_name}: unknown key {section}.{env_name[len(env_prefix):]}")
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        env_name = env_prefix + name.upper()
-        raw, from_env = table.get(name), False
-        if env_name in environ:
-            raw, from_env = environ[env_name], True
-        if section == "server" and name == "listen" and listen:
-            raw, from_env = list(listen), False
-        if raw is None:
-            continue
-        where = env_name if from_env else f"{section}.{name}"
-        try:
-            value = _coerce(_field_kind(f), raw, from_env)
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
-            continue
-        check = f.metadata.get("check")
-        message = check(value) if check else None
-        if message:
-            problems.append(f"{where}: {message}")
-            continue
-        values[name] = value
-    return cls(**values)
 
 
 def _cross_checks(config: Config) -> list[str]:
@@ -496,30 +415,45 @@ def _cross_checks(config: Config) -> list[str]:
     for where, value, limit in (
         ("basic.users_file", config.basic.users_file, MAX_USERS_FILE_BYTES),
         ("basic.groups_file", config.basic.groups_file, MAX_GROUPS_FILE_BYTES),
-        ("jwt.jwks_file", config.jwt.jwks_file, MAX_JWKS_FILE_BYTES),
     ):
         problem = file_problem(value, limit) if value else None
         if problem:
             problems.append(f"{where}: {value}: {problem}")
-    ca_file = config.jwt.jwks_ssl_ca_certificate
-    if ca_file and not os.path.isfile(ca_file):
-        problems.append(f"jwt.jwks_ssl_ca_certificate: {ca_file}: no such file")
-    if config.jwt.discovers_jwks:
-        problem = check_url(config.jwt.issuer)
-        if problem:
-            problems.append(f"jwt.issuer: to discover the JWKS from it, it {problem}")
-    jwt = config.jwt
-    if (jwt.enabled and not jwt.issuer and not jwt.jwks_require_audience
-            and not jwt.insecure_skip_issuer_and_audience):
-        problems.append(
-            "[jwt] checks neither issuer nor jwks_require_audience: any token signed by a "
-            "key in the set would pass, whoever it was issued to. Set one (or, for a key set "
-            "used by this service alone, jwt.insecure_skip_issuer_and_audience = true)"
-        )
+    problems.extend(_issuer_problems("jwt", config.jwt))
+    for index, issuer in enumerate(config.jwt.issuers):
+        problems.extend(_issuer_problems(f"jwt.issuers[{index}]", issuer))
+    if config.jwt.issuers:
+        # Accepted but unused, they would pass check-config and then refuse every token of
+        # those issuers: an operator would believe them in force.
+        problems.append("jwt.issuers: several issuers are not supported yet (SPEC §8.3); "
+                        "configure one issuer in [jwt]")
     if config.jwt.accept_in_basic and not config.jwt.enabled:
         problems.append("jwt.accept_in_basic needs a JWT key source")
     if config.basic.groups_file and not config.basic.users_file:
         problems.append("basic.groups_file needs basic.users_file")
     if config.server.max_head_bytes_total < config.server.max_head_bytes:
         problems.append("server.max_head_bytes_total must be at least server.max_head_bytes")
+    return problems
+
+
+def _issuer_problems(where: str, issuer: IssuerConfig) -> list[str]:
+    """What is wrong with ``issuer`` (named ``where``) beyond its keys' own checks."""
+    problems = []
+    problem = file_problem(issuer.jwks_file, MAX_JWKS_FILE_BYTES) if issuer.jwks_file else None
+    if problem:
+        problems.append(f"{where}.jwks_file: {issuer.jwks_file}: {problem}")
+    ca_file = issuer.jwks_ssl_ca_certificate
+    if ca_file and not os.path.isfile(ca_file):
+        problems.append(f"{where}.jwks_ssl_ca_certificate: {ca_file}: no such file")
+    if issuer.discovers_jwks:
+        problem = check_url(issuer.issuer)
+        if problem:
+            problems.append(f"{where}.issuer: to discover the JWKS from it, it {problem}")
+    if (issuer.enabled and not issuer.issuer and not issuer.jwks_require_audience
+            and not issuer.insecure_skip_issuer_and_audience):
+        problems.append(
+            f"[{where}] checks neither issuer nor jwks_require_audience: any token signed by a "
+            "key in the set would pass, whoever it was issued to. Set one (or, for a key set "
+            f"used by this service alone, {where}.insecure_skip_issuer_and_audience = true)"
+        )
     return problems

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from authproxy.cli import main
-from authproxy.config import load_config
+from authproxy.config import SCHEMA, Config, load_config
+from authproxy.configschema import Sources, Table, key, read_table, table_of
 from authproxy.errors import ConfigError
 from authproxy.listen import ListenAddress, parse_listen
 
@@ -167,3 +172,176 @@ def test_an_admin_entry_with_an_unknown_scheme_or_no_name_is_an_error(
         make_config({"basic": {"users_file": str(htpasswd(root="pw"))},
                      "admin": {"users": [entry]}})
     assert [p for p in caught.value.problems if p.startswith("admin.users:")]
+
+
+# -- the schema: one coercion per type, tables and lists of tables (issue 11) ---------------
+
+
+def config_problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[str]:
+    """The problems load_config finds in the TOML ``text``."""
+    path = tmp_path / "problems.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), environ=environ or {})
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("[server]\nallow_preflight = 1", "server.allow_preflight: must be true or false"),
+    ('[server]\nallow_preflight = "true"', "server.allow_preflight: must be true or false"),
+    ("[basic]\ncache_ttl = true", "basic.cache_ttl: must be a whole number"),
+    ("[basic]\ncache_ttl = 1.5", "basic.cache_ttl: must be a whole number"),
+    ('[basic]\ncache_ttl = "30"', "basic.cache_ttl: must be a whole number"),
+    ("[server]\nrealm = 5", "server.realm: must be a string"),
+    ('[server]\nrealm = ["a"]', "server.realm: must be a string"),
+    ('[admin]\nusers = "alice"', "admin.users: must be a list of strings"),
+    ('[admin]\nusers = ["alice", 1]', "admin.users: must be a list of strings"),
+    ("[server]\nworkers = 2.5", "server.workers: must be a string or a whole number"),
+    ("[server]\nworkers = true", "server.workers: must be a string or a whole number"),
+    ("[server]\nworkers = 0", "server.workers: must be a whole number of at least 1"),
+    ('[server]\nworkers = "²"', "server.workers: must be a whole number of at least 1"),
+    ("server = 5", "server: must be a table"),
+    ("[jwt]\nissuers = 5", "jwt.issuers: must be a list of tables, written [[jwt.issuers]]"),
+    ('[jwt]\nissuers = ["x"]', "jwt.issuers[0]: must be a table"),
+])
+def test_a_value_of_the_wrong_type_is_named_with_its_key(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    problems = config_problems(tmp_path, text + "\n")
+    assert [p for p in problems if p.startswith(problem)], problems
+
+
+@pytest.mark.parametrize(("workers", "count"), [(2, 2), ('"3"', 3), ('"auto"', os.cpu_count())])
+def test_workers_is_a_number_or_auto(tmp_path: Path, htpasswd, workers, count) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(f'[server]\nworkers = {workers}\n[basic]\nusers_file = "{htpasswd(a="b")}"\n')
+    assert load_config(str(path), environ={}).worker_count == count
+
+
+@pytest.mark.parametrize(("name", "value", "read", "expected"), [
+    ("AUTHPROXY_SERVER_ALLOW_PREFLIGHT", "on", lambda c: c.server.allow_preflight, True),
+    ("AUTHPROXY_SERVER_NGINX_CACHE_HINT", "0", lambda c: c.server.nginx_cache_hint, False),
+    ("AUTHPROXY_BASIC_CACHE_TTL", " 7 ", lambda c: c.basic.cache_ttl, 7),
+    ("AUTHPROXY_SERVER_REALM", "corp", lambda c: c.server.realm, "corp"),
+    ("AUTHPROXY_JWT_ALGORITHMS", "ES256, EdDSA,", lambda c: c.jwt.algorithms, ("ES256", "EdDSA")),
+    ("AUTHPROXY_SERVER_WORKERS", "auto", lambda c: c.worker_count, os.cpu_count()),
+    ("AUTHPROXY_SERVER_WORKERS", "3", lambda c: c.worker_count, 3),
+])
+def test_an_environment_override_of_each_kind(
+    tmp_path: Path, htpasswd, name: str, value: str, read, expected
+) -> None:
+    path = tmp_path / "env.toml"
+    path.write_text('[server]\nallow_preflight = false\nnginx_cache_hint = true\nrealm = "file"\n'
+                    "workers = 1\n[basic]\ncache_ttl = 1\n")
+    environ = {"AUTHPROXY_BASIC_USERS_FILE": str(htpasswd(a="b")), name: value}
+    assert read(load_config(str(path), environ=environ)) == expected
+
+
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    ("AUTHPROXY_SERVER_ALLOW_PREFLIGHT", "maybe", "must be true or false"),
+    ("AUTHPROXY_BASIC_CACHE_TTL", "7s", "must be a whole number"),
+    ("AUTHPROXY_SERVER_WORKERS", "many", "must be a whole number of at least 1"),
+    ("AUTHPROXY_JWT_ISSUERS", "https://sso.example", "must be a list of tables"),
+    ("AUTHPROXY_JWT_ISSUERS_0_ISSUER", "https://sso.example", "unknown key jwt.ISSUERS_0_ISSUER"),
+])
+def test_a_bad_environment_override_is_named_by_its_variable(
+    tmp_path: Path, name: str, value: str, problem: str
+) -> None:
+    problems = config_problems(tmp_path, "", {name: value})
+    assert f"{name}: {problem}" in "\n".join(problems), problems
+
+
+def test_the_listen_flag_wins_over_the_environment(tmp_path: Path, htpasswd) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[basic]\nusers_file = "{htpasswd(a="b")}"\n')
+    config = load_config(str(path), environ={"AUTHPROXY_SERVER_LISTEN": "127.0.0.1:2"},
+                         listen=["[::1]:8080"])
+    assert [str(a) for a in config.server.listen_addresses] == ["[::1]:8080"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Upstream:
+    name: str = field(metadata=key("required: no default"))
+    port: int = field(default=80, metadata=key("a port", lambda p: None if p > 0 else "too low"))
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    mode: str = field(default="first", metadata=key("a scalar beside the list"))
+    upstreams: tuple[Upstream, ...] = field(default=(), metadata=key("[[routing.upstreams]]"))
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    routing: Routing = field(default_factory=Routing)
+
+
+def read_root(text: str, environ: dict[str, str] | None = None) -> tuple[Any, list[str]]:
+    problems: list[str] = []
+    root = read_table(table_of(Root), tomllib.loads(text), "", "TEST_",
+                      Sources(environ or {}, {}, problems))
+    return root, problems
+
+
+def test_a_list_of_tables_is_read_into_a_typed_tuple() -> None:
+    root, problems = read_root('[routing]\nmode = "any"\n[[routing.upstreams]]\nname = "a"\n'
+                               'port = 8080\n[[routing.upstreams]]\nname = "b"\n',
+                               {"TEST_ROUTING_MODE": "all"})
+    assert problems == []
+    assert root == Root(Routing("all", (Upstream(name="a", port=8080), Upstream(name="b"))))
+    assert read_root("") == (Root(Routing("first", ())), [])
+
+
+def test_each_entry_of_a_list_of_tables_is_checked_and_named_by_its_index() -> None:
+    root, problems = read_root('[[routing.upstreams]]\nname = "a"\n[[routing.upstreams]]\n'
+                               'port = 0\n[[routing.upstreams]]\nname = 5\nextra = 1\n')
+    assert problems == ["routing.upstreams[1].name: required",
+                        "routing.upstreams[1].port: too low",
+                        "routing.upstreams[2].extra: unknown key",
+                        "routing.upstreams[2].name: must be a string"]
+    assert root.routing.upstreams == ()  # left at its default
+
+
+def test_jwt_issuers_are_validated_like_jwt_then_refused_as_not_supported_yet(
+    tmp_path: Path
+) -> None:
+    jwt = '[jwt]\njwks_endpoint = "https://idp.example/jwks"\nissuer = "https://idp.example"\n'
+    problems = config_problems(tmp_path, jwt + '[[jwt.issuers]]\nissuer = "https://sso.example"\n'
+                               'jwks_require_audience = ["api"]\n[[jwt.issuers]]\nleeway = -1\n'
+                               'jwks_require_audience = "api"\n[[jwt.issuers]]\n'
+                               'issuer = "http://sso.example"\n')
+    discovery = ("to discover the JWKS from it, it must be an https:// URL (http:// only on "
+                 "loopback)")
+    not_yet = ("jwt.issuers: several issuers are not supported yet (SPEC §8.3); configure one "
+               "issuer in [jwt]")
+    assert problems == ["jwt.issuers[1].jwks_require_audience: must be a list of strings",
+                        "jwt.issuers[1].issuer: required",
+                        "jwt.issuers[1].leeway: must be 0 or more"]
+    problems = config_problems(tmp_path, jwt + '[[jwt.issuers]]\nissuer = "https://sso.example"\n'
+                               'jwks_require_audience = ["api"]\n')
+    assert problems == [not_yet]
+    problems = config_problems(tmp_path, jwt + '[[jwt.issuers]]\nissuer = "http://sso.example"\n')
+    assert problems == [f"jwt.issuers[0].issuer: {discovery}", not_yet]
+
+
+@pytest.mark.parametrize("hint", [float, dict[str, str], list[str], str | None, tuple[int, ...],
+                                  tuple[str, str], Path])
+def test_a_field_of_a_type_without_a_coercion_fails_when_the_schema_is_built(hint) -> None:
+    new = make_dataclass("New", [("value", hint, field(default=None, metadata=key("new")))],
+                         frozen=True, slots=True)
+    with pytest.raises(TypeError, match=r"New\.value: no coercion for the type"):
+        table_of(new)
+
+
+def test_a_field_without_a_doc_fails_when_the_schema_is_built() -> None:
+    new = make_dataclass("New", [("value", int, field(default=1))], frozen=True, slots=True)
+    with pytest.raises(TypeError, match=r"New\.value: no doc"):
+        table_of(new)
+
+
+def test_every_config_key_has_a_kind_and_a_doc() -> None:
+    """config.py's schema, built at import, covers every field of every section."""
+    assert set(SCHEMA.keys) == {f.name for f in fields(Config)}
+    for section in SCHEMA.keys.values():
+        assert isinstance(section.kind, Table)
+        assert set(section.kind.keys) == {f.name for f in fields(section.kind.cls)}
