@@ -14,14 +14,15 @@ from typing import Any
 
 from aiohttp import web
 
-from .authn import AuthRequest, parse_authorization
-from .errors import Forbidden, KeysUnavailable, Unauthenticated
+from .errors import Forbidden
 from .handlers import NO_STORE, Decider
 from .keysource import KeySource
 
 log = logging.getLogger("authproxy.admin")
 
 Action = Callable[[], Awaitable[web.Response]]
+# The body of each refusal the Decider may answer (it chooses the status).
+_REFUSALS = {401: "unauthenticated", 403: "forbidden", 503: "signing keys unavailable"}
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -51,32 +52,19 @@ class AdminApi:
         return await self._as_admin(request, "jwks", self._jwks)
 
     async def _as_admin(self, request: web.Request, action: str, run: Action) -> web.Response:
-        client = self._decider.origin.client(request)
+        decider = self._decider
+        client = decider.origin.client(request)
         fields: dict[str, Any] = {"event": "admin", "action": action, "client": client.address}
-        chain = self._decider.chain
         try:
-            credentials = parse_authorization(request.headers.getall("Authorization", []))
-            identity = await chain.authenticate(AuthRequest(credentials, *client),
-                                                chain.schemes)
+            identity = await decider.authenticate(request)
             fields["user"] = identity.user
             if (identity.method, identity.user) not in self._admins:
                 raise Forbidden("not_admin")
-        except Unauthenticated as exc:
-            log.info("admin request refused", extra={**fields, "status": 401, "reason": exc.reason})
-            return web.json_response(
-                {"error": "unauthenticated"}, status=401,
-                headers={"WWW-Authenticate": self._decider.challenge_header(chain.schemes, exc),
-                         **NO_STORE},
-            )
-        except Forbidden as exc:
-            log.info("admin request refused", extra={**fields, "status": 403, "reason": exc.reason})
-            return web.json_response({"error": "forbidden"}, status=403, headers=NO_STORE)
-        except KeysUnavailable as exc:
-            log.info("admin request refused", extra={**fields, "status": 503, "reason": exc.reason})
-            return web.json_response(
-                {"error": "signing keys unavailable"}, status=503,
-                headers={"Retry-After": str(exc.retry_after), **NO_STORE},
-            )
+        except Exception as exc:
+            answer = decider.refusal(exc, fields)
+            log.info("admin request refused", extra=fields)
+            return web.json_response({"error": _REFUSALS.get(answer.status, "unauthenticated")},
+                                     status=answer.status, headers=answer.headers)
         response = await run()
         log.info("admin request", extra={**fields, "status": response.status})
         return response

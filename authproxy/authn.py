@@ -29,12 +29,21 @@ class AuthRequest(NamedTuple):
     client_key: str = ""
 
 
+class Pending(Protocol):
+    """An authentication that must wait (a hash to verify, a key set to fetch), carrying
+    what its beginning already parsed, so that nothing is decoded, MACed or checked twice."""
+
+    async def finish(self) -> Identity:
+        """The identity; or Unauthenticated (or KeysUnavailable) raised. Await it once."""
+        ...
+
+
 class Authenticator(Protocol):
-    """One scheme, judged in up to two steps. ``authenticate_now`` does whatever needs no
-    waiting (a remembered credential, a refusal found by parsing, a signature against a key
-    at hand) and returns None when the rest must be awaited: ``authenticate`` then decides,
-    returning an Identity or raising, never None. A call that returns None has no effect
-    (nothing counted, nothing remembered), so the same request may go on to ``authenticate``.
+    """One scheme, judged in one step. ``begin`` does whatever needs no waiting (a
+    remembered credential, a refusal found by parsing, a signature against a key at hand) and
+    returns the identity or raises; when the rest must be awaited it returns a
+    :class:`Pending` whose ``finish`` decides. Beginning has no effect (nothing counted,
+    reserved or remembered): a Pending may be dropped unfinished.
     """
 
     scheme: str  # the lower-case auth-scheme token it handles, e.g. "basic"
@@ -43,13 +52,9 @@ class Authenticator(Protocol):
         """The bare challenge for this scheme, e.g. ``Basic realm="x", charset="UTF-8"``."""
         ...
 
-    def authenticate_now(self, request: AuthRequest) -> Identity | None:
+    def begin(self, request: AuthRequest) -> Identity | Pending:
         """The identity, or Unauthenticated/KeysUnavailable raised, when that needs no
-        waiting; None when ``authenticate`` must decide."""
-        ...
-
-    async def authenticate(self, request: AuthRequest) -> Identity:
-        """Raise Unauthenticated (or KeysUnavailable) when the credentials do not pass."""
+        waiting; else what is left to await."""
         ...
 
     def not_ready(self) -> str | None:
@@ -97,11 +102,10 @@ class SchemeChain:
             raise Unauthenticated("scheme_not_allowed")
         return authenticator
 
-    def authenticate_now(self, request: AuthRequest, allowed: Sequence[str]) -> Identity | None:
-        return self.authenticator(request, allowed).authenticate_now(request)
-
-    async def authenticate(self, request: AuthRequest, allowed: Sequence[str]) -> Identity:
-        return await self.authenticator(request, allowed).authenticate(request)
+    def begin(self, request: AuthRequest, allowed: Sequence[str]) -> Identity | Pending:
+        """The request's scheme's :meth:`Authenticator.begin`; Unauthenticated raised when
+        that scheme is not enabled or not ``allowed``."""
+        return self.authenticator(request, allowed).begin(request)
 
     def not_ready(self) -> dict[str, str]:
         """What each scheme still lacks, by scheme; empty when every scheme can decide."""

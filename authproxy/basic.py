@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from .authn import AuthRequest
+from .authn import AuthRequest, Pending
 from .config import BasicConfig
 from .errors import Unauthenticated
 from .expiring import ExpiringCache
@@ -33,9 +33,7 @@ _JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  
 class TokenVerifier(Protocol):
     """Verifies a JWT given as the Basic password (jwt.accept_in_basic): BearerAuthenticator."""
 
-    def verify_now(self, token: str) -> Identity | None: ...
-
-    async def verify(self, token: str) -> Identity: ...
+    def begin_token(self, token: str) -> Identity | Pending: ...
 
 
 def basic_challenge(realm: str) -> str:
@@ -117,25 +115,13 @@ class BasicAuthenticator:
     def not_ready(self) -> str | None:
         return None  # the store never exists without a loaded table
 
-    def authenticate_now(self, request: AuthRequest) -> Identity | None:
-        """A remembered password, or a refusal that needs no hash (malformed, banned);
-        None when a hash must be verified. A JWT as the password is the token verifier's."""
-        step = self._begin(request)
-        return step if isinstance(step, Identity) else None
+    def begin(self, request: AuthRequest) -> Identity | Pending:
+        """A remembered password, or a refusal that needs no hash (malformed, banned); else
+        the password's verification, carrying what was decoded and its cache key. A JWT as
+        the password is the token verifier's.
 
-    async def authenticate(self, request: AuthRequest) -> Identity:
-        step = self._begin(request)
-        if isinstance(step, Identity):
-            return step
-        if isinstance(step, _Token):
-            identity = await step.verifier.verify(step.token)
-            check_token_user(step.user, identity)
-            return identity
-        return await self._verify_password(step)
-
-    def _begin(self, request: AuthRequest) -> Identity | _Password | _Token:
-        """Everything that needs no waiting: decoding, the token verifier's quick path,
-        bans, the remembered passwords. What is left to await, if anything."""
+        Everything that needs no waiting happens here, once: decoding, the token verifier's
+        quick path, bans, the remembered passwords."""
         value = request.credentials.value
         decoded = None
         # While no ban is in force, none can refuse: the remembered passwords are asked first,
@@ -153,22 +139,17 @@ class BasicAuthenticator:
             self._cache_hits.inc()
             return cached
         user, password = decoded or decode_basic(value)
-        return _Password(user, password, key, request.client_key)
+        return PasswordVerification(self, user, password, key, request.client_key)
 
-    def _token(self, user: str, password: bytes) -> Identity | _Token | None:
+    def _token(self, user: str, password: bytes) -> Identity | Pending | None:
         """A JWT given as the password (jwt.accept_in_basic): its identity, or what to await
         for it; None for a password."""
         verifier = self._token_verifier
         if verifier is None or not _JWT_SHAPE.fullmatch(password):
             return None
-        token = password.decode()
-        identity = verifier.verify_now(token)
-        if identity is None:
-            return _Token(user, token, verifier)
-        check_token_user(user, identity)
-        return identity
+        return begin_token_as_password(verifier, user, password.decode())
 
-    async def _verify_password(self, step: _Password) -> Identity:
+    async def _verify_password(self, step: PasswordVerification) -> Identity:
         self._cache_misses.inc()
         user = step.user
         snapshot = self.store.snapshot
@@ -215,7 +196,7 @@ class BasicAuthenticator:
                 and identity.groups == snapshot.groups.get(user, frozenset()))
 
     async def _verify_shared(
-        self, step: _Password, attempt: Attempt, hashed: PasswordHash, exists: bool
+        self, step: PasswordVerification, attempt: Attempt, hashed: PasswordHash, exists: bool
     ) -> tuple[bool, float]:
         """(matched, seconds the hash took): one verification for all concurrent requests
         with the same credentials. The one that starts it reserves an attempt (raising
@@ -282,21 +263,49 @@ class VerificationCosts:
                    for key, seconds in table.verification_costs.items())
 
 
-class _Password(NamedTuple):
-    """A password to verify: what was decoded, its cache key, and the client's address key."""
+class PasswordVerification:
+    """A password to verify (:class:`authn.Pending`): what was decoded, its cache key, and
+    the client's address key."""
 
-    user: str
-    password: bytes
-    key: bytes
-    address: str
+    __slots__ = ("_basic", "address", "key", "password", "user")
+
+    def __init__(self, basic: BasicAuthenticator, user: str, password: bytes, key: bytes,
+                 address: str) -> None:
+        self._basic = basic
+        self.user = user
+        self.password = password
+        self.key = key
+        self.address = address
+
+    async def finish(self) -> Identity:
+        """One hash verification, reserved and shared (BasicAuthenticator's order of checks)."""
+        return await self._basic._verify_password(self)
 
 
-class _Token(NamedTuple):
-    """A JWT given as the password, for the token verifier's slow path."""
+class TokenAsPassword:
+    """A JWT given as the Basic password whose verification must wait (:class:`authn.Pending`):
+    the token's own, then the user-id's check against it."""
 
-    user: str
-    token: str
-    verifier: TokenVerifier
+    __slots__ = ("token", "user")
+
+    def __init__(self, user: str, token: Pending) -> None:
+        self.user = user
+        self.token = token
+
+    async def finish(self) -> Identity:
+        identity = await self.token.finish()
+        check_token_user(self.user, identity)
+        return identity
+
+
+def begin_token_as_password(verifier: TokenVerifier, user: str, token: str) -> Identity | Pending:
+    """A JWT given as the Basic password of ``user`` (jwt.accept_in_basic): its identity, or
+    what to await for it; Unauthenticated raised for a token that fails or is not ``user``'s."""
+    outcome = verifier.begin_token(token)
+    if isinstance(outcome, Identity):
+        check_token_user(user, outcome)
+        return outcome
+    return TokenAsPassword(user, outcome)
 
 
 def _timed_verify(hashed: PasswordHash, password: bytes) -> tuple[bool, float]:

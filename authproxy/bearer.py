@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 from jwcrypto.jwa import JWA
 
-from .authn import AuthRequest
-from .basic import basic_challenge, check_token_user, decode_basic
+from .authn import AuthRequest, Pending
+from .basic import basic_challenge, begin_token_as_password, decode_basic
 from .claims import ClaimPolicy
 from .config import JwtConfig
 from .errors import Unauthenticated
@@ -67,7 +67,7 @@ def _signing_alg(alg: str) -> Any:
 
 class BearerAuthenticator:
     """The Bearer scheme against a :class:`KeySource`; also verifies JWTs sent as a Basic
-    password (jwt.accept_in_basic) through :meth:`verify`."""
+    password (jwt.accept_in_basic) through :meth:`begin_token`."""
 
     scheme = "bearer"
 
@@ -97,11 +97,8 @@ class BearerAuthenticator:
     def not_ready(self) -> str | None:
         return self.keys.not_ready()
 
-    def authenticate_now(self, request: AuthRequest) -> Identity | None:
-        return self.verify_now(self._token(request))
-
-    async def authenticate(self, request: AuthRequest) -> Identity:
-        return await self.verify(self._token(request))
+    def begin(self, request: AuthRequest) -> Identity | Pending:
+        return self.begin_token(self._token(request))
 
     @staticmethod
     def _token(request: AuthRequest) -> str:
@@ -111,10 +108,10 @@ class BearerAuthenticator:
                                   bearer_description=DESCRIPTIONS["missing"])
         return token
 
-    def verify_now(self, token: str) -> Identity | None:
+    def begin_token(self, token: str) -> Identity | Pending:
         """The identity a token proves, or Unauthenticated (invalid_token) or KeysUnavailable
-        raised; None when its kid is in no key set yet, so that a refresh must be awaited
-        (:meth:`verify`)."""
+        raised; when its kid is in no key set yet, the :class:`TokenVerification` that awaits
+        a refresh, carrying the token as checked and its cache key."""
         cache_key = self._cache_key(token)
         entry = self._cache.get(cache_key)
         if entry is not None:
@@ -125,22 +122,11 @@ class BearerAuthenticator:
                 return entry.identity
             self._cache.pop(cache_key)
         checked = check_token(token, self._algorithms, self._require_typ)
-        keys = self.keys.candidates(checked.kid, checked.alg)
-        if not keys and checked.kid is not None and self.keys.may_learn(checked.kid):
-            return None
+        kid = checked.kid
+        keys = self.keys.candidates(kid, checked.alg)
+        if not keys and kid is not None and self.keys.may_learn(kid):
+            return TokenVerification(self, cache_key, checked, kid)
         return self._verified(cache_key, checked, keys)
-
-    async def verify(self, token: str) -> Identity:
-        """:meth:`verify_now`, awaiting the one shared, rate-limited refresh that a kid no
-        trusted set has triggers."""
-        identity = self.verify_now(token)
-        if identity is not None:
-            return identity
-        checked = check_token(token, self._algorithms, self._require_typ)
-        assert checked.kid is not None  # only a kid can be learnt
-        await self.keys.refresh_on_miss(checked.kid)
-        keys = self.keys.candidates(checked.kid, checked.alg)
-        return self._verified(self._cache_key(token), checked, keys)
 
     def _cache_key(self, token: str) -> bytes:
         # Keyed by the exact string (two spellings of one token are two entries, never one),
@@ -191,6 +177,28 @@ def payload_weight(payload: bytes) -> int:
     return PAYLOAD_WEIGHT_BASE + PAYLOAD_WEIGHT_PER_BYTE * len(payload)
 
 
+class TokenVerification:
+    """A token whose kid no trusted set has (:class:`authn.Pending`): what was checked of it
+    and its cache key, until the one shared, rate-limited refresh it triggers is awaited."""
+
+    __slots__ = ("_bearer", "_cache_key", "_checked", "_kid")
+
+    def __init__(self, bearer: BearerAuthenticator, cache_key: bytes, checked: CheckedToken,
+                 kid: str) -> None:
+        self._bearer = bearer
+        self._cache_key = cache_key
+        self._checked = checked
+        self._kid = kid
+
+    async def finish(self) -> Identity:
+        """The refresh, then the signature and claims against the keys it brought (or
+        Unauthenticated raised for a kid still unknown)."""
+        bearer, checked = self._bearer, self._checked
+        await bearer.keys.refresh_on_miss(self._kid)
+        keys = bearer.keys.candidates(self._kid, checked.alg)
+        return bearer._verified(self._cache_key, checked, keys)
+
+
 class TokenInBasicAuthenticator:
     """Basic credentials whose password is a JWT (jwt.accept_in_basic), for configurations
     without basic.users_file; with one, BasicAuthenticator takes tokens itself. The user-id
@@ -207,18 +215,8 @@ class TokenInBasicAuthenticator:
     def not_ready(self) -> str | None:
         return None  # the bearer scheme reports the key set
 
-    def authenticate_now(self, request: AuthRequest) -> Identity | None:
-        user, token = self._user_and_token(request)
-        identity = self._bearer.verify_now(token)
-        if identity is not None:
-            check_token_user(user, identity)
-        return identity
-
-    async def authenticate(self, request: AuthRequest) -> Identity:
-        user, token = self._user_and_token(request)
-        identity = await self._bearer.verify(token)
-        check_token_user(user, identity)
-        return identity
+    def begin(self, request: AuthRequest) -> Identity | Pending:
+        return begin_token_as_password(self._bearer, *self._user_and_token(request))
 
     @staticmethod
     def _user_and_token(request: AuthRequest) -> tuple[str, str]:

@@ -6,13 +6,13 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from .authn import AuthRequest, SchemeChain, parse_authorization
+from .authn import AuthRequest, Pending, SchemeChain, parse_authorization
 from .config import Config
 from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .identity import EMPTY_HEADERS, Identity
@@ -102,27 +102,14 @@ class Decider:
             response.force_close()
         return response
 
-    def decide_now(self, request: RequestView) -> Answer | None:
-        """The answer, logged and counted, when reaching it needs no waiting: a remembered
-        credential, a refusal found by parsing, a signature against a key at hand. None when
-        it does (a hash to verify, a key set to fetch); then :meth:`decide`."""
-        started = time.perf_counter()
-        return self._decide_now(self._case(request), started)
-
-    async def decide(self, request: RequestView) -> Answer:
+    def begin(self, request: RequestView) -> Answer | PendingDecision:
+        """The decision in one step. The answer, logged and counted, when reaching it needs
+        no waiting: a remembered credential, a refusal found by parsing, a signature against
+        a key at hand. Otherwise (a hash to verify, a key set to fetch) the
+        :class:`PendingDecision` to await, carrying everything parsed so far; one dropped
+        unawaited has had no effect (nothing logged, counted, reserved or remembered)."""
         started = time.perf_counter()
         case = self._case(request)
-        answer = self._decide_now(case, started)
-        if answer is not None:
-            return answer
-        outcome: Identity | Exception
-        try:
-            outcome = await self.chain.authenticate(case.credentials(), case.allowed)
-        except Exception as exc:
-            outcome = exc
-        return self._conclude(case, outcome, started)
-
-    def _decide_now(self, case: _Case, started: float) -> Answer | None:
         if not is_normalised_decision_path(case.raw_path):
             return self._conclude(case, Unauthenticated("path_not_normalised"), started)
         if case.policy.problem:  # refused before any credential is looked at: no hash spent
@@ -130,12 +117,39 @@ class Decider:
         if case.preflight:
             return self._conclude(case, None, started)
         try:
-            identity = self.chain.authenticate_now(case.credentials(), case.allowed)
+            outcome = self.chain.begin(case.credentials(), case.allowed)
         except Exception as exc:
             return self._conclude(case, exc, started)
-        if identity is None:
-            return None  # nothing logged or counted: decide() goes on with the same case
-        return self._conclude(case, identity, started)
+        if isinstance(outcome, Identity):
+            return self._conclude(case, outcome, started)
+        return PendingDecision(self, case, outcome, started)
+
+    def decide_now(self, request: RequestView) -> Answer | None:
+        """:meth:`begin`'s answer when it needs no waiting; None when it does, and then
+        :meth:`decide` decides (beginning again: a caller that can await should use begin)."""
+        decision = self.begin(request)
+        return decision if isinstance(decision, Answer) else None
+
+    async def decide(self, request: RequestView) -> Answer:
+        """The answer, logged and counted, waiting for it if need be."""
+        decision = self.begin(request)
+        if isinstance(decision, Answer):
+            return decision
+        return await decision.answer()
+
+    async def authenticate(self, request: RequestView) -> Identity:
+        """Who the request's credentials prove, under any enabled scheme and no location's
+        policy (for the admin API). Raises Unauthenticated or KeysUnavailable, or whatever a
+        verifier raised: :meth:`refusal` answers each. Nothing is logged or counted as a
+        decision."""
+        client = self.origin.client(request)
+        credentials = parse_authorization(request.headers.getall("Authorization", []))
+        schemes = self.chain.schemes
+        outcome = self.chain.begin(AuthRequest(credentials, client.address, client.key),
+                                   schemes)
+        if isinstance(outcome, Identity):
+            return outcome
+        return await outcome.finish()
 
     def _case(self, request: RequestView) -> _Case:
         origin = self.origin
@@ -169,12 +183,12 @@ class Decider:
         """Turn an identity (None: an allowed preflight) or the exception that refused one
         into the answer; log and count it."""
         if isinstance(outcome, Exception):
-            answer = self._refusal(outcome, case)
+            answer = self.refusal(outcome, case.fields, case.allowed)
         else:
             try:
                 answer = self._admit(outcome, case)
             except Forbidden as exc:
-                answer = self._refusal(exc, case)
+                answer = self.refusal(exc, case.fields, case.allowed)
         fields = case.fields
         elapsed = time.perf_counter() - started
         fields["latency_ms"] = round(elapsed * 1000, 3)
@@ -198,16 +212,20 @@ class Decider:
             return Answer(200, {**identity.headers, **expires})
         return Answer(200, {**identity.headers, **NO_STORE})
 
-    def _refusal(self, exc: Exception, case: _Case) -> Answer:
-        fields = case.fields
+    def refusal(self, exc: Exception, fields: dict[str, Any],
+                schemes: Sequence[str] = ()) -> Answer:
+        """The answer refusing a request for ``exc``: Forbidden 403; Unauthenticated 401 with
+        the challenges of ``schemes`` (every enabled scheme's if none); KeysUnavailable 503;
+        anything else fails closed, a logged 401. ``fields``, the request's log line, gets
+        the status, outcome and reason (and the user a 401 names)."""
         if isinstance(exc, Forbidden):
             fields.update(status=403, outcome="deny", reason=exc.reason)
-            return self._forbid(exc, fields["scheme"])
+            return self._forbid(exc, fields.get("scheme", ""))
         if isinstance(exc, Unauthenticated):
             fields.update(status=401, outcome="deny", reason=exc.reason)
             if exc.user:
                 fields["user"] = exc.user
-            return self._challenge(exc, case.allowed)
+            return self._challenge(exc, tuple(schemes))
         if isinstance(exc, KeysUnavailable):
             fields.update(status=503, outcome="unavailable", reason=exc.reason)
             return Answer(503, {"Retry-After": str(exc.retry_after), **NO_STORE})
@@ -250,6 +268,27 @@ class Decider:
                 f'scope="{exc.required_scopes}"'
             )
         return Answer(403, headers)
+
+
+class PendingDecision:
+    """A decision that must wait (:meth:`Decider.begin`): await :meth:`answer` once."""
+
+    __slots__ = ("_case", "_decider", "_pending", "_started")
+
+    def __init__(self, decider: Decider, case: _Case, pending: Pending, started: float) -> None:
+        self._decider = decider
+        self._case = case
+        self._pending = pending
+        self._started = started
+
+    async def answer(self) -> Answer:
+        """The answer, logged and counted, once the authentication has finished."""
+        outcome: Identity | Exception
+        try:
+            outcome = await self._pending.finish()
+        except Exception as exc:
+            outcome = exc
+        return self._decider._conclude(self._case, outcome, self._started)
 
 
 class _Case:

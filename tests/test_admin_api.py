@@ -207,3 +207,22 @@ async def test_a_basic_user_named_like_a_bearer_admin_is_not_an_admin(
     client = await start_app({"basic": {"users_file": str(htpasswd(**{"ops-bot": "pw"}))},
                               "admin": {"users": ["bearer:ops-bot"]}})
     assert (await setup(client, basic("ops-bot", "pw"))).status == 403
+
+
+async def test_refusals_are_the_decision_endpoints_own(
+    admin_app: Any, jwks_server: JwksServer, clock: FakeClock
+) -> None:
+    """The admin API answers a refusal with the status and headers /auth gives the same
+    credentials (one mapping, the Decider's): here a token while no key set is loaded (503
+    with Retry-After), a wrong password and no credentials (401 with the challenge)."""
+    jwks_server.status = 500
+    client = await admin_app()
+    statuses = []
+    for headers in (bearer(mint(K1, clock.time())), basic("root", "nope"), {}):
+        decision = await client.get("/auth", headers=headers)
+        admin = await client.get("/api/v2/jwks", headers=headers)
+        statuses.append(admin.status)
+        assert admin.status == decision.status
+        for name in ("WWW-Authenticate", "Retry-After", "Cache-Control"):
+            assert admin.headers.get(name) == decision.headers.get(name)
+    assert statuses == [503, 401, 401]
