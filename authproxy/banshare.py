@@ -124,13 +124,14 @@ class BanCoordinator:
         for key in keys:
             if not isinstance(key, str) or not key or len(key) > MAX_KEY:
                 continue
-            if self._tracker.is_banned(key):
+            left = self._tracker.ban_left(key)
+            if left > 0:
                 # A worker counts no failure against a key it bans: it did not know of this
                 # ban (it was on its way).
-                reply(self._ban_notice(key))
+                reply({"op": "ban", "key": key, "seconds": left})
                 continue
             if self._tracker.record_failure(key):
-                self._broadcast(self._ban_notice(key))
+                self._broadcast({"op": "ban", "key": key, "seconds": self._tracker.ban_time})
 
     def known(self, notice: Message) -> None:
         """A worker's ``known`` notice: remember the pair, and tell every worker."""
@@ -156,6 +157,3 @@ class BanCoordinator:
         for start in range(0, len(known), 10 * KEYS_PER_NOTICE):
             yield {"op": "lockout", "known": known[start:start + 10 * KEYS_PER_NOTICE]}
         yield {"op": "lockout_end"}
-
-    def _ban_notice(self, key: str) -> Message:
-        return {"op": "ban", "key": key, "seconds": self._tracker.ban_left(key)}

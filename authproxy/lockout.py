@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from cachetools import TTLCache
 
 from .errors import Unauthenticated
 
-MAX_TRACKED = 100_000  # counters, bans and reservations, each
+MAX_TRACKED = 100_000  # counters, bans and reservations, each, of each kind of key
 MAX_KNOWN = 100_000  # (user, address) pairs that authenticated
 
 
@@ -41,6 +42,9 @@ class FailureTracker:
 
     After ``max_failures`` failures within ``window`` seconds of the first one, the key is
     banned for ``ban_time`` seconds (0: never). The clock is injected so tests can move time.
+    Keys are ``kind:name`` (``user:alice``, ``client:192.0.2.7``); each kind has tables of its
+    own, so a flood of cheap address keys (rule 3 bans an address for ten refusals, no hash)
+    can never evict a user's counter or ban.
     """
 
     def __init__(
@@ -55,32 +59,44 @@ class FailureTracker:
         self._clock = clock
         # Each value is a one-element list so a failure can be counted in place: re-setting a
         # TTLCache entry restarts its clock, and the window must run from the first failure.
-        self._failures: TTLCache[str, list[int]] = TTLCache(MAX_TRACKED, ttl=window, timer=clock)
-        # When each ban ends, oldest ban first. A plain dict: every decision looks here (a
-        # TTLCache lookup costs as much as the rest of a remembered password's decision).
-        self._bans: dict[str, float] = {}
+        self._failures: dict[str, TTLCache[str, list[int]]] = defaultdict(
+            lambda: TTLCache(MAX_TRACKED, ttl=window, timer=clock))
+        # When each ban ends, oldest ban first. Plain dicts: every decision looks here while
+        # anything is banned (a TTLCache lookup costs as much as the rest of a remembered
+        # password's decision).
+        self._bans: dict[str, dict[str, float]] = defaultdict(dict)
 
     @property
     def banning(self) -> bool:
-        """Whether any ban may be in force (false: no lookup can find one)."""
-        return bool(self._bans)
+        """Whether any ban may be in force (false: no lookup can find one). Drops the oldest
+        ban of each kind if it has ended, so that this turns false again soon after the last
+        ban ends."""
+        found = False
+        for bans in self._bans.values():
+            if bans:
+                oldest = next(iter(bans))
+                if bans[oldest] <= self._clock():
+                    del bans[oldest]
+                found = found or bool(bans)
+        return found
 
     def is_banned(self, key: str) -> bool:
         return self.ban_left(key) > 0
 
     def ban_left(self, key: str) -> float:
         """Seconds ``key`` stays banned; 0 when it is not."""
-        until = self._bans.get(key)
+        bans = self._bans[_kind(key)]
+        until = bans.get(key)
         if until is None:
             return 0.0
         left = until - self._clock()
         if left <= 0:
-            del self._bans[key]
+            del bans[key]
             return 0.0
         return left
 
     def failures(self, key: str) -> int:
-        counter = self._failures.get(key)
+        counter = self._failures[_kind(key)].get(key)
         return 0 if counter is None else counter[0]
 
     def record_failure(self, *keys: str) -> list[str]:
@@ -90,9 +106,10 @@ class FailureTracker:
         for key in keys:
             if not key:
                 continue
-            counter = self._failures.get(key)
+            failures = self._failures[_kind(key)]
+            counter = failures.get(key)
             if counter is None:
-                counter = self._failures[key] = [0]
+                counter = failures[key] = [0]
             counter[0] += 1
             if counter[0] >= self.max_failures and self.ban_time > 0:
                 self.ban(key)
@@ -100,32 +117,41 @@ class FailureTracker:
         return banned
 
     def ban(self, key: str, seconds: float | None = None) -> None:
-        """Ban ``key`` for ``seconds`` (default ``ban_time``) from now, and forget its
-        failures. A no-op when bans are off (``ban_time`` 0)."""
-        if self.ban_time <= 0 or not key:
+        """Ban ``key`` for ``seconds`` (default and at most ``ban_time``) from now, and forget
+        its failures. A no-op when bans are off (``ban_time`` 0) or ``seconds`` is not
+        positive."""
+        seconds = self.ban_time if seconds is None else min(seconds, self.ban_time)
+        if seconds <= 0 or not key:
             return
-        bans = self._bans
+        kind = _kind(key)
+        bans = self._bans[kind]
         bans.pop(key, None)  # to the new end: the oldest ban stays first
-        bans[key] = self._clock() + min(self.ban_time, seconds or self.ban_time)
-        self._failures.pop(key, None)
+        bans[key] = self._clock() + seconds
+        self._failures[kind].pop(key, None)
         if len(bans) > MAX_TRACKED:
-            self._expire()
-            while len(bans) > MAX_TRACKED:  # all in force: the oldest goes
+            self._expire(bans)
+            while len(bans) > MAX_TRACKED:  # all in force: the oldest of this kind goes
                 del bans[next(iter(bans))]
 
-    def _expire(self) -> None:
+    def _expire(self, bans: dict[str, float]) -> None:
         now = self._clock()
-        for key in [key for key, until in self._bans.items() if until <= now]:
-            del self._bans[key]
+        for key in [key for key, until in bans.items() if until <= now]:
+            del bans[key]
 
     def bans(self) -> list[tuple[str, float]]:
         """Every ban in force, with the seconds it has left."""
         now = self._clock()
-        return [(key, until - now) for key, until in self._bans.items() if until > now]
+        return [(key, until - now) for bans in self._bans.values()
+                for key, until in bans.items() if until > now]
 
     def bans_in_force(self) -> int:
-        self._expire()
-        return len(self._bans)
+        for bans in self._bans.values():
+            self._expire(bans)
+        return sum(len(bans) for bans in self._bans.values())
+
+
+def _kind(key: str) -> str:
+    return key.partition(":")[0]
 
 
 @dataclass(slots=True)
@@ -136,6 +162,7 @@ class Attempt:
     client_key: str  # "client:<address key>", or "" when the proxy sent no client address
     known_pair: bytes  # MAC of (user-id, address); b"" without an address
     reserved: bool = False
+    settled: bool = False
 
 
 class Lockout:
@@ -215,7 +242,11 @@ class Lockout:
 
     def settle(self, attempt: Attempt, verified: bool | None) -> None:
         """The attempt's verification ended: ``verified`` True (a success, whose address is
-        now known), False (a failure on both keys), None (not decided: shutdown)."""
+        now known), False (a failure on both keys), None (not decided: shutdown). Once:
+        a second call does nothing."""
+        if attempt.settled:
+            return
+        attempt.settled = True
         if attempt.reserved:
             attempt.reserved = False
             for key in (attempt.user_key, attempt.client_key):

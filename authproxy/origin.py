@@ -86,7 +86,9 @@ class Origin:
         real_ip = headers.get("X-Real-IP")
         if real_ip is not None:
             real_ip = real_ip.strip()
-            if _is_ip(real_ip):
+            # a proxy of ours named as the client (a TLS terminator on loopback in front of
+            # nginx) is no client address either: as a key it would ban everyone at once
+            if _is_ip(real_ip) and not self._is_trusted(real_ip):
                 return Client(real_ip, address_key(real_ip))
         else:
             # Walk X-Forwarded-For from the right, past our own proxies, to the first stranger.
@@ -151,8 +153,18 @@ def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
-@functools.lru_cache(maxsize=4096)
+# Longest address text believed: an IPv6 address with an IPv4 tail is 45 characters; a longer
+# scope id ("fe80::1%eth0") is no client of ours. Keeps client-chosen strings out of the
+# memoized lookups, which would otherwise pin whatever length ipaddress accepts.
+MAX_ADDRESS = 64
+
+
 def _is_ip(text: str) -> bool:
+    return len(text) <= MAX_ADDRESS and _parses_as_ip(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parses_as_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:

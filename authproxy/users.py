@@ -44,6 +44,8 @@ _PREFIXES = (
 _SHA1_LEN = 20
 BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads of a password (Apache's C bcrypt too)
 BCRYPT_COST = 10  # Apache htpasswd's: new passwords, and the dummy of an empty table
+MAX_BCRYPT_COST = 17  # the most Apache's htpasswd -C makes: ~10 s a verification
+MAX_SHA_ROUNDS = 10_000_000  # passlib's default is 656,000; glibc's 5,000
 
 
 class UserFileError(AuthProxyError):
@@ -117,7 +119,20 @@ def parse_hash(text: str) -> PasswordHash:
         raise ValueError("unsupported or plaintext password hash")
     if not _well_formed(scheme, text):
         raise ValueError(f"malformed {scheme} hash")
+    if _too_costly(scheme, text):
+        raise ValueError(f"{scheme} hash too costly to verify per request (bcrypt cost at "
+                         f"most {MAX_BCRYPT_COST}, SHA-crypt rounds at most {MAX_SHA_ROUNDS:,})")
     return PasswordHash(scheme, text)
+
+
+def _too_costly(scheme: str, text: str) -> bool:
+    """A cost no login can wait for: every failed verification is held as long as the
+    table's costliest (SPEC §8.1 rule 7), and the table times each cost class at load."""
+    if scheme == "bcrypt":
+        return int(text[4:6]) > MAX_BCRYPT_COST
+    if scheme in ("sha256_crypt", "sha512_crypt"):
+        return bool(_PASSLIB[scheme].from_string(text).rounds > MAX_SHA_ROUNDS)
+    return False
 
 
 def _well_formed(scheme: str, text: str) -> bool:
@@ -328,9 +343,13 @@ def _table_dummy(classes: _CostClasses) -> PasswordHash:
     return dummy_for(most_common)
 
 
+# Printable: a NUL byte is refused by passlib's SHA-crypt at once, which timed $5$/$6$ at 0 s.
+_NOT_THE_PASSWORD = b"not the password " + secrets.token_hex(8).encode()
+
+
 def _mismatch_seconds(h: PasswordHash) -> float:
     """Seconds ``h`` took to refuse a wrong password, timed once."""
     started = time.perf_counter()
     with contextlib.suppress(PasswordMismatch):
-        h.verify(b"\x00 not the password")
+        h.verify(_NOT_THE_PASSWORD)
     return time.perf_counter() - started

@@ -160,13 +160,17 @@ def test_another_local_user_cannot_connect_to_a_0660_socket(
 
 
 def test_the_shipped_systemd_unit_makes_the_socket_the_nginx_groups() -> None:
-    """The unit's config restricts the socket to nginx's group (Debian: www-data), so its
-    peers are believed, and the service has that group to give the socket."""
+    """The unit's config restricts the socket to a group of authproxy and nginx's user (Debian:
+    www-data) alone, so its peers are believed; neither joins the other's own group."""
     config = tomllib.loads((SYSTEMD / "authproxy.toml").read_text(encoding="utf-8"))["server"]
-    assert config["unix_socket_group"] == "www-data"
+    group = config["unix_socket_group"]
+    assert group not in ("www-data", "authproxy")
     assert unix_peers_trusted(int(config["unix_socket_mode"], 8))
     unit = (SYSTEMD / "authproxy.service").read_text(encoding="utf-8").splitlines()
-    assert "SupplementaryGroups=www-data" in unit
+    assert f"SupplementaryGroups={group}" in unit
+    sysusers = (SYSTEMD / "authproxy.sysusers").read_text(encoding="utf-8").splitlines()
+    memberships = {tuple(line.split()[1:3]) for line in sysusers if line.startswith("m ")}
+    assert memberships == {("authproxy", group), ("www-data", group)}
     (runtime_mode,) = [line.split("=", 1)[1] for line in unit
                        if line.startswith("RuntimeDirectoryMode=")]
     assert not int(runtime_mode, 8) & (stat.S_IROTH | stat.S_IWOTH)  # traversable, not listable
