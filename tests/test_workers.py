@@ -40,6 +40,7 @@ from authproxy.listen import bind, parse_listen
 from authproxy.lockout import FailureTracker
 from authproxy.metrics import Metrics
 from authproxy.protocol import Ban, Failure, Message, RefreshRequest
+from authproxy.refresher import MISS_REFRESH_INTERVAL
 from authproxy.supervisor import Supervisor
 
 from .conftest import bcrypt_hash, toml_text, write_users
@@ -574,12 +575,25 @@ async def test_misses_and_jwks_setup_ask_the_supervisor(
             endpoint = body["sources"][0]
             assert (endpoint["kids"], endpoint["trusted"]) == (["k3"], True)
 
-            # jwks_setup again within the interval, on whichever worker: no fetch (the
-            # supervisor's rate limit is the whole service's), the set in use.
+            # jwks_setup again within the interval, on every worker: no fetch (the
+            # supervisor's rate limit is the whole service's), the set in use, and each
+            # answer says it was rate-limited, by its worker's limit or the supervisor's.
             jwks_server.status = 500
-            status, body = await fetch_status(session, address, "/api/v2/jwks_setup", admin,
-                                              method="POST")
-            assert (status, body["kids"]) == (200, ["k3"])
+            seen = len(events(proxy, "admin"))
+
+            def setup_answered_by() -> set[int]:
+                return {e["pid"] for e in events(proxy, "admin")[seen:]}
+
+            for _ in range(10):
+                answers = await asyncio.gather(*(fetch_status(
+                    session, address, "/api/v2/jwks_setup", admin, method="POST")
+                    for _ in range(8)))
+                for status, body in answers:
+                    assert (status, body["kids"], body["rate_limited"]) == (200, ["k3"], True)
+                    assert 0 < body["retry_after"] <= MISS_REFRESH_INTERVAL
+                if setup_answered_by() == workers:
+                    break
+            assert setup_answered_by() == workers
             assert jwks_server.fetches == 3
             assert await answered(mint(K3), 200) == workers
 
