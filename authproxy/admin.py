@@ -70,13 +70,13 @@ class AdminApi:
         return response
 
     async def _jwks_setup(self) -> web.Response:
-        if self._keys is None or self._keys.endpoint is None:
+        if self._keys is None or self._keys.ring.endpoint is None:
             return web.json_response(
                 {"error": "not_configured",
                  "detail": "no jwt.jwks_endpoint (or jwt.issuer to discover one) is configured"},
                 status=409, headers=NO_STORE,
             )
-        outcome = await self._keys.setup_refresh()
+        outcome = await self._keys.refresher.setup_refresh()
         # rate_limited: this call fetched nothing (one did within retry_after seconds of
         # now); the answer is the set in use and, if the endpoint still fails, why
         limit = {"rate_limited": outcome.rate_limited, "retry_after": outcome.retry_after}
@@ -90,13 +90,13 @@ class AdminApi:
         assert keyset is not None  # a fetch that succeeded, now or before, installed it
         return web.json_response({
             "keys": len(keyset.keys), "kids": keyset.kids, "skipped": keyset.skipped,
-            "fetched_at": iso_time(self._keys.endpoint.fetched_at), **limit,
+            "fetched_at": iso_time(self._keys.ring.endpoint.fetched_at), **limit,
         }, headers=NO_STORE)
 
     async def _jwks(self) -> web.Response:
         if self._keys is None:
             return web.json_response({"sources": [], "ready": False}, headers=NO_STORE)
-        keys = self._keys
+        keys = self._keys.ring
         sources = [{
             "source": s.name, "location": s.location,
             "kids": s.keyset.kids if s.keyset else [], "keys": s.key_count(),
@@ -108,5 +108,5 @@ class AdminApi:
             "next_fetch_in": keys.next_fetch_in() if s is keys.endpoint else None,
         } for s in keys.states]
         return web.json_response(
-            {"sources": sources, "ready": self._keys.not_ready() is None}, headers=NO_STORE
+            {"sources": sources, "ready": keys.not_ready() is None}, headers=NO_STORE
         )

@@ -22,8 +22,8 @@ from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .config import METRICS_FLUSH_INTERVAL, Config
 from .handlers import Decider, healthz, metrics_handler, name_the_server, readyz_handler
 from .ipc import WorkerContext
-from .keyshare import SharedKeySource
-from .keysource import KeySource
+from .keyshare import shared_key_source
+from .keysource import KeySource, key_source
 from .logs import DecisionLog
 from .metrics import Metrics
 from .userstore import UserStore
@@ -67,13 +67,13 @@ def create_app(
 
     bearer = None
     if config.jwt.enabled:
-        key_source: Callable[..., KeySource] = KeySource
+        build: Callable[..., KeySource] = key_source
         if worker is not None:
-            key_source = partial(SharedKeySource, link=worker.link, state_dir=worker.state_dir)
-        keys = key_source(config.jwt, metrics, clock=clock, wall_clock=wall_clock)
+            build = partial(shared_key_source, link=worker.link, state_dir=worker.state_dir)
+        keys = build(config.jwt, metrics, clock=clock, wall_clock=wall_clock)
         app[KEY_SOURCE] = keys
         if config.jwt.jwks_file:
-            app[RELOADERS].append(keys.reload_file)
+            app[RELOADERS].append(keys.refresher.reload_file)
         app.cleanup_ctx.append(keys.lifetime)
         bearer = BearerAuthenticator(config.jwt, keys, metrics, clock=clock, wall_clock=wall_clock)
 

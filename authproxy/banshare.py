@@ -3,10 +3,11 @@
 Each worker still counts failures and reserves attempts in its own Lockout, so a ban it
 reaches applies at once and no decision ever waits for the supervisor. It also reports the
 keys of every failure (user names and client addresses, as in its logs; never a password) in
-a ``failure`` notice, at most one per event-loop turn, and the MAC of every (user, address)
-pair that authenticated in a ``known`` notice (never the pair itself). The supervisor
+a :class:`~authproxy.protocol.Failure` notice, at most one per event-loop turn, and the MAC
+of every (user, address) pair that authenticated in a :class:`~authproxy.protocol.Known`
+notice (never the pair itself). The supervisor
 (:class:`BanCoordinator`) counts every worker's failures in one FailureTracker of the same
-configuration; when a key becomes banned there, it sends ``ban`` to every worker, and each
+configuration; when a key becomes banned there, it sends a ``Ban`` to every worker, and each
 bans that key for ``ban_time`` from then. Known pairs it sends on to every worker. So N
 workers allow about ``max_failures`` failures in all, not N times as many: a few more only
 while a ban is on its way. Reservations stay each worker's own: a concurrent burst spread
@@ -23,13 +24,14 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
 
 from cachetools import TTLCache
 
 from .config import BasicConfig
-from .ipc import MasterLink, Message
+from .ipc import MasterLink
 from .lockout import MAX_KNOWN, FailureTracker, Lockout
+from .protocol import Ban, Failure, Known, LockoutEnd, Message
+from .protocol import Lockout as LockoutState
 
 # Longer keys (only an odd user name can be) are counted in their worker alone.
 MAX_KEY = 256
@@ -56,7 +58,7 @@ class SharedFailureTracker(FailureTracker):
     def _send(self) -> None:
         keys, self._unsent = self._unsent, []
         for start in range(0, len(keys), KEYS_PER_NOTICE):
-            self._link.notify({"op": "failure", "keys": keys[start:start + KEYS_PER_NOTICE]})
+            self._link.notify(Failure(tuple(keys[start:start + KEYS_PER_NOTICE])))
 
 
 class SharedLockout(Lockout):
@@ -66,37 +68,33 @@ class SharedLockout(Lockout):
 
     def __init__(
         self, config: BasicConfig, clock: Callable[[], float], link: MasterLink,
-        state: dict[str, Any],
+        state: LockoutState,
     ) -> None:
         super().__init__(
             SharedFailureTracker(config, clock, link), config.known_address_ttl, clock,
-            mac_key=bytes.fromhex(state["mac_key"]),
-            on_known=lambda pair: link.notify({"op": "known", "pair": pair.hex()}),
+            mac_key=bytes.fromhex(state.mac_key),
+            on_known=lambda pair: link.notify(Known(pair.hex())),
         )
         self._link = link
-        for key, seconds in state.get("bans", ()):
+        for key, seconds in state.bans:
             self.tracker.ban(key, seconds)
-        for pair in state.get("known", ()):
+        for pair in state.known:
             self.add_known(bytes.fromhex(pair))
 
     async def lifetime(self, app: object) -> AsyncIterator[None]:
-        self._link.subscribe("ban", self._on_ban)
-        self._link.subscribe("known", self._on_known_pair)
+        self._link.subscribe(Ban, self._on_ban)
+        self._link.subscribe(Known, self._on_known_pair)
         try:
             yield
         finally:
-            self._link.unsubscribe("ban")
-            self._link.unsubscribe("known")
+            self._link.unsubscribe(Ban)
+            self._link.unsubscribe(Known)
 
-    def _on_ban(self, notice: Message) -> None:
-        key, seconds = notice.get("key"), notice.get("seconds")
-        if isinstance(key, str) and isinstance(seconds, int | float):
-            self.tracker.ban(key, seconds)
+    def _on_ban(self, notice: Ban) -> None:
+        self.tracker.ban(notice.key, notice.seconds)
 
-    def _on_known_pair(self, notice: Message) -> None:
-        pair = notice.get("pair")
-        if isinstance(pair, str):
-            self.add_known(bytes.fromhex(pair))
+    def _on_known_pair(self, notice: Known) -> None:
+        self.add_known(bytes.fromhex(notice.pair))
 
 
 class BanCoordinator:
@@ -116,44 +114,36 @@ class BanCoordinator:
         self._broadcast = broadcast
         self.mac_key = os.urandom(32)
 
-    def count(self, notice: Message, reply: Callable[[Message], None]) -> None:
-        """Count a worker's ``failure`` notice; ``reply`` sends to that worker alone."""
-        keys = notice.get("keys")
-        if not isinstance(keys, list):
-            return
-        for key in keys:
-            if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+    def count(self, notice: Failure, reply: Callable[[Message], None]) -> None:
+        """Count a worker's failures; ``reply`` sends to that worker alone."""
+        for key in notice.keys:
+            if not key or len(key) > MAX_KEY:
                 continue
             left = self._tracker.ban_left(key)
             if left > 0:
                 # A worker counts no failure against a key it bans: it did not know of this
                 # ban (it was on its way).
-                reply({"op": "ban", "key": key, "seconds": left})
+                reply(Ban(key, left))
                 continue
             if self._tracker.record_failure(key):
-                self._broadcast({"op": "ban", "key": key, "seconds": self._tracker.ban_time})
+                self._broadcast(Ban(key, self._tracker.ban_time))
 
-    def known(self, notice: Message) -> None:
-        """A worker's ``known`` notice: remember the pair, and tell every worker."""
-        pair = notice.get("pair")
-        if self._known is None or not isinstance(pair, str) or len(pair) != 32:
+    def known(self, notice: Known) -> None:
+        """A worker's pair that authenticated: remember it, and tell every worker."""
+        if self._known is None:
             return
-        try:
-            bytes.fromhex(pair)
-        except ValueError:
-            return
-        self._known[pair] = True
-        self._broadcast({"op": "known", "pair": pair})
+        self._known[notice.pair] = True
+        self._broadcast(notice)
 
     def state_messages(self) -> Iterator[Message]:
-        """What a starting worker reads before it serves: ``lockout`` messages (the MAC key,
+        """What a starting worker reads before it serves: Lockout messages (the MAC key,
         the bans in force with the seconds they have left, the known pairs), then
-        ``lockout_end``."""
-        yield {"op": "lockout", "mac_key": self.mac_key.hex()}
-        bans = [[key, seconds] for key, seconds in self._tracker.bans()]
+        LockoutEnd."""
+        yield LockoutState(mac_key=self.mac_key.hex())
+        bans = self._tracker.bans()
         for start in range(0, len(bans), KEYS_PER_NOTICE):
-            yield {"op": "lockout", "bans": bans[start:start + KEYS_PER_NOTICE]}
+            yield LockoutState(bans=tuple(bans[start:start + KEYS_PER_NOTICE]))
         known = list(self._known.keys()) if self._known is not None else []
         for start in range(0, len(known), 10 * KEYS_PER_NOTICE):
-            yield {"op": "lockout", "known": known[start:start + 10 * KEYS_PER_NOTICE]}
-        yield {"op": "lockout_end"}
+            yield LockoutState(known=tuple(known[start:start + 10 * KEYS_PER_NOTICE]))
+        yield LockoutEnd()

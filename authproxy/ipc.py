@@ -1,92 +1,77 @@
 """The control channel between the supervisor and one worker process.
 
 One stream socket pair per worker, made by the supervisor; the worker inherits its end. On it
-travel JSON objects, one a line. The supervisor sends first a ``bootstrap`` (the validated
-config, pickled: the worker runs exactly what the supervisor checked, even if the file changed
-since, and nothing but the supervisor holds the other end) and the ``lockout`` state that
-follows it (banshare.py), then notices (``published``, ``ban``, ``known``) and replies
-(``reply`` with the request's ``id``). The worker sends requests (``refresh``) and notices
-(``failure``, ``known``; :class:`Heartbeat`). When the supervisor goes away, the worker sees
-end-of-file and stops.
-
-Messages are being moved to one dataclass each, defined here (:class:`Heartbeat` so far).
+travel the messages of protocol.py, one a line. When the supervisor goes away, the worker
+sees end-of-file and stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import dataclasses
 import itertools
-import json
 import logging
-import pickle
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, TypeVar
 
 from .config import Config
+from .protocol import (
+    MAX_MESSAGE,
+    Bootstrap,
+    Lockout,
+    LockoutEnd,
+    Message,
+    RefreshReply,
+    RefreshRequest,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("authproxy.workers")
 
-MAX_MESSAGE = 1 << 20  # bytes in one line; a bootstrap is a few kB
-Message = dict[str, Any]
-
-
-def encode(message: Message) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+M = TypeVar("M", bound=Message)
 
 
 async def read_message(reader: asyncio.StreamReader) -> Message | None:
-    """The next message; None at end-of-file or on a line that is not a JSON object."""
-    try:
-        line = await reader.readline()
-        message = json.loads(line) if line else None
-    except (ValueError, ConnectionError):
-        return None
-    return message if isinstance(message, dict) else None
+    """The next valid message; None at end-of-file. A line that is not one (protocol.decode)
+    or is longer than MAX_MESSAGE is logged and skipped."""
+    while True:
+        try:
+            line = await reader.readline()
+        except ConnectionError:
+            return None
+        except ValueError:  # over the limit: the stream drops it and goes on
+            log.error("control message dropped", extra={"event": "control",
+                                                        "error": "longer than MAX_MESSAGE"})
+            continue
+        if not line:
+            return None
+        message = decode(line)
+        if message is not None:
+            return message
 
 
-async def _read_lockout_state(reader: asyncio.StreamReader) -> Message:
-    """The ``lockout`` messages that follow the bootstrap, merged (banshare.py): what a
+async def _read_lockout_state(reader: asyncio.StreamReader) -> Lockout:
+    """The Lockout messages that follow the bootstrap, merged (banshare.py): what a
     worker must know before it serves."""
-    state: Message = {"bans": [], "known": []}
+    merged = Lockout()
     while (message := await read_message(reader)) is not None:
-        if message.get("op") == "lockout_end":
-            return state
-        if message.get("op") != "lockout":
+        if isinstance(message, LockoutEnd):
+            return merged
+        if not isinstance(message, Lockout):
             break
-        if "mac_key" in message:
-            state["mac_key"] = message["mac_key"]
-        state["bans"].extend(message.get("bans", ()))
-        state["known"].extend(message.get("known", ()))
+        merged = Lockout(message.mac_key or merged.mac_key, merged.bans + message.bans,
+                         merged.known + message.known)
     raise RuntimeError("no lockout state from the supervisor")
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """Worker to supervisor, every :func:`heartbeat_interval` from the worker's event loop:
-    that loop turned just now. A worker silent for ``server.worker_timeout`` seconds is hung
-    (stopped, or its loop blocked) and is killed and replaced (supervisor.py)."""
-
-    OP: ClassVar[str] = "heartbeat"
-
-    def message(self) -> Message:
-        return {"op": self.OP}
 
 
 def heartbeat_interval(worker_timeout: float) -> float:
     """Seconds between heartbeats: several fit in ``worker_timeout``, so that one late turn
     of a busy loop is not taken for a hang."""
     return min(1.0, worker_timeout / 4)
-
-
-def bootstrap_message(config: Config, index: int, state_dir: str, metrics_dir: str) -> Message:
-    return {
-        "op": "bootstrap", "index": index, "state_dir": state_dir, "metrics_dir": metrics_dir,
-        "config": base64.b64encode(pickle.dumps(config)).decode("ascii"),
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +82,7 @@ class WorkerContext:
     state_dir: str  # the supervisor's private directory (published key sets)
     metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR
     link: MasterLink
-    lockout: Message  # the bans in force and known pairs at start (banshare.py)
+    lockout: Lockout  # the bans in force and known pairs at start (banshare.py)
 
 
 class MasterLink:
@@ -107,44 +92,46 @@ class MasterLink:
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[Message]] = {}
-        self._subscribers: dict[str, Callable[[Message], None]] = {}
+        self._waiting: dict[int, asyncio.Future[RefreshReply]] = {}
+        self._subscribers: dict[type[Any], Callable[[Any], None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, fd: int) -> tuple[MasterLink, Config, Message]:
-        """Connect over the inherited ``fd``; return the link, the config and the bootstrap."""
+    async def open(cls, fd: int) -> tuple[Config, WorkerContext]:
+        """Connect over the inherited ``fd``; read the bootstrap and the lockout state and
+        return the config and the worker's context (its ``link``, this)."""
         sock = socket.socket(fileno=fd)
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_MESSAGE)
         boot = await read_message(reader)
-        if boot is None or boot.get("op") != "bootstrap":
+        if not isinstance(boot, Bootstrap):
             writer.close()
             raise RuntimeError("no bootstrap from the supervisor")
-        config = pickle.loads(base64.b64decode(boot["config"]))  # noqa: S301 - see module doc
-        boot["lockout"] = await _read_lockout_state(reader)
-        return cls(reader, writer), config, boot
+        lockout = await _read_lockout_state(reader)
+        link = cls(reader, writer)
+        return boot.config, WorkerContext(boot.index, boot.state_dir, boot.metrics_dir, link,
+                                          lockout)
 
     def start(self, on_lost: Callable[[], None]) -> None:
-        """Read notices and replies until end-of-file or an unreadable line, then call
-        ``on_lost``."""
+        """Read notices and replies until end-of-file, then call ``on_lost``."""
         self._task = asyncio.create_task(self._read(on_lost))
 
-    def subscribe(self, op: str, callback: Callable[[Message], None]) -> None:
-        self._subscribers[op] = callback
+    def subscribe(self, kind: type[M], callback: Callable[[M], None]) -> None:
+        """Call ``callback`` with every notice of this kind (one callback a kind)."""
+        self._subscribers[kind] = callback
 
-    def unsubscribe(self, op: str) -> None:
-        self._subscribers.pop(op, None)
+    def unsubscribe(self, kind: type[Message]) -> None:
+        self._subscribers.pop(kind, None)
 
-    async def request(self, message: Message, timeout: float) -> Message:
+    async def request(self, message: RefreshRequest, timeout: float) -> RefreshReply:
         """Send a request and return the supervisor's reply; raise TimeoutError or
         ConnectionError."""
         if self._task is not None and self._task.done():  # the channel is gone for good
             raise ConnectionError("the supervisor went away")
         request_id = next(self._ids)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[RefreshReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            self._writer.write(encode({**message, "id": request_id}))
+            self._writer.write(encode(dataclasses.replace(message, id=request_id)))
             async with asyncio.timeout(timeout):
                 return await future
         finally:
@@ -166,12 +153,12 @@ class MasterLink:
 
     async def _read(self, on_lost: Callable[[], None]) -> None:
         while (message := await read_message(self._reader)) is not None:
-            if message.get("op") == "reply":
-                future = self._waiting.get(message.get("id", 0))
+            if isinstance(message, RefreshReply):
+                future = self._waiting.get(message.id)
                 if future is not None and not future.done():
                     future.set_result(message)
                 continue
-            callback = self._subscribers.get(str(message.get("op")))
+            callback = self._subscribers.get(type(message))
             if callback is not None:
                 try:
                     callback(message)

@@ -1,4 +1,5 @@
-"""Fetching JWK Sets and OIDC discovery documents over HTTPS, with hard limits.
+"""Fetching JWK Sets and OIDC discovery documents over HTTPS, with hard limits; the HTTP
+:class:`~authproxy.fetcher.Fetcher` (:class:`HttpFetcher`).
 
 Every failure becomes a :class:`JwksError` with a fixed ``reason`` (a metric label) and a short
 ``detail`` written here, never a response body: the document is untrusted input.
@@ -17,8 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from . import __version__
-from .config import check_url
-from .jwks import JwksError
+from .config import JwtConfig, check_url
+from .fetcher import Fetched
+from .jwks import JwksError, parse_jwks
 from .regularfile import MAX_JWKS_FILE_BYTES, FileRefused, read_regular_file
 
 FETCH_TIMEOUT = 10.0  # seconds for one whole fetch: connect, TLS, headers and body
@@ -122,6 +124,34 @@ class JwksClient:
         if not isinstance(jwks_uri, str) or not jwks_uri or check_url(jwks_uri):
             raise JwksError("discovery_failed", "discovery: jwks_uri missing or not https")
         return jwks_uri
+
+
+class HttpFetcher:
+    """The endpoint's set over HTTPS: from jwt.jwks_endpoint, or the ``jwks_uri`` that the
+    issuer's discovery document names (discovered at the first fetch, and again for each
+    jwks_setup call). Its set is parsed in a thread: a JWK Set of up to 1 MiB is thousands
+    of key imports, a third of a second."""
+
+    schedules = True
+
+    def __init__(self, config: JwtConfig) -> None:
+        self._config = config
+        self.client = JwksClient(tls_context(config.jwks_ssl_ca_certificate))
+        self._url = config.jwks_endpoint  # or discovered from the issuer
+        self.location = redact_url(config.jwks_endpoint or discovery_url(config.issuer))
+
+    def running(self) -> JwksClient:
+        return self.client
+
+    async def fetch(self, trigger: str) -> Fetched:
+        """Fetch and parse the set; raise JwksError."""
+        if not self._url or (trigger == "admin" and not self._config.jwks_endpoint):
+            self._url = await self.client.discover(self._config.issuer)
+            self.location = redact_url(self._url)
+        document = await self.client.fetch(self._url)
+        keyset = await asyncio.to_thread(parse_jwks, document.body, self._config.algorithms,
+                                         "endpoint")
+        return Fetched(keyset, document.max_age)
 
 
 def read_file(path: str) -> bytes:

@@ -1,6 +1,6 @@
 """One JWKS fetch schedule for many worker processes.
 
-The supervisor runs the only KeySource that fetches (:class:`KeyPublisher`). After every fetch
+The supervisor runs the only refresher that fetches (:class:`KeyPublisher`). After every fetch
 of the endpoint, whatever its outcome, it writes the endpoint's state to ``STATE_FILE`` in its
 private directory and tells every worker. The state holds the last *validated* set (only the
 keys that passed validation, as their public JWKs), when it was loaded (on the system-wide
@@ -8,11 +8,13 @@ monotonic clock, so staleness is judged as in one process), and the last error. 
 written to a temporary file of mode 0600 and renamed over the old one: a reader sees the old
 file or the new one, never part of one.
 
-Workers (:class:`SharedKeySource`) load the file at start and on each notice (read and parsed
-in a thread, adopted on the event loop if newer than what they hold), and never fetch:
-an unknown kid or ``POST /api/v2/jwks_setup`` asks the supervisor, whose KeySource shares a
-fetch under way and rate-limits misses for the whole service, and waits for its answer. The
-``jwt.jwks_file`` stays each worker's own (re-read on SIGHUP).
+Workers never fetch: their refresher's fetcher is :class:`SupervisorFetcher`. It loads the
+file at start and on each ``Published`` notice (read and parsed in a thread, adopted into the
+worker's key ring on the event loop if newer than what it holds); an unknown kid or
+``POST /api/v2/jwks_setup`` asks the supervisor, whose refresher shares a fetch under way and
+rate-limits misses and jwks_setup for the whole service, and waits for its answer (which says
+when that rate limit declined to fetch). The ``jwt.jwks_file`` stays each worker's own
+(re-read on SIGHUP).
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from .config import JwtConfig
-from .ipc import MasterLink, Message
+from .fetcher import Relayed
+from .ipc import MasterLink
 from .jwks import JwksError, KeySet, SourceState, parse_jwks
-from .jwksfetch import FETCH_TIMEOUT
+from .jwksfetch import FETCH_TIMEOUT, HttpFetcher
+from .keyring import KeyRing
 from .keysource import KeySource
 from .metrics import Metrics
+from .protocol import Published, RefreshReply, RefreshRequest
+from .refresher import Refresher
 
 log = logging.getLogger("authproxy.jwks")
 
@@ -45,9 +49,9 @@ STATE_FILE = "jwks-endpoint.json"
 REPLY_TIMEOUT = 2 * FETCH_TIMEOUT + 5
 
 
-def write_state(path: Path, keys: KeySource, generation: int) -> None:
-    """Publish ``keys``' endpoint state atomically (see the module docstring)."""
-    state = keys.endpoint
+def write_state(path: Path, ring: KeyRing, generation: int) -> None:
+    """Publish ``ring``'s endpoint state atomically (see the module docstring)."""
+    state = ring.endpoint
     assert state is not None
     keyset = state.keyset
     members = None if keyset is None else [k.jwk.export_public(as_dict=True) for k in keyset.keys]
@@ -61,7 +65,7 @@ def write_state(path: Path, keys: KeySource, generation: int) -> None:
         "last_error": state.last_error,
         "last_error_at": state.last_error_at,
         "failures": state.failures,
-        "next_due": time.monotonic() + (keys.next_fetch_in() or 0.0),
+        "next_due": time.monotonic() + (ring.next_fetch_in() or 0.0),
     }
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".jwks-", suffix=".tmp")
     try:
@@ -96,91 +100,89 @@ def read_published(
 
 
 class KeyPublisher:
-    """The supervisor's side: the one KeySource that fetches, published after every fetch."""
+    """The supervisor's side: the one refresher that fetches, published after every fetch."""
 
     def __init__(
         self, config: JwtConfig, metrics: Metrics, path: Path,
-        notify: Callable[[Message], None],
+        notify: Callable[[Published], None],
     ) -> None:
         self._path = path
         self._notify = notify
         self.generation = 0
         # The file source is each worker's own; here only the endpoint is fetched.
-        self.keys = KeySource(dataclasses.replace(config, jwks_file=""), metrics,
-                              on_fetched=self._publish)
+        config = dataclasses.replace(config, jwks_file="")
+        self.ring = KeyRing(config, metrics)
+        self.refresher = Refresher(self.ring, HttpFetcher(config), config,
+                                   on_fetched=self._publish)
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Fetch once (publishing the outcome), then refresh on schedule until the end."""
-        # KeySource.lifetime is a cleanup context; it does not use the app it is given.
-        async with contextlib.asynccontextmanager(self.keys.lifetime)(web.Application()):
-            yield
+        return self.refresher.running()
 
     def _publish(self) -> None:
         self.generation += 1
         try:
-            write_state(self._path, self.keys, self.generation)
+            write_state(self._path, self.ring, self.generation)
         except OSError as exc:
             log.error("cannot publish the JWKS to the workers; they keep the previous one",
                       extra={"event": "jwks_publish", "error": exc.strerror})
             return
-        self._notify({"op": "published", "generation": self.generation})
+        self._notify(Published(self.generation))
 
-    async def answer(self, request: Message) -> Message:
-        """The reply to a worker's ``refresh`` request (trigger ``miss`` or ``admin``)."""
-        trigger = request.get("trigger")
-        if trigger == "miss":
-            fetched = await self.keys.miss_refresh()
-            return {"ok": fetched, "reason": "" if fetched else "rate_limited",
-                    "detail": "" if fetched else "a miss-triggered fetch ran recently",
-                    "generation": self.generation}
-        if trigger != "admin":
-            return {"ok": False, "reason": "bad_request", "detail": "unknown trigger",
-                    "generation": self.generation}
+    async def answer(self, request: RefreshRequest) -> RefreshReply:
+        """The reply to a worker's request (trigger ``miss`` or ``admin``)."""
+        if request.trigger == "miss":
+            fetched = await self.refresher.miss_refresh()
+            return RefreshReply(
+                request.id, self.generation, ok=fetched,
+                reason="" if fetched else "rate_limited",
+                detail="" if fetched else "a miss-triggered fetch ran recently",
+                rate_limited=not fetched)
         # the rate limit of jwks_setup for the whole service (each worker has its own too)
-        outcome = await self.keys.setup_refresh()
-        if outcome.error is not None:
-            return {"ok": False, "reason": outcome.error.reason, "detail": outcome.error.detail,
-                    "rate_limited": outcome.rate_limited, "generation": self.generation}
-        return {"ok": True, "rate_limited": outcome.rate_limited, "generation": self.generation}
+        outcome = await self.refresher.setup_refresh()
+        error = outcome.error
+        return RefreshReply(
+            request.id, self.generation, ok=error is None,
+            reason=error.reason if error else "", detail=error.detail if error else "",
+            rate_limited=outcome.rate_limited, retry_after=outcome.retry_after)
 
 
-class SharedKeySource(KeySource):
-    """A worker's KeySource: the endpoint's set comes from the supervisor, never fetched here.
+class SupervisorFetcher:
+    """A worker's fetcher: the supervisor fetches, this adopts what it publishes into the
+    worker's ``ring`` (see the module docstring)."""
 
-    Overrides :meth:`lifetime` (no fetching, no refresh loop) and ``_fetch``, the one place
-    a KeySource obtains the endpoint's set; everything else (lookups, staleness, the miss
-    rate limit within this worker, the file source) is KeySource's own.
-    """
+    schedules = False
 
-    def __init__(
-        self, config: JwtConfig, metrics: Metrics, *, link: MasterLink, state_dir: str,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(config, metrics, clock=clock, wall_clock=wall_clock)
+    def __init__(self, ring: KeyRing, algorithms: tuple[str, ...], *, link: MasterLink,
+                 state_dir: str) -> None:
+        self._ring = ring
+        self._algorithms = algorithms
         self._link = link
         self._path = Path(state_dir) / STATE_FILE
         self._generation = 0
         self._loads: set[asyncio.Task[None]] = set()
 
-    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        if self.file is not None:
-            await self.reload_file("startup")
-        if self.endpoint is not None:
+    @property
+    def location(self) -> str:
+        return self._ring.endpoint.location if self._ring.endpoint else ""
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Adopt the latest publication, then each one announced, until the end."""
+        if self._ring.endpoint is not None:
             await self.load_published()
-            self._link.subscribe("published", self._on_published)
+            self._link.subscribe(Published, self._on_published)
         try:
             yield
         finally:
-            self._link.unsubscribe("published")
+            self._link.unsubscribe(Published)
             for task in list(self._loads):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _on_published(self, notice: Message) -> None:
-        if notice.get("generation", 0) > self._generation:
+    def _on_published(self, notice: Published) -> None:
+        if notice.generation > self._generation:
             task = asyncio.create_task(self.load_published())
             self._loads.add(task)
             task.add_done_callback(self._loads.discard)
@@ -191,11 +193,11 @@ class SharedKeySource(KeySource):
         Loads may overlap (a notice and a reply): one that finishes after a newer one is
         dropped, so the adopted generation only goes up.
         """
-        assert self.endpoint is not None
-        current = self.endpoint
+        current = self._ring.endpoint
+        assert current is not None
         try:
             generation, published, next_due = await asyncio.to_thread(
-                read_published, self._path, self.config.algorithms, current.loaded_at,
+                read_published, self._path, self._algorithms, current.loaded_at,
                 current.keyset)
         except (OSError, ValueError, KeyError, TypeError, JwksError) as exc:
             log.error("cannot load the published JWKS, keeping the previous one", extra={
@@ -205,24 +207,33 @@ class SharedKeySource(KeySource):
         if generation <= self._generation:
             return
         self._generation = generation
-        self.adopt(published, next_due)
+        self._ring.adopt(published, next_due)
         log.debug("JWKS adopted from the supervisor", extra={
             "event": "jwks_adopt", "generation": generation,
             "kids": published.keyset.logged_kids() if published.keyset else [],
         })
 
-    async def _fetch(self, state: SourceState, trigger: str) -> KeySet:
+    async def fetch(self, trigger: str) -> Relayed:
+        """Ask the supervisor to fetch, and adopt the publication of its outcome."""
         try:
-            reply = await self._link.request({"op": "refresh", "trigger": trigger},
-                                             REPLY_TIMEOUT)
+            reply = await self._link.request(RefreshRequest(trigger), REPLY_TIMEOUT)
         except TimeoutError:
-            raise JwksError("timeout", "the supervisor did not answer in time") from None
+            return Relayed(JwksError("timeout", "the supervisor did not answer in time"))
         except ConnectionError:
-            raise JwksError("internal_error", "the supervisor went away") from None
-        if reply.get("generation", 0) > self._generation:
+            return Relayed(JwksError("internal_error", "the supervisor went away"))
+        if reply.generation > self._generation:
             await self.load_published()
-        if not reply.get("ok"):
-            raise JwksError(str(reply.get("reason")), str(reply.get("detail")))
-        if state.keyset is None:
-            raise JwksError("internal_error", "no key set published")
-        return state.keyset
+        error = None if reply.ok else JwksError(reply.reason, reply.detail)
+        return Relayed(error, reply.rate_limited, reply.retry_after)
+
+
+def shared_key_source(
+    config: JwtConfig, metrics: Metrics, *, link: MasterLink, state_dir: str,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+) -> KeySource:
+    """A worker's key source: the endpoint's set from the supervisor, never fetched here;
+    the file's read here."""
+    ring = KeyRing(config, metrics, clock=clock, wall_clock=wall_clock)
+    fetcher = SupervisorFetcher(ring, config.algorithms, link=link, state_dir=state_dir)
+    return KeySource(ring, Refresher(ring, fetcher, config, clock=clock))

@@ -14,7 +14,7 @@ How, and why:
   refresh, the control channels) and has threads (the resolver, the child watcher); a fork
   of such a process would inherit the loop's epoll descriptor and locks held by other
   threads. A fresh interpreter costs about half a second of start-up, once per worker.
-- **One JWKS fetch schedule**: the supervisor runs the only KeySource that fetches and
+- **One JWKS fetch schedule**: the supervisor runs the only key refresher that fetches and
   publishes each outcome to its private directory (mode 0700) for the workers (keyshare.py).
 - **Bans for the whole service**: every worker reports its Basic failures; the supervisor
   counts them all and sends each ban to every worker (banshare.py).
@@ -28,7 +28,7 @@ How, and why:
   RESTART_BACKOFF_FIRST (reset once a worker ran STABLE_AFTER seconds); more than
   MAX_RESTARTS within RESTART_WINDOW means something is broken for good, and the supervisor
   stops the service with exit status 1 for the service manager to see.
-- **Liveness**: every worker sends a heartbeat from its event loop (ipc.Heartbeat). One
+- **Liveness**: every worker sends a heartbeat from its event loop (protocol.Heartbeat). One
   silent for ``server.worker_timeout`` seconds (WORKER_START_TIMEOUT before its first) is
   hung: stopped, or its loop blocked by a handler. Its kept-alive connections would wait on it
   for ever, so it is killed (SIGKILL: a stopped or stuck process handles no SIGTERM), logged
@@ -55,16 +55,19 @@ from typing import TYPE_CHECKING, Any
 
 from .banshare import BanCoordinator
 from .config import METRICS_FLUSH_INTERVAL, SHUTDOWN_TIMEOUT, Config
-from .ipc import (
-    MAX_MESSAGE,
-    Heartbeat,
-    Message,
-    bootstrap_message,
-    encode,
-    heartbeat_interval,
-    read_message,
-)
+from .ipc import heartbeat_interval, read_message
 from .listen import bind_all
+from .protocol import (
+    MAX_MESSAGE,
+    Bootstrap,
+    Failure,
+    Heartbeat,
+    Known,
+    Message,
+    RefreshReply,
+    RefreshRequest,
+    encode,
+)
 
 if TYPE_CHECKING:
     from .keyshare import KeyPublisher
@@ -276,8 +279,8 @@ class Supervisor:
     def _greeting(self, slot: _Slot) -> list[Message]:
         """What a new worker reads from its channel first, before it serves: the bootstrap,
         then the lockout state (the bans in force, the known addresses: banshare.py)."""
-        return [bootstrap_message(self.config, slot.index, self._state_dir,
-                                  self._metrics.multiprocess_dir or ""),
+        return [Bootstrap(slot.index, self._state_dir, self._metrics.multiprocess_dir or "",
+                          self.config),
                 *self._bans.state_messages()]
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
@@ -342,22 +345,28 @@ class Supervisor:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         heard: Callable[[], None],
     ) -> None:
-        while (request := await read_message(reader)) is not None:
-            if request.get("op") == Heartbeat.OP:
-                heard()
-            elif request.get("op") == "refresh":
-                self._start(self._answer(request, writer))
-            elif request.get("op") == "failure":
-                self._bans.count(request, lambda notice: _send(writer, notice))
-            elif request.get("op") == "known":
-                self._bans.known(request)
+        while (message := await read_message(reader)) is not None:
+            match message:
+                case Heartbeat():
+                    heard()
+                case RefreshRequest():
+                    self._start(self._answer(message, writer))
+                case Failure():
+                    self._bans.count(message, lambda notice: _send(writer, notice))
+                case Known():
+                    self._bans.known(message)
+                case _:
+                    log.error("control message dropped", extra={
+                        "event": "control", "op": message.OP, "error": "not for the supervisor",
+                    })
 
-    async def _answer(self, request: Message, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, request: RefreshRequest, writer: asyncio.StreamWriter) -> None:
         if self.publisher is None:
-            reply: Message = {"ok": False, "reason": "not_configured", "detail": "no endpoint"}
+            reply = RefreshReply(request.id, 0, ok=False, reason="not_configured",
+                                 detail="no endpoint")
         else:
             reply = await self.publisher.answer(request)
-        _send(writer, {**reply, "op": "reply", "id": request.get("id")})
+        _send(writer, reply)
 
     async def _flush_metrics(self) -> None:
         while True:

@@ -4,7 +4,7 @@ Started by the supervisor as ``python -c PROGRAM CONTROL_FD LISTEN_FD...``: it r
 bootstrap from the control channel, then serves the inherited listening sockets exactly as
 the single-process service does (same app, same signals, same drain on SIGTERM), with its
 metrics in the shared directory and the endpoint's key set from the supervisor. From its
-event loop it sends the supervisor a heartbeat (ipc.Heartbeat) until it exits.
+event loop it sends the supervisor a heartbeat (protocol.Heartbeat) until it exits.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import signal
 import socket
 from collections.abc import Sequence
 
-from .ipc import Heartbeat, MasterLink, WorkerContext, heartbeat_interval
+from .ipc import MasterLink, heartbeat_interval
 from .logs import setup_logging
+from .protocol import Heartbeat
 from .server import event_loop, run
 from .users import UserFileError
 
@@ -35,10 +36,9 @@ def main(argv: Sequence[str]) -> int:
 
 
 async def _serve(control_fd: int, listen_fds: list[int]) -> int:
-    link, config, boot = await MasterLink.open(control_fd)
+    config, worker = await MasterLink.open(control_fd)
+    link = worker.link
     setup_logging(config.log)
-    worker = WorkerContext(int(boot["index"]), str(boot["state_dir"]),
-                           str(boot["metrics_dir"]), link, boot["lockout"])
     link.start(on_lost=_supervisor_gone)
     beating = asyncio.create_task(
         _beat(link, heartbeat_interval(config.server.worker_timeout)))
@@ -59,7 +59,7 @@ async def _beat(link: MasterLink, interval: float) -> None:
     # A task on the serving loop, not a thread: a loop blocked by a stuck handler must fall
     # silent exactly like a stopped process.
     while True:
-        link.notify(Heartbeat().message())
+        link.notify(Heartbeat())
         await asyncio.sleep(interval)
 
 

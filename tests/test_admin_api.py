@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authproxy.keysource import MISS_REFRESH_INTERVAL
+from authproxy.refresher import MISS_REFRESH_INTERVAL
 
 from .jwks_server import (
     K1,

@@ -60,10 +60,10 @@ async def test_readyz_is_503_until_a_set_is_loaded(
     response = await client.get("/readyz")
     assert response.status == 503
     assert "no usable signing key set" in (await response.json())["missing"]["bearer"]
-    assert source_of(client).next_fetch_in() == 1  # first retry after one second
+    assert source_of(client).ring.next_fetch_in() == 1  # first retry after one second
     await jwks_server.start()
     clock.advance(1)
-    source_of(client).wake()
+    source_of(client).refresher.wake()
     await eventually(lambda: ready(client))
     assert await status_of(client, mint(K1, clock.time())) == 200
 
@@ -72,13 +72,13 @@ async def test_the_set_is_refreshed_every_interval_in_the_background(
     start_app: StartApp, jwks_server: JwksServer, clock: FakeClock
 ) -> None:
     client = await start_app(jwks_update_interval=300)
-    assert source_of(client).next_fetch_in() == 300
+    assert source_of(client).ring.next_fetch_in() == 300
     jwks_server.serve(K1, K2)
     clock.advance(300)
-    source_of(client).wake()
+    source_of(client).refresher.wake()
     await jwks_server.wait_for_fetches(2)
-    await eventually(lambda: source_of(client).knows_kid("k2"))
-    assert source_of(client).next_fetch_in() == 300
+    await eventually(lambda: source_of(client).ring.knows_kid("k2"))
+    assert source_of(client).ring.next_fetch_in() == 300
     assert await status_of(client, mint(K2, clock.time())) == 200
 
 
@@ -95,7 +95,7 @@ async def test_max_age_moves_the_schedule_only_within_bounds(
 ) -> None:
     jwks_server.headers = {"Cache-Control": cache_control}
     client = await start_app(jwks_update_interval=300, jwks_max_stale=86400)
-    assert source_of(client).next_fetch_in() == next_fetch
+    assert source_of(client).ring.next_fetch_in() == next_fetch
 
 
 # -- failures keep the last good set -----------------------------------------------------------
@@ -150,13 +150,13 @@ async def test_a_failed_fetch_keeps_the_last_good_set(
 ) -> None:
     break_server, reason = FAILURES[failure]
     client = await start_app()
-    source_of(client).client.timeout = 0.3  # for the "slow" case; after the start-up fetch
+    source_of(client).refresher.fetcher.client.timeout = 0.3  # for the "slow" case; after the start-up fetch
     token = mint(K1, clock.time())
     await break_server(jwks_server)
     with pytest.raises(JwksError) as caught:
-        await source_of(client).refresh("scheduled")
+        await source_of(client).refresher.refresh("scheduled")
     assert caught.value.reason == reason
-    assert source_of(client).next_fetch_in() == 1  # retried with backoff
+    assert source_of(client).ring.next_fetch_in() == 1  # retried with backoff
     assert await ready(client)
     assert await status_of(client, token) == 200
     assert await metric(
@@ -172,12 +172,12 @@ async def test_failures_back_off_exponentially_up_to_the_interval(
     delays = []
     for _ in range(7):
         with pytest.raises(JwksError):
-            await source_of(client).refresh("scheduled")
-        delays.append(source_of(client).next_fetch_in())
+            await source_of(client).refresher.refresh("scheduled")
+        delays.append(source_of(client).ring.next_fetch_in())
     assert delays == [1, 2, 4, 8, 16, 20, 20]
     jwks_server.status = 200
-    await source_of(client).refresh("scheduled")
-    assert source_of(client).next_fetch_in() == 20
+    await source_of(client).refresher.refresh("scheduled")
+    assert source_of(client).ring.next_fetch_in() == 20
 
 
 async def test_past_max_stale_the_set_is_distrusted(
@@ -195,7 +195,7 @@ async def test_past_max_stale_the_set_is_distrusted(
     assert readyz.status == 503
     assert "jwks_max_stale" in (await readyz.json())["missing"]["bearer"]
     await jwks_server.start()
-    source_of(client).wake()  # the fetch was due long ago
+    source_of(client).refresher.wake()  # the fetch was due long ago
     await eventually(lambda: ready(client))
     assert await status_of(client, mint(K1, clock.time())) == 200
 
@@ -323,7 +323,7 @@ async def test_a_token_signed_by_a_skipped_key_is_refused(
     jwks_server.serve(K1, weak)
     client = await start_app()
     assert await status_of(client, mint(weak, clock.time())) == 401
-    assert source_of(client).knows_kid("weak") is False
+    assert source_of(client).ring.knows_kid("weak") is False
 
 
 async def test_fetched_and_file_sets_are_parsed_off_the_event_loop(
@@ -344,7 +344,7 @@ async def test_fetched_and_file_sets_are_parsed_off_the_event_loop(
     assert sorted(r.__dict__["source"] for r in skips) == ["endpoint", "file", "file"]
     loop_thread = threading.get_ident()
     assert all(r.thread != loop_thread for r in skips)
-    assert source_of(client).knows_kid("k1") and source_of(client).knows_kid("k2")
+    assert source_of(client).ring.knows_kid("k1") and source_of(client).ring.knows_kid("k2")
 
 
 async def test_the_load_log_line_lists_a_bounded_number_of_kids_cut_short(
@@ -358,7 +358,7 @@ async def test_the_load_log_line_lists_a_bounded_number_of_kids_cut_short(
     [loaded] = [r.__dict__ for r in caplog.records if r.getMessage() == "JWKS loaded"]
     assert loaded["keys"] == 40
     assert loaded["kids"] == [key.kid[:64] for key in keys[:32]]
-    assert source_of(client).knows_kid(keys[-1].kid or "")
+    assert source_of(client).ring.knows_kid(keys[-1].kid or "")
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ async def test_tls_is_verified_against_the_configured_ca(
     trustme.CA().cert_pem.write_to_path(str(other_ca))
     client = await start_app(jwks_ssl_ca_certificate=str(other_ca))
     assert not await ready(client)
-    assert (source_of(client).endpoint.last_error or "").startswith("TLS")
+    assert (source_of(client).ring.endpoint.last_error or "").startswith("TLS")
     assert jwks_server.fetches == 0  # the handshake failed before any request
 
 

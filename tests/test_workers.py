@@ -34,10 +34,13 @@ import pytest
 from authproxy.banshare import MAX_KEY, BanCoordinator
 from authproxy.config import BasicConfig, Config, JwtConfig
 from authproxy.ipc import MasterLink
-from authproxy.keyshare import STATE_FILE, KeyPublisher, SharedKeySource
+from authproxy.keyring import KeyRing
+from authproxy.keyshare import STATE_FILE, KeyPublisher, SupervisorFetcher
 from authproxy.listen import bind, parse_listen
 from authproxy.lockout import FailureTracker
 from authproxy.metrics import Metrics
+from authproxy.protocol import Ban, Failure, Message, RefreshRequest
+from authproxy.refresher import MISS_REFRESH_INTERVAL
 from authproxy.supervisor import Supervisor
 
 from .conftest import bcrypt_hash, toml_text, write_users
@@ -330,20 +333,19 @@ def test_a_ban_from_elsewhere_holds_for_ban_time_and_restarts_the_count() -> Non
 
 
 def test_the_supervisor_counts_every_workers_failures_and_tells_every_worker() -> None:
-    broadcast: list[dict[str, Any]] = []
-    told: list[dict[str, Any]] = []
+    broadcast: list[Message] = []
+    told: list[Message] = []
     bans = BanCoordinator(BasicConfig(max_failures=3), broadcast.append, clock=lambda: 0.0)
     too_long = "x" * (MAX_KEY + 1)
     for worker in (0, 1, 0):
         assert not broadcast
-        bans.count({"op": "failure", "keys": ["alice", f"192.0.2.{worker}", too_long]},
-                   told.append)
-    assert broadcast == [{"op": "ban", "key": "alice", "seconds": 300}]
+        bans.count(Failure(("alice", f"192.0.2.{worker}", too_long)), told.append)
+    assert broadcast == [Ban("alice", 300)]
     assert not told
     # A failure for a banned key comes from a worker that did not know (a restarted one):
     # that worker alone is told.
-    bans.count({"op": "failure", "keys": ["alice"]}, told.append)
-    assert (broadcast, told) == ([{"op": "ban", "key": "alice", "seconds": 300}],) * 2
+    bans.count(Failure(("alice",)), told.append)
+    assert (broadcast, told) == ([Ban("alice", 300)],) * 2
 
 
 def test_a_ban_reached_on_two_workers_together_holds_on_every_worker(tmp_path: Path) -> None:
@@ -445,17 +447,18 @@ async def test_a_worker_never_goes_back_to_an_older_publication(
     publisher = KeyPublisher(config, Metrics(), state, notify=lambda notice: None)
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
-    worker = SharedKeySource(config, Metrics(), link=MasterLink(reader, writer),
-                             state_dir=str(tmp_path))
+    ring = KeyRing(config, Metrics())
+    worker = SupervisorFetcher(ring, config.algorithms, link=MasterLink(reader, writer),
+                               state_dir=str(tmp_path))
     async with publisher.running():
         older = state.read_bytes()  # generation 1: k1
         jwks_server.serve(K2)
-        await publisher.keys.refresh("admin")  # generation 2: k2
+        await publisher.refresher.refresh("admin")  # generation 2: k2
     await worker.load_published()
-    assert worker.knows_kid("k2") and not worker.knows_kid("k1")
+    assert ring.knows_kid("k2") and not ring.knows_kid("k1")
     state.write_bytes(older)
     await worker.load_published()
-    assert worker.knows_kid("k2") and not worker.knows_kid("k1")
+    assert ring.knows_kid("k2") and not ring.knows_kid("k1")
     writer.close()
     theirs.close()
 
@@ -470,7 +473,7 @@ async def test_a_request_after_the_supervisor_went_away_fails_at_once() -> None:
     theirs.close()
     await asyncio.wait_for(lost.wait(), DEADLINE)
     with pytest.raises(ConnectionError):
-        await asyncio.wait_for(link.request({"op": "refresh", "trigger": "miss"}, 60), 5)
+        await asyncio.wait_for(link.request(RefreshRequest("miss"), 60), 5)
     await link.close()
 
 
@@ -572,12 +575,25 @@ async def test_misses_and_jwks_setup_ask_the_supervisor(
             endpoint = body["sources"][0]
             assert (endpoint["kids"], endpoint["trusted"]) == (["k3"], True)
 
-            # jwks_setup again within the interval, on whichever worker: no fetch (the
-            # supervisor's rate limit is the whole service's), the set in use.
+            # jwks_setup again within the interval, on every worker: no fetch (the
+            # supervisor's rate limit is the whole service's), the set in use, and each
+            # answer says it was rate-limited, by its worker's limit or the supervisor's.
             jwks_server.status = 500
-            status, body = await fetch_status(session, address, "/api/v2/jwks_setup", admin,
-                                              method="POST")
-            assert (status, body["kids"]) == (200, ["k3"])
+            seen = len(events(proxy, "admin"))
+
+            def setup_answered_by() -> set[int]:
+                return {e["pid"] for e in events(proxy, "admin")[seen:]}
+
+            for _ in range(10):
+                answers = await asyncio.gather(*(fetch_status(
+                    session, address, "/api/v2/jwks_setup", admin, method="POST")
+                    for _ in range(8)))
+                for status, body in answers:
+                    assert (status, body["kids"], body["rate_limited"]) == (200, ["k3"], True)
+                    assert 0 < body["retry_after"] <= MISS_REFRESH_INTERVAL
+                if setup_answered_by() == workers:
+                    break
+            assert setup_answered_by() == workers
             assert jwks_server.fetches == 3
             assert await answered(mint(K3), 200) == workers
 
