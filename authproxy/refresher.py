@@ -85,7 +85,7 @@ class Refresher:
         ring.on_new_set.append(self._forget_unknown_kids)
         self._inflight: asyncio.Future[RefreshOutcome] | None = None
         self._last_setup = -math.inf
-        self._setup_error: JwksError | None = None
+        self._last_error: JwksError | None = None  # of the last fetch, whatever started it
         self._wake = asyncio.Event()
 
     # -- lifetime --------------------------------------------------------------------------
@@ -161,19 +161,19 @@ class Refresher:
         """Fetch now for jwks_setup, like :meth:`miss_refresh`: concurrent calls share one
         fetch (and its outcome), and calls start at most one fetch per MISS_REFRESH_INTERVAL
         (or jwks_update_interval, if shorter); a call within it fetches nothing and reports
-        the set in use and the last admin fetch's error, if the endpoint still fails."""
+        the set in use and, while the endpoint still fails, the last fetch's error (whatever
+        started it: a scheduled fetch failing after an admin one succeeded must not read as
+        a healthy endpoint)."""
         endpoint = self.ring.endpoint
         assert endpoint is not None
         joining = self._inflight is not None and not self._inflight.done()
         wait = self._last_setup + self._miss_interval - self._clock()
         if not joining and wait > 0:
-            error = self._setup_error if endpoint.failures else None
+            error = self._last_error if endpoint.failures else None
             return RefreshOutcome(endpoint.keyset, error, True, math.ceil(wait))
         if not joining:
             self._last_setup = self._clock()
-        outcome = await self._shared("admin")
-        self._setup_error = outcome.error
-        return outcome
+        return await self._shared("admin")
 
     async def refresh(self, trigger: str) -> KeySet:
         """Fetch the endpoint's set now, sharing a fetch already under way; return the new set
@@ -197,7 +197,9 @@ class Refresher:
 
     async def _attempt(self, state: SourceState, trigger: str) -> RefreshOutcome:
         try:
-            return await self._fetch(state, trigger)
+            outcome = await self._fetch(state, trigger)
+            self._last_error = outcome.error
+            return outcome
         finally:
             if self._on_fetched is not None:
                 self._on_fetched()

@@ -148,7 +148,7 @@ async def test_jwks_setup_fetches_once_per_interval_and_says_when_it_may_again(
     fetcher.answer = Fetched(keyset(K1), None)
     second = await refresher.setup_refresh()
     assert fetcher.triggers == ["admin"]
-    # the set in use (none yet) and the last admin fetch's error, while the endpoint fails
+    # the set in use (none yet) and the last fetch's error, while the endpoint fails
     assert (second.keyset, second.error, second.rate_limited, second.retry_after) == (
         None, first.error, True, MISS_REFRESH_INTERVAL - 20)
     clock.advance(MISS_REFRESH_INTERVAL - 20)
@@ -156,6 +156,22 @@ async def test_jwks_setup_fetches_once_per_interval_and_says_when_it_may_again(
     assert (third.keyset, third.error, third.rate_limited, third.retry_after) == (
         ring.endpoint.keyset if ring.endpoint else None, None, False, 0)
     assert fetcher.triggers == ["admin", "admin"]
+
+
+async def test_a_rate_limited_jwks_setup_reports_a_failure_of_any_fetch_since(
+    clock: FakeClock
+) -> None:
+    """An admin fetch succeeded, then a scheduled one failed: a rate-limited call must not
+    answer 200 as though the endpoint were healthy (it reported only admin fetches' errors)."""
+    ring, refresher, fetcher = make(Fetched(keyset(K1), None), clock)
+    first = await refresher.setup_refresh()
+    assert (first.error, first.rate_limited) == (None, False)
+    fetcher.answer = JwksError("http_status", "HTTP status 500")
+    with pytest.raises(JwksError):
+        await refresher.refresh("scheduled")
+    second = await refresher.setup_refresh()
+    assert fetcher.triggers == ["admin", "scheduled"]
+    assert (second.error and second.error.reason, second.rate_limited) == ("http_status", True)
 
 
 async def test_a_workers_answer_from_its_supervisor_is_carried_through_whole(
