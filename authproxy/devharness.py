@@ -222,16 +222,19 @@ def nginx_main_conf(
     *,
     user: str | None = None,
     access_log: str = "off",
+    log_format: str = "",
     error_log: Path | None = None,
     error_level: str = "info",
     worker_connections: int = 256,
 ) -> str:
     """A complete nginx.conf running in the foreground with one worker, every file it writes
     under ``prefix``, ``http_conf`` inside http {}. ``access_log`` is the directive's argument
-    (``off``, or a path and a format name that ``http_conf`` defines); ``user`` the workers'
-    user when nginx runs as root."""
+    (``off``, or a path and a format name); ``log_format`` a ``log_format`` directive that
+    name needs (it must come before its use); ``user`` the workers' user when nginx runs as
+    root."""
     temp = prefix / "temp"
     user_line = f"user {user};\n" if user else ""
+    format_line = f"    {log_format}\n" if log_format else ""
     return f"""{user_line}daemon off;
 master_process on;
 worker_processes 1;
@@ -243,7 +246,7 @@ events {{
 }}
 
 http {{
-    access_log {access_log};
+{format_line}    access_log {access_log};
     client_body_temp_path {temp}/client_body;
     proxy_temp_path {temp}/proxy;
     fastcgi_temp_path {temp}/fastcgi;
