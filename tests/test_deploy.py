@@ -442,13 +442,15 @@ def test_containerfile_runs_what_the_manifest_runs(objects: list[dict[str, Any]]
     user, _, group = last["USER"].partition(":")
     assert (int(user), int(group)) == (proxy["securityContext"]["runAsUser"],
                                        proxy["securityContext"]["runAsGroup"])
-    # The build stage copies everything the wheel is built from.
+    # The build stage copies everything the wheel is built from: the data files too.
     copied = {word for w, args in instructions[:stages[-1]] if w == "COPY"
               for word in args.split()[:-1]}
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
     readme = setup["metadata"]["long_description"].removeprefix("file:").strip()
-    assert {"pyproject.toml", "setup.cfg", readme, "authproxy"} <= copied
+    data = {PurePosixPath(line).parts[0]
+            for files in setup["options.data_files"].values() for line in files.split()}
+    assert {"pyproject.toml", "setup.cfg", readme, "authproxy", *data} <= copied
 
 
 # -- the pod's processes, for real ---------------------------------------------------------------
