@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from authproxy import devharness
+from authproxy.devcerts import write_dev_certs
 
 from .jwks_server import AUDIENCE, SigningKey, mint
 
@@ -52,6 +52,16 @@ wait_until = devharness.wait_until
 
 # One pool for the whole test run: no two servers of a run are given the same port.
 _PORTS = devharness.PortPool()
+
+
+@contextmanager
+def _clean_exit_asserted() -> Iterator[None]:
+    """A process that did not exit as it should (devharness.ProcessFailed) fails the test as
+    an assertion does: tests expect that of a server killed on purpose."""
+    try:
+        yield
+    except devharness.ProcessFailed as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 def free_port() -> int:
@@ -77,15 +87,10 @@ class TLSFiles:
 
 
 def make_tls_files(directory: Path) -> TLSFiles:
-    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (mode 0600) into ``directory``."""
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    ca.cert_pem.write_to_path(str(files.ca_cert))
-    files.server_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    files.server_key.touch(mode=0o600)
-    leaf.private_key_pem.write_to_path(str(files.server_key))
-    return files
+    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (mode 0600) into ``directory``, as
+    ``authproxy dev-certs`` does."""
+    paths = write_dev_certs(directory, ("localhost", "127.0.0.1"))
+    return TLSFiles(paths["ca"], paths["cert"], paths["key"])
 
 
 # -- authproxy ---------------------------------------------------------------------------------
@@ -143,7 +148,8 @@ def start_authproxy(
     child_env.update(env or {})
     ready = [(partial(devharness.healthy, address), f"authproxy on {address}")
              for address in listen]
-    with devharness.running(command, log_path, ready, env=child_env, cwd=directory) as process:
+    with (_clean_exit_asserted(),
+          devharness.running(command, log_path, ready, env=child_env, cwd=directory) as process):
         yield Authproxy(process, tuple(listen), log_path)
 
 
@@ -247,8 +253,9 @@ def start_nginx(
     """
     conf_path = write_nginx_conf(http_conf, prefix, access_log)
     error_log = prefix / "error.log"
-    with devharness.start_nginx(conf_path, prefix, port, nginx=NGINX,
-                                error_log=error_log) as process:
+    with (_clean_exit_asserted(),
+          devharness.start_nginx(conf_path, prefix, port, nginx=NGINX,
+                                 error_log=error_log) as process):
         yield Nginx(process, prefix, conf_path, error_log)
 
 
@@ -482,7 +489,8 @@ def start_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` (output to ``log_path``) until the block ends; ready when ``ready()``
     is. Stopped with SIGTERM at the end, which it must survive with exit status 0."""
-    with devharness.running(command, log_path, [(ready, what)], env=env) as process:
+    with (_clean_exit_asserted(),
+          devharness.running(command, log_path, [(ready, what)], env=env) as process):
         yield process
 
 
