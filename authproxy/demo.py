@@ -1,8 +1,8 @@
 """``authproxy demo``: authproxy behind a real nginx over TLS, on loopback, in one command.
 
 Starts a demo app, a local token issuer, authproxy (the real CLI, as a subprocess) and nginx
-(with the repository's nginx/ snippets, the upstream one pointed at the demo's port), then
-prints curl lines to try.
+(with the nginx snippets, of the checkout or of the installed package, the upstream one
+pointed at the demo's port), then prints curl lines to try.
 Ctrl-C stops everything. ``--check`` runs those lines itself and exits 0 only if each gives
 the status it promises.
 """
@@ -15,9 +15,7 @@ import json
 import os
 import secrets
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -26,6 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import devharness
 from .devcerts import dev_cert_paths, write_dev_certs, write_private
 from .devissuer import (
     DEFAULT_AUDIENCE,
@@ -36,7 +35,6 @@ from .devissuer import (
 )
 from .userfile import add_user
 
-SNIPPETS = ("authproxy-upstream.conf", "authproxy-auth.conf", "authproxy-protect.conf")
 PREFERRED_HTTPS_PORT = 8443
 
 
@@ -67,44 +65,24 @@ def _shown(path: Path) -> str:
 
 
 def find_snippets() -> Path:
-    """The nginx/ directory of the checkout (the demo runs from one: `make demo`)."""
-    for candidate in (Path(__file__).resolve().parent.parent / "nginx", Path.cwd() / "nginx"):
-        if all((candidate / name).is_file() for name in SNIPPETS):
-            return candidate
-    raise SystemExit("authproxy demo: run it from a checkout of authproxy (nginx/ not found)")
+    """The nginx snippets: the checkout's nginx/, or the installed package's copy."""
+    try:
+        return devharness.nginx_snippets()
+    except FileNotFoundError as exc:
+        raise SystemExit(f"authproxy demo: {exc}") from None
 
 
 def find_nginx() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    found = devharness.find_nginx()
     if not found:
         raise SystemExit("authproxy demo: nginx is not installed (`make demo` installs it)")
     return found
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx binds: TIME_WAIT is fine
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, taken: int) -> list[int]:
-    """``count`` distinct free ports on 127.0.0.1, none equal to ``taken``.
-
-    Nothing listens on a port between asking and starting its server, so the kernel may offer
-    the same one twice; that is checked here.
-    """
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port != taken and port not in ports:
-            ports.append(port)
-    return ports
+# Not nginx's combined format: it logs $remote_user (any Basic user-id sent) and queries.
+SAFE_LOG_FORMAT = ("log_format authproxy_safe "
+                   "'$remote_addr [$time_local] \"$request_method $uri $server_protocol\" ' "
+                   "'$status $body_bytes_sent';")
 
 
 def nginx_conf(
@@ -123,23 +101,7 @@ def nginx_conf(
         for path, policy in (("/", ""), ("/admin/", "group=admins"),
                              ("/reports/", "scheme=bearer&scope=reports:read"))
     )
-    user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
-    return f"""{user}worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    # not nginx's combined format: it logs $remote_user (any Basic user-id sent) and queries
-    log_format authproxy_safe '$remote_addr [$time_local] "$request_method $uri $server_protocol" '
-                              '$status $body_bytes_sent';
-    access_log {work}/nginx-access.log authproxy_safe;
-    client_body_temp_path {work}/body-temp;
-    proxy_temp_path {work}/proxy-temp;
-    fastcgi_temp_path {work}/fastcgi-temp;
-    uwsgi_temp_path {work}/uwsgi-temp;
-    scgi_temp_path {work}/scgi-temp;
-    include {work}/authproxy-upstream.conf;
+    http_conf = f"""    include {work}/{devharness.UPSTREAM_SNIPPET};
     upstream demo_app {{ server 127.0.0.1:{app_port}; keepalive 8; }}
     server {{
         listen 127.0.0.1:{https_port} ssl;
@@ -148,9 +110,11 @@ http {{
         ssl_certificate_key {certs["key"]};
         proxy_http_version 1.1;
         include {snippets}/authproxy-auth.conf;{locations}
-    }}
-}}
-"""
+    }}"""
+    return devharness.nginx_main_conf(
+        http_conf, work, user="nobody nogroup" if os.geteuid() == 0 else None,
+        access_log=f"{work}/nginx-access.log authproxy_safe", log_format=SAFE_LOG_FORMAT,
+        error_log=work / "nginx-error.log", error_level="warn")
 
 
 async def echo_app(request: web.Request) -> web.Response:
@@ -172,29 +136,20 @@ async def serving(app: web.Application, port: int) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def process(cmd: list[str], log: Path, ready_port: int, name: str) -> AsyncIterator[None]:
-    with open(log, "wb") as out:
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=out, stderr=subprocess.STDOUT)
+async def started(
+    server: contextlib.AbstractContextManager[object], log: Path, name: str
+) -> AsyncIterator[None]:
+    """``server`` (a devharness context manager) entered and, at the end, left on a thread:
+    waiting for it must not stop the event loop that serves the app and the issuer."""
+    stack = contextlib.ExitStack()
     try:
-        for _ in range(200):  # up to 10 s
-            if proc.returncode is not None:
-                raise SystemExit(f"authproxy demo: {name} exited; see {log}")
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", ready_port)
-                writer.close()
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise SystemExit(f"authproxy demo: {name} did not start; see {log}")
+        await asyncio.to_thread(stack.enter_context, server)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"authproxy demo: {name} did not start ({exc}); see {log}") from None
+    try:
         yield
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()  # reaped: no zombie left behind
+        await asyncio.to_thread(stack.close)
 
 
 def prepare_users(work: Path) -> dict[str, str]:
@@ -220,11 +175,14 @@ async def run(work: Path, check: bool) -> int:
     if not certs["ca"].exists():
         write_dev_certs(work / "certs")
     creds = prepare_users(work)
+    ports = devharness.PortPool()
     https_port = PREFERRED_HTTPS_PORT
-    if not port_is_free(https_port):
-        https_port = free_ports(1, taken=0)[0]
+    if devharness.port_is_free(https_port):
+        ports.take(https_port)
+    else:
+        https_port = ports.free_port()
         print(f"port {PREFERRED_HTTPS_PORT} is busy; using {https_port} instead")
-    app_port, issuer_port, authproxy_port = free_ports(3, taken=https_port)
+    app_port, issuer_port, authproxy_port = ports.free_ports(3)
     issuer = f"http://127.0.0.1:{issuer_port}"
     key = load_or_create_key(work / "issuer")
     record_issuer(work / "issuer", issuer)
@@ -244,10 +202,11 @@ jwks_require_audience = ["{DEFAULT_AUDIENCE}"]
 [admin]
 users = ["basic:demo"]
 """)
-    upstream = (snippets / "authproxy-upstream.conf").read_text().replace(
-        "server 127.0.0.1:9180;", f"server 127.0.0.1:{authproxy_port};")
-    (work / "authproxy-upstream.conf").write_text(upstream)
-    (work / "nginx.conf").write_text(nginx_conf(work, snippets, https_port, app_port, certs))
+    upstream = devharness.render_upstream(
+        (snippets / devharness.UPSTREAM_SNIPPET).read_text(), f"127.0.0.1:{authproxy_port}")
+    (work / devharness.UPSTREAM_SNIPPET).write_text(upstream)
+    nginx_conf_path = devharness.write_nginx_conf(
+        work, nginx_conf(work, snippets, https_port, app_port, certs))
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo_app)
@@ -270,12 +229,17 @@ users = ["basic:demo"]
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(serving(app, app_port))
         await stack.enter_async_context(serving(create_issuer_app(key, issuer), issuer_port))
-        await stack.enter_async_context(process(
+        # Processes are stopped in the order opposite to their start, as the servers are.
+        # Their exit status is not checked: a terminal's Ctrl-C reaches them too.
+        authproxy_address = f"127.0.0.1:{authproxy_port}"
+        await stack.enter_async_context(started(devharness.running(
             [sys.executable, "-m", "authproxy", "serve", "--config", str(work / "authproxy.toml")],
-            work / "authproxy.log", authproxy_port, "authproxy"))
-        await stack.enter_async_context(process(
-            [nginx, "-p", str(work), "-c", str(work / "nginx.conf")],
-            work / "nginx.log", https_port, "nginx"))
+            work / "authproxy.log",
+            [(lambda: devharness.healthy(authproxy_address), f"authproxy on {authproxy_address}")],
+            cwd=Path.cwd(), expect_status=None), work / "authproxy.log", "authproxy"))
+        await stack.enter_async_context(started(devharness.start_nginx(
+            nginx_conf_path, work, https_port, nginx=nginx, error_log=work / "nginx-error.log",
+            expect_status=None), work / "nginx-error.log", "nginx"))
         print(f"\nauthproxy demo: nginx on {base} -> authproxy on 127.0.0.1:{authproxy_port}"
               f" -> app on 127.0.0.1:{app_port}; token issuer on {issuer}")
         print(f"logs in {work}/ (authproxy.log, nginx-error.log)\n")

@@ -27,7 +27,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import NGINX, Result, free_ports, nginx_conf, print_table, record, started, wrk
+from run import (
+    Result,
+    free_ports,
+    nginx_conf,
+    nginx_started,
+    print_table,
+    record,
+    started,
+    wrk,
+)
 
 HERE = Path(__file__).resolve().parent
 KID = "bench-rs256"
@@ -92,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text("\n".join(tokens[r * per_round:(r + 1) * per_round]) + "\n")
         files.append(path)
     ports = free_ports("authproxy", "naive", "bare", "nginx")
-    (tmp / "nginx.conf").write_text(
-        nginx_conf(tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"}))
+    conf = nginx_conf(tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"})
     (tmp / "authproxy.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{ports["authproxy"]}"]\n'
         f'[jwt]\njwks_file = "{tmp}/jwks.json"\nalgorithms = ["RS256"]\n'
@@ -112,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         authproxy = stack.enter_context(started(
             [py, "-m", "authproxy", "serve", "--config", str(tmp / "authproxy.toml")],
             ports["authproxy"], tmp / "authproxy.log"))
-        stack.enter_context(started([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
-                                    ports["nginx"], tmp / "nginx.log"))
+        stack.enter_context(nginx_started(tmp, conf, ports["nginx"]))
         for target in ("authproxy", "bare"):
             wrk(f"{base}/{target}/index.html", 1, c, cached)
         for r in range(args.rounds):

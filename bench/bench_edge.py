@@ -33,7 +33,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import free_ports, wait_for_port
+from run import free_ports
+
+from authproxy import devharness
 
 KID = "bench-es256"
 GROUPS = [f"group-{g:04d}-of-a-large-directory" for g in range(200)]
@@ -87,14 +89,6 @@ def open_connections(port: int) -> float:
         if line.startswith("authproxy_http_connections_open "):
             return float(line.split()[1])
     return -1
-
-
-def wait_for(check: Any, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.05)
 
 
 def partial_headers(port: int, pid: int, connections: int, size: int) -> tuple[float, int]:
@@ -211,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                     preexec_fn=systemd_default_limits)
         try:
-            wait_for_port(port)
+            devharness.wait_until(lambda: devharness.accepts(port), "authproxy", proc)
             pid = proc.pid
             assert fresh_status(port, auth) == 200
             idle = rss_mb(pid)
             peak, refused = partial_headers(port, pid, 200, 1 << 20)
-            wait_for(lambda: open_connections(port) <= 1)
+            devharness.wait_until(lambda: open_connections(port) <= 1, "connections closed", deadline=30)
             after = rss_mb(pid)
             print("\n(a) 200 connections x 1 MB unfinished header, 16 kB pieces")
             print("| RSS idle | RSS peak | RSS after close | after - idle | closed by server |")
@@ -229,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("|---:|---:|---:|")
                 for held, new, old in idle_steps(port, auth, 2048):
                     print(f"| {held} | {new or 'failed'} | {old or 'failed'} |")
-                wait_for(lambda: open_connections(port) <= 1)
+                devharness.wait_until(lambda: open_connections(port) <= 1, "connections closed", deadline=30)
                 print(f"after they close, a new connection: {fresh_status(port, auth)}")
             before = rss_mb(pid)
             started_at = time.monotonic()
@@ -240,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             print("|---:|---:|---:|")
             print(f"| {before:.1f} MB | {rss_mb(pid):.1f} MB | {rss_mb(pid) - before:+.1f} MB |")
         finally:
-            proc.terminate()
-            proc.wait(20)
+            devharness.stop(proc)
     return 0
 
 

@@ -34,7 +34,7 @@ import aiohttp
 from argon2 import PasswordHasher
 from passlib.hash import apr_md5_crypt
 
-from authproxy.demo import free_ports
+from authproxy import devharness
 
 HERE = Path(__file__).resolve().parent
 MAX_FAILURES = 10
@@ -72,25 +72,12 @@ def authproxy(tmp: Path, name: str, port: int, max_failures: int) -> Iterator[st
         f'[server]\nlisten = ["127.0.0.1:{port}"]\n'
         f'[basic]\nusers_file = "{tmp}/users"\nmax_failures = {max_failures}\n'
         'failure_window = 600\nban_time = 600\n[log]\nlevel = "warning"\n')
-    with open(tmp / f"{name}.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "authproxy", "serve", "--config",
-                                    str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(15)
-
-
-async def wait_healthy(session: aiohttp.ClientSession, base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(f"{base}/healthz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{base} did not start")
+    address = f"127.0.0.1:{port}"
+    with devharness.running([sys.executable, "-m", "authproxy", "serve", "--config", str(config)],
+                            tmp / f"{name}.log",
+                            [(lambda: devharness.healthy(address), f"authproxy {name}")],
+                            cwd=Path.cwd(), expect_status=None):
+        yield f"http://{address}"
 
 
 async def hashes(session: aiohttp.ClientSession, base: str) -> float:
@@ -161,13 +148,11 @@ async def timing(session: aiohttp.ClientSession, base: str, rounds: int) -> dict
 
 
 async def run(tmp: Path, seconds: int, concurrency: int, rate: float, rounds: int) -> None:
-    ports = free_ports(2, taken=0)
+    ports = devharness.PortPool().free_ports(2)
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
     with (authproxy(tmp, "guarded", ports[0], MAX_FAILURES) as guarded,
           authproxy(tmp, "unguarded", ports[1], 10**9) as unguarded):
         async with aiohttp.ClientSession(connector=connector) as session:
-            await wait_healthy(session, guarded)
-            await wait_healthy(session, unguarded)
             # remembered, and its address known, from now on
             assert await ask(session, guarded, "owner", "owner-password", "192.0.2.1") == 200
             rows = []

@@ -12,8 +12,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,27 +21,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from authproxy.demo import free_ports as demo_free_ports
+from authproxy import devharness
 
 HERE = Path(__file__).resolve().parent
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX = devharness.find_nginx() or "/usr/sbin/nginx"
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-{upstreams}
+SERVER = """{upstreams}
     server {{
         listen 127.0.0.1:{port};
         root {tmp}/www;
 {locations}
-    }}
-}}
-"""
+    }}"""
 # The auth location as nginx/authproxy-auth.conf has it, less what a benchmark does not need.
 AUTH_LOCATION = """
         location /{name}/ {{ auth_request /_{name}; }}
@@ -76,8 +64,9 @@ FLOOD_LOCATION = """
 
 
 def nginx_conf(tmp: Path, port: int, auth_upstreams: dict[str, int], extra: str = "") -> str:
-    """nginx listening on ``port``: for each name, an upstream with keepalive and a location
-    /name/ serving ``tmp``/www/name/ behind auth_request to that upstream's /auth."""
+    """nginx listening on ``port``, no access log: for each name, an upstream with keepalive
+    and a location /name/ serving ``tmp``/www/name/ behind auth_request to that upstream's
+    /auth."""
     upstreams = "\n".join(f"    upstream {name} {{ server 127.0.0.1:{p}; keepalive 64; }}"
                           for name, p in auth_upstreams.items())
     locations = "".join(AUTH_LOCATION.format(name=name) + FLOOD_LOCATION.format(name=name, tmp=tmp)
@@ -85,21 +74,14 @@ def nginx_conf(tmp: Path, port: int, auth_upstreams: dict[str, int], extra: str 
     for name in auth_upstreams:
         (tmp / "www" / name).mkdir(parents=True, exist_ok=True)
         (tmp / "www" / name / "index.html").write_text("ok\n")
-    return NGINX_CONF.format(tmp=tmp, port=port, upstreams=upstreams, locations=locations)
+    http_conf = SERVER.format(tmp=tmp, port=port, upstreams=upstreams, locations=locations)
+    return devharness.nginx_main_conf(http_conf, tmp, error_log=tmp / "nginx-error.log",
+                                      error_level="warn", worker_connections=4096)
 
 
 def free_ports(*names: str) -> dict[str, int]:
     """A distinct free port on 127.0.0.1 for each name."""
-    return dict(zip(names, demo_free_ports(len(names), taken=0), strict=True))
-
-
-def wait_for_port(port: int, deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+    return dict(zip(names, devharness.PortPool().free_ports(len(names)), strict=True))
 
 
 @dataclass
@@ -162,17 +144,19 @@ def basic(user: str, password: str) -> str:
 
 @contextlib.contextmanager
 def started(cmd: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port)
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """``cmd`` running until the block ends, once 127.0.0.1:``port`` accepts connections."""
+    with devharness.running(cmd, log, [(lambda: devharness.accepts(port), f"{cmd[0]} on {port}")],
+                            cwd=Path.cwd(), expect_status=None) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def nginx_started(tmp: Path, conf: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx with ``conf`` (from :func:`nginx_conf`) until the block ends."""
+    path = devharness.write_nginx_conf(tmp, conf)
+    with devharness.start_nginx(path, tmp, port, nginx=NGINX, error_log=tmp / "nginx-error.log",
+                                expect_status=None) as process:
+        yield process
 
 
 def authproxy_config(tmp: Path, name: str, port: int, workers: int = 1, log_level: str = "info",
@@ -208,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ports = free_ports("authproxy", "nolockout", "workers2", "bare", "nginx")
     nginx_basic_location = (f'\n        location /nginx-basic/ {{ auth_basic "bench"; '
                    f"auth_basic_user_file {tmp}/users; }}")
-    (tmp / "nginx.conf").write_text(nginx_conf(
-        tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"}, nginx_basic_location))
+    conf = nginx_conf(tmp, ports["nginx"], {k: v for k, v in ports.items() if k != "nginx"},
+                      nginx_basic_location)
     py = sys.executable
     good = basic("alice", "wonderland")
     base = f"http://127.0.0.1:{ports['nginx']}"
@@ -221,11 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                                     ports["bare"], tmp / "bare.log"))
         for name, extra in (("authproxy", {}), ("nolockout", {"max_failures": 10**9}),
                             ("workers2", {"workers": 2})):
-            conf = authproxy_config(tmp, name, ports[name], log_level=args.log_level, **extra)
-            stack.enter_context(started([py, "-m", "authproxy", "serve", "--config", str(conf)],
+            path = authproxy_config(tmp, name, ports[name], log_level=args.log_level, **extra)
+            stack.enter_context(started([py, "-m", "authproxy", "serve", "--config", str(path)],
                                         ports[name], tmp / f"{name}.log"))
-        stack.enter_context(started([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
-                                    ports["nginx"], tmp / "nginx.log"))
+        stack.enter_context(nginx_started(tmp, conf, ports["nginx"]))
         for target in ("authproxy", "nolockout", "workers2", "bare"):  # warm caches, connections
             wrk(f"{base}/{target}/index.html", 1, c, good)
 

@@ -5,9 +5,11 @@ waited for by polling with a deadline, never by a fixed sleep. nginx configurati
 the snippets in the repository's ``nginx/`` directory verbatim, so what is tested is what
 operators install; only ``authproxy-upstream.conf`` is rendered, to put in the address.
 
-The context managers (``start_authproxy``, ``start_nginx``, ``start_echo_upstream``, and
-``start_process`` for Caddy and Traefik) work anywhere; the pytest fixtures at the end wrap
-them, and conftest.py makes them every module's.
+Ports, waiting and processes come from :mod:`authproxy.devharness`, which the demo and the
+benchmarks share; what is here is the tests' own. The context managers (``start_authproxy``,
+``start_nginx``, ``start_echo_upstream``, and ``start_process`` for Caddy and Traefik) work
+anywhere; the pytest fixtures at the end wrap them, and conftest.py makes them every
+module's.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import http.client
 import json
 import os
 import re
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,52 +36,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
+
+from authproxy import devharness
+from authproxy.devcerts import write_dev_certs
 
 from .jwks_server import AUDIENCE, SigningKey, mint
 
 REPO = Path(__file__).resolve().parent.parent
-NGINX_DIR = REPO / "nginx"
-NGINX = "/usr/sbin/nginx"
-DEADLINE = 20.0  # seconds a server gets to start or to stop
-_POLL_INTERVAL = 0.02
-_UPSTREAM_SERVER = re.compile(r"^(\s*server\s+)127\.0\.0\.1:9180;", re.MULTILINE)
+NGINX_DIR = REPO / "nginx"  # the source of truth: the tests include these files verbatim
+NGINX = devharness.find_nginx() or "/usr/sbin/nginx"
+DEADLINE = devharness.DEADLINE
+accepts = devharness.accepts
+http_status = devharness.http_status
+wait_until = devharness.wait_until
+
+# One pool for the whole test run: no two servers of a run are given the same port.
+_PORTS = devharness.PortPool()
 
 
-_GIVEN_PORTS: set[int] = set()
+@contextmanager
+def _clean_exit_asserted() -> Iterator[None]:
+    """A process that did not exit as it should (devharness.ProcessFailed) fails the test as
+    an assertion does: tests expect that of a server killed on purpose."""
+    try:
+        yield
+    except devharness.ProcessFailed as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now and that this test run has
-    not handed out before.
-
-    A port handed out but not yet listened on (an authproxy started later in the test, say)
-    looks free to the kernel, which may offer it again; remembering them keeps two servers of
-    one test from being given the same port.
-    """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
-
-
-def wait_until(
-    ready: Callable[[], bool],
-    what: str,
-    process: subprocess.Popen[bytes] | None = None,
-    deadline: float = DEADLINE,
-) -> None:
-    """Poll ``ready`` until it returns True; raise if ``process`` exits or time runs out."""
-    end = time.monotonic() + deadline
-    while not ready():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode} before it was ready")
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} not ready within {deadline} s")
-        time.sleep(_POLL_INTERVAL)
+    not handed out before (see :class:`authproxy.devharness.PortPool`)."""
+    return _PORTS.free_port()
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -101,15 +87,10 @@ class TLSFiles:
 
 
 def make_tls_files(directory: Path) -> TLSFiles:
-    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (mode 0600) into ``directory``."""
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    ca.cert_pem.write_to_path(str(files.ca_cert))
-    files.server_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    files.server_key.touch(mode=0o600)
-    leaf.private_key_pem.write_to_path(str(files.server_key))
-    return files
+    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (mode 0600) into ``directory``, as
+    ``authproxy dev-certs`` does."""
+    paths = write_dev_certs(directory, ("localhost", "127.0.0.1"))
+    return TLSFiles(paths["ca"], paths["cert"], paths["key"])
 
 
 # -- authproxy ---------------------------------------------------------------------------------
@@ -143,35 +124,6 @@ class Authproxy:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def http_status(address: str, path: str, timeout: float = 2.0) -> int | None:
-    """The status of ``GET path`` over plain HTTP/1.0 to ``HOST:PORT`` or ``unix:/path``;
-    None when nothing answers."""
-    family, target = (
-        (socket.AF_UNIX, address[len("unix:"):])
-        if address.startswith("unix:")
-        else (socket.AF_INET, _host_port(address))
-    )
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(target)
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
-            head = sock.recv(64)
-    except OSError:
-        return None
-    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
-    return int(match.group(1)) if match else None
-
-
-def _healthy(address: str) -> bool:
-    return http_status(address, "/healthz") == 200
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 @contextmanager
 def start_authproxy(
     config_text: str,
@@ -194,15 +146,11 @@ def start_authproxy(
         command += ["--listen", address]
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHPROXY_")}
     child_env.update(env or {})
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=directory,
-            env=child_env,
-        )
-    handle = Authproxy(process, tuple(listen), log_path)
-    ready = [(partial(_healthy, address), f"authproxy on {address}") for address in listen]
-    with _serving(process, ready, handle.log_text):
-        yield handle
+    ready = [(partial(devharness.healthy, address), f"authproxy on {address}")
+             for address in listen]
+    with (_clean_exit_asserted(),
+          devharness.running(command, log_path, ready, env=child_env, cwd=directory) as process):
+        yield Authproxy(process, tuple(listen), log_path)
 
 
 @contextmanager
@@ -225,37 +173,6 @@ def start_users_and_keys_authproxy(
     })
     with start_authproxy(config, [f"127.0.0.1:{free_port()}"], directory) as proxy:
         yield proxy
-
-
-@contextmanager
-def _serving(
-    process: subprocess.Popen[bytes],
-    ready: Sequence[tuple[Callable[[], bool], str]],
-    log_text: Callable[[], str],
-) -> Iterator[None]:
-    """Wait until every (check, what) of ``ready`` (at least one) holds; at the end send
-    SIGTERM and assert a clean exit (status 0), showing the tail of ``log_text()`` if not."""
-    try:
-        for check, what in ready:
-            wait_until(check, what, process)
-        yield
-    except BaseException:
-        _stop(process, signal.SIGTERM)
-        raise
-    status = _stop(process, signal.SIGTERM)
-    assert status == 0, f"{ready[0][1]} exited with {status}:\n{log_text()[-4000:]}"
-
-
-def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> int:
-    """Signal ``process`` and reap it; kill it if it outlives the deadline."""
-    if process.poll() is None:
-        process.send_signal(sig)
-    try:
-        return process.wait(timeout=DEADLINE)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
 
 
 # -- nginx -------------------------------------------------------------------------------------
@@ -284,48 +201,18 @@ class Nginx:
 def render_upstream(address: str) -> str:
     """The repository's ``authproxy-upstream.conf`` with its server line pointing at
     ``address`` (``HOST:PORT`` or ``unix:/path``); everything else verbatim."""
-    text = (NGINX_DIR / "authproxy-upstream.conf").read_text(encoding="utf-8")
-    rendered, count = _UPSTREAM_SERVER.subn(lambda m: f"{m.group(1)}{address};", text)
-    if count != 1:
-        raise ValueError("authproxy-upstream.conf no longer has one 'server 127.0.0.1:9180;'")
-    return rendered
-
-
-def nginx_main_conf(http_conf: str, prefix: Path, access_log: bool = True) -> str:
-    """A complete nginx.conf: every path under ``prefix``, ``http_conf`` inside http {}.
-    ``access_log=False`` for benchmarks, where a line per request would be measured too."""
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the tmp dirs
-    temp = prefix / "temp"
-    access = f"{prefix}/access.log" if access_log else "off"
-    return f"""{user}daemon off;
-master_process on;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
-
-events {{
-    worker_connections 256;
-}}
-
-http {{
-    access_log {access};
-    client_body_temp_path {temp}/client_body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-
-{http_conf}
-}}
-"""
+    text = (NGINX_DIR / devharness.UPSTREAM_SNIPPET).read_text(encoding="utf-8")
+    return devharness.render_upstream(text, address)
 
 
 def write_nginx_conf(http_conf: str, prefix: Path, access_log: bool = True) -> Path:
-    """Write ``prefix/nginx.conf`` (see :func:`nginx_main_conf`) and the directories it names."""
-    (prefix / "temp").mkdir(parents=True, exist_ok=True)
-    conf_path = prefix / "nginx.conf"
-    conf_path.write_text(nginx_main_conf(http_conf, prefix, access_log), encoding="utf-8")
-    return conf_path
+    """Write ``prefix/nginx.conf``: every path under ``prefix``, ``http_conf`` inside
+    http {}. ``access_log=False`` for benchmarks, where a line per request would be measured
+    too."""
+    user = "root" if os.geteuid() == 0 else None  # workers must reach the tmp dirs
+    access = f"{prefix}/access.log" if access_log else "off"
+    return devharness.write_nginx_conf(
+        prefix, devharness.nginx_main_conf(http_conf, prefix, user=user, access_log=access))
 
 
 # What an access log must not hold: $remote_user is the user-id of any Basic header a client
@@ -352,10 +239,7 @@ def nginx_test_config(conf_path: Path, prefix: Path) -> subprocess.CompletedProc
     """Run ``nginx -t`` on ``conf_path``."""
     if not os.access(NGINX, os.X_OK):
         raise FileNotFoundError(f"{NGINX} not found: install nginx")
-    return subprocess.run(
-        [NGINX, "-t", "-p", str(prefix), "-c", str(conf_path), "-e", str(prefix / "error.log")],
-        capture_output=True, text=True, check=False, timeout=DEADLINE,
-    )
+    return devharness.nginx_test_config(NGINX, conf_path, prefix)
 
 
 @contextmanager
@@ -368,27 +252,11 @@ def start_nginx(
     accepts connections. Stopped with SIGTERM (fast shutdown) at the end.
     """
     conf_path = write_nginx_conf(http_conf, prefix, access_log)
-    checked = nginx_test_config(conf_path, prefix)
-    assert checked.returncode == 0, f"nginx -t failed:\n{checked.stderr}"
     error_log = prefix / "error.log"
-    with (prefix / "nginx.out").open("wb") as out:
-        process = subprocess.Popen(
-            [NGINX, "-p", str(prefix), "-c", str(conf_path), "-e", str(error_log)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-        )
-    handle = Nginx(process, prefix, conf_path, error_log)
-    with _serving(process, [(partial(accepts, port), f"nginx on port {port}")],
-                  handle.error_log_text):
-        yield handle
-
-
-def accepts(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
+    with (_clean_exit_asserted(),
+          devharness.start_nginx(conf_path, prefix, port, nginx=NGINX,
+                                 error_log=error_log) as process):
+        yield Nginx(process, prefix, conf_path, error_log)
 
 
 @dataclass(slots=True)
@@ -621,13 +489,8 @@ def start_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` (output to ``log_path``) until the block ends; ready when ``ready()``
     is. Stopped with SIGTERM at the end, which it must survive with exit status 0."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            cwd=log_path.parent,
-        )
-    with _serving(process, [(ready, what)],
-                  lambda: log_path.read_text(encoding="utf-8", errors="replace")):
+    with (_clean_exit_asserted(),
+          devharness.running(command, log_path, [(ready, what)], env=env) as process):
         yield process
 
 

@@ -2,7 +2,8 @@
 
 ``--check`` runs the curl lines the demo prints; it must pass on a fresh directory and again
 on the same one, and move off port 8443 when that is taken. Without ``--check`` the demo runs
-until interrupted, and Ctrl-C must leave nothing running behind it.
+until interrupted, and Ctrl-C must leave nothing running behind it. It also runs from a wheel
+installed in a fresh venv, away from the checkout.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import DEADLINE, unsafe_access_logs, wait_until
+from .servers import DEADLINE, NGINX_DIR, REPO, unsafe_access_logs, wait_until
 
 PREFERRED_PORT = 8443
 READY_LINE = "Ctrl-C stops everything."
@@ -100,6 +102,71 @@ def test_check_passes_twice_and_moves_off_a_busy_port(tmp_path: Path) -> None:
     # The second run kept the first one's users and passwords.
     assert (directory / "credentials.json").read_text() == credentials
     assert json.loads(credentials)["demo"] in second
+
+
+# -- from an installed package --------------------------------------------------------------------
+
+# What pip prints when it cannot reach a package index: the only reason to skip.
+UNREACHABLE = re.compile(r"NewConnectionError|Failed to establish a new connection|Network is "
+                         r"unreachable|Temporary failure in name resolution|No route to host")
+# What the wheel is built from: the package, its metadata and what setup.cfg ships with it.
+SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "authproxy", "nginx")
+
+
+def installed_env() -> dict[str, str]:
+    """The demo's environment with nothing that would import authproxy from elsewhere."""
+    return {k: v for k, v in demo_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def pip(python: Path | str, *args: str, cwd: Path) -> None:
+    """``python -m pip ARGS``; skips the test only if a package index is unreachable."""
+    result = subprocess.run([str(python), "-m", "pip", *args], cwd=cwd, env=installed_env(),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=600, check=False)
+    output = result.stdout + result.stderr
+    if result.returncode != 0 and UNREACHABLE.search(output):
+        pytest.skip(f"no package index reachable for pip {args[0]}: {output[-500:]}")
+    assert result.returncode == 0, output
+
+
+def test_check_passes_from_a_wheel_installed_away_from_the_checkout(tmp_path: Path) -> None:
+    """The wheel carries the nginx snippets: the demo includes them from the venv, and every
+    curl line it prints passes, run from a directory that is not the checkout."""
+    source = tmp_path / "source"  # a copy, so that building leaves nothing in the checkout
+    source.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, source / name)
+    pip(sys.executable, "wheel", "--no-deps", "--quiet", "./source", "-w", "wheels",
+        cwd=tmp_path)
+    [wheel] = (tmp_path / "wheels").glob("authproxy-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip(venv / "bin" / "python", "install", "--quiet", str(wheel), cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    result = subprocess.run(
+        [str(venv / "bin" / "authproxy"), "demo", "--dir", "demo", "--check"], cwd=elsewhere,
+        env=installed_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert_every_printed_line_passed(output)
+    installed = venv / "share" / "authproxy" / "nginx"
+    conf = (elsewhere / "demo" / "nginx.conf").read_text()
+    assert f"include {installed}/authproxy-auth.conf;" in conf
+    assert str(REPO) not in conf
+    # nginx/ stays the source: the wheel carries every snippet of it, unchanged.
+    assert sorted(p.name for p in installed.iterdir()) == sorted(
+        p.name for p in NGINX_DIR.glob("*.conf"))
+    for snippet in installed.iterdir():
+        assert snippet.read_bytes() == (NGINX_DIR / snippet.name).read_bytes(), snippet.name
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------------
