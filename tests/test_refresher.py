@@ -163,7 +163,7 @@ async def test_a_rate_limited_jwks_setup_reports_a_failure_of_any_fetch_since(
 ) -> None:
     """An admin fetch succeeded, then a scheduled one failed: a rate-limited call must not
     answer 200 as though the endpoint were healthy (it reported only admin fetches' errors)."""
-    ring, refresher, fetcher = make(Fetched(keyset(K1), None), clock)
+    _, refresher, fetcher = make(Fetched(keyset(K1), None), clock)
     first = await refresher.setup_refresh()
     assert (first.error, first.rate_limited) == (None, False)
     fetcher.answer = JwksError("http_status", "HTTP status 500")
