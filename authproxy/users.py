@@ -250,9 +250,9 @@ class UserTable:
         self._hashes: Mapping[str, PasswordHash] = MappingProxyType(dict(hashes))
         classes = _cost_classes(self._hashes.values())
         self._dummy = _table_dummy(classes)
-        self._costs = MappingProxyType(
-            {key: _mismatch_seconds(h) for key, (h, _) in classes.items()}
-            | {cost_class(self._dummy): _mismatch_seconds(self._dummy)})
+        # the dummy is of the most common class, timed with it (an empty table: on its own)
+        timed = [h for h, _ in classes.values()] or [self._dummy]
+        self._costs = MappingProxyType({cost_class(h): _mismatch_seconds(h) for h in timed})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> UserTable:
