@@ -12,16 +12,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-
 from .authn import AuthRequest, parse_authorization
 from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .handlers import NO_STORE, Decider
 from .keysource import KeySource
+from .message import Request, Response, Routes, json_response
 
 log = logging.getLogger("authproxy.admin")
 
-Action = Callable[[], Awaitable[web.Response]]
+Action = Callable[[], Awaitable[Response]]
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -40,17 +39,17 @@ class AdminApi:
         self._keys = keys
         self._admins = admins  # (scheme, name): a token's sub never stands for a Basic user
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/api/v2/jwks_setup", self.jwks_setup)
-        app.router.add_get("/api/v2/jwks", self.jwks)
+    def add_routes(self, routes: Routes) -> None:
+        routes.add("POST", "/api/v2/jwks_setup", self.jwks_setup)
+        routes.add("GET", "/api/v2/jwks", self.jwks)
 
-    async def jwks_setup(self, request: web.Request) -> web.Response:
+    async def jwks_setup(self, request: Request) -> Response:
         return await self._as_admin(request, "jwks_setup", self._jwks_setup)
 
-    async def jwks(self, request: web.Request) -> web.Response:
+    async def jwks(self, request: Request) -> Response:
         return await self._as_admin(request, "jwks", self._jwks)
 
-    async def _as_admin(self, request: web.Request, action: str, run: Action) -> web.Response:
+    async def _as_admin(self, request: Request, action: str, run: Action) -> Response:
         client = self._decider.origin.client(request)
         fields: dict[str, Any] = {"event": "admin", "action": action, "client": client.address}
         chain = self._decider.chain
@@ -63,17 +62,17 @@ class AdminApi:
                 raise Forbidden("not_admin")
         except Unauthenticated as exc:
             log.info("admin request refused", extra={**fields, "status": 401, "reason": exc.reason})
-            return web.json_response(
+            return json_response(
                 {"error": "unauthenticated"}, status=401,
                 headers={"WWW-Authenticate": self._decider.challenge_header(chain.schemes, exc),
                          **NO_STORE},
             )
         except Forbidden as exc:
             log.info("admin request refused", extra={**fields, "status": 403, "reason": exc.reason})
-            return web.json_response({"error": "forbidden"}, status=403, headers=NO_STORE)
+            return json_response({"error": "forbidden"}, status=403, headers=NO_STORE)
         except KeysUnavailable as exc:
             log.info("admin request refused", extra={**fields, "status": 503, "reason": exc.reason})
-            return web.json_response(
+            return json_response(
                 {"error": "signing keys unavailable"}, status=503,
                 headers={"Retry-After": str(exc.retry_after), **NO_STORE},
             )
@@ -81,9 +80,9 @@ class AdminApi:
         log.info("admin request", extra={**fields, "status": response.status})
         return response
 
-    async def _jwks_setup(self) -> web.Response:
+    async def _jwks_setup(self) -> Response:
         if self._keys is None or self._keys.endpoint is None:
-            return web.json_response(
+            return json_response(
                 {"error": "not_configured",
                  "detail": "no jwt.jwks_endpoint (or jwt.issuer to discover one) is configured"},
                 status=409, headers=NO_STORE,
@@ -94,20 +93,20 @@ class AdminApi:
         limit = {"rate_limited": outcome.rate_limited, "retry_after": outcome.retry_after}
         if outcome.error is not None:
             kept = outcome.keyset
-            return web.json_response({
+            return json_response({
                 "error": outcome.error.reason, "detail": outcome.error.detail,
                 "kept_kids": kept.kids if kept else [], **limit,
             }, status=502, headers=NO_STORE)
         keyset = outcome.keyset
         assert keyset is not None  # a fetch that succeeded, now or before, installed it
-        return web.json_response({
+        return json_response({
             "keys": len(keyset.keys), "kids": keyset.kids, "skipped": keyset.skipped,
             "fetched_at": iso_time(self._keys.endpoint.fetched_at), **limit,
         }, headers=NO_STORE)
 
-    async def _jwks(self) -> web.Response:
+    async def _jwks(self) -> Response:
         if self._keys is None:
-            return web.json_response({"sources": [], "ready": False}, headers=NO_STORE)
+            return json_response({"sources": [], "ready": False}, headers=NO_STORE)
         keys = self._keys
         sources = [{
             "source": s.name, "location": s.location,
@@ -119,6 +118,6 @@ class AdminApi:
             "last_error_at": iso_time(s.last_error_at), "consecutive_failures": s.failures,
             "next_fetch_in": keys.next_fetch_in() if s is keys.endpoint else None,
         } for s in keys.states]
-        return web.json_response(
+        return json_response(
             {"sources": sources, "ready": self._keys.not_ready() is None}, headers=NO_STORE
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from authproxy import bearer as bearer_module
 from authproxy.app import DECIDER
@@ -13,6 +12,7 @@ from authproxy.bearer import MAX_KIDLESS_CANDIDATES
 from authproxy.config import ConfigError
 from authproxy.jose import DESCRIPTIONS
 
+from .appclient import AppClient
 from .conftest import IDENTITY_HEADERS, metric
 from .jwks_server import (
     K1,
@@ -42,7 +42,7 @@ def invalid_token(kind: str) -> str:
     return f'error="invalid_token", error_description="{DESCRIPTIONS[kind]}"'
 
 
-async def get_auth(client: TestClient[Any, Any], token: str, query: str = "") -> Any:
+async def get_auth(client: AppClient, token: str, query: str = "") -> Any:
     return await client.get(f"/auth{query}", headers=bearer(token))
 
 
@@ -229,7 +229,7 @@ async def test_bad_signature_is_refused(start_app: StartApp, clock: FakeClock) -
 # -- the verified-token cache ------------------------------------------------------------------
 
 
-async def cache_lookups(client: TestClient[Any, Any], result: str) -> float:
+async def cache_lookups(client: AppClient, result: str) -> float:
     return await metric(client, f'authproxy_cache_lookups_total{{cache="bearer",result="{result}"}}')
 
 

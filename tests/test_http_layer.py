@@ -1,6 +1,6 @@
 """The HTTP layer is part of the contract: what nginx forwards must get a 401, never a 400.
 
-These tests run the production runner (AuthRunner) on real sockets and speak raw HTTP/1.1,
+These tests run the production server (server.start_server) on real sockets and speak raw HTTP/1.1,
 since well-behaved clients refuse to send what nginx 1.22 happily forwards.
 """
 
@@ -14,11 +14,12 @@ import struct
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from authproxy.app import DECIDER, METRICS, create_app
+from authproxy.handlers import Answer
 from authproxy.listen import bind_all
-from authproxy.server import make_runner, start_socket_sites
+from authproxy.message import Request
+from authproxy.server import start_server
 
 from .conftest import eventually
 from .servers import free_port
@@ -36,13 +37,11 @@ async def server(make_config, htpasswd, tmp_path: Path):
         "basic": {"users_file": str(htpasswd(alice="wonderland"))},
     })
     app = create_app(config)
-    runner = make_runner(app)
-    await runner.setup()
     sockets = bind_all(config.server.listen_addresses)
     assert sockets is not None
-    await start_socket_sites(runner, sockets)
-    yield {"port": port, "sock": str(sock), "app": app, "runner": runner}
-    await runner.cleanup()
+    served = await start_server(app, sockets)
+    yield {"port": port, "sock": str(sock), "app": app, "server": served}
+    await served.stop()
 
 
 async def exchange(server, raw: bytes, *, family: str = "ipv4", timeout: float = 5.0) -> bytes:
@@ -155,18 +154,18 @@ async def test_pipelined_requests_are_answered_in_order(server) -> None:
     assert [server_names(head) for _, head, _ in answers] == [[b"authproxy"]] * 5
 
 
-async def test_decisions_needing_no_wait_never_become_aiohttp_requests(
+async def test_decisions_needing_no_wait_are_answered_without_waiting(
     server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decider = server["app"][DECIDER]
-    through_aiohttp: list[str] = []
-    handle = decider.handle
+    waited_for: list[str] = []
+    decide = decider.decide
 
-    async def counted(request: web.BaseRequest) -> web.StreamResponse:
-        through_aiohttp.append(request.headers.get("Authorization", "none"))
-        return await handle(request)
+    async def counted(request: Request) -> Answer:
+        waited_for.append(request.headers.get("Authorization", "none"))
+        return await decide(request)
 
-    monkeypatch.setattr(decider, "handle", counted)
+    monkeypatch.setattr(decider, "decide", counted)
     reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
     try:
         for headers, status in [
@@ -181,7 +180,7 @@ async def test_decisions_needing_no_wait_never_become_aiohttp_requests(
             assert (await read_response(reader))[0] == status
     finally:
         writer.close()
-    assert through_aiohttp == [GOOD]
+    assert waited_for == [GOOD]
 
 
 @pytest.mark.parametrize("raw", [
@@ -218,7 +217,7 @@ async def test_a_client_gone_mid_pipeline_leaves_no_request_half_started(server)
                   + b"GET /healthz HTTP/1.1\r\nHost: authproxy\r\n\r\n")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-        await eventually(lambda: not server["runner"].server.connections,
+        await eventually(lambda: not server["server"].serving.connections,
                          "the connection dropped")
         gc.collect()  # a task that died of an exception reports it when collected
         assert errors == []
