@@ -23,7 +23,7 @@ from .policy import InvalidPolicyLog, Policy, policy_for
 log = logging.getLogger("authproxy.handlers")
 
 NO_STORE = {"Cache-Control": "no-store"}
-# Every response names the service without a version (aiohttp's own names Python's and its
+# Every response names the service without a version (a framework's would name Python's and its
 # own): behind Traefik or Caddy, a denial's headers reach the client.
 SERVER = "authproxy"
 _PREFLIGHT_HEADERS = {**EMPTY_HEADERS, **NO_STORE}

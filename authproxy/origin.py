@@ -30,8 +30,8 @@ class Client(NamedTuple):
 
 
 class RequestView(Protocol):
-    """What a decision reads of a request: aiohttp's request object, or the parsed message
-    the server answers before aiohttp makes a request of it (connection.py)."""
+    """What a decision reads of a request: the request head the HTTP edge parsed
+    (message.Request)."""
 
     @property
     def headers(self) -> CIMultiDictProxy[str]: ...
