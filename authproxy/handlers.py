@@ -256,7 +256,7 @@ class _Case:
 
     @property
     def raw_path(self) -> str:
-        return self._request.rel_url.raw_path
+        return self._request.raw_path
 
     def credentials(self) -> AuthRequest:
         """The request's credentials, for the scheme chain; raise Unauthenticated if unusable."""

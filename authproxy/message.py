@@ -52,6 +52,14 @@ class Request:
         return url
 
     @property
+    def raw_path(self) -> str:
+        """The path as sent, before percent-decoding."""
+        target = self.target
+        if target.startswith("/"):
+            return target.partition("?")[0].partition("#")[0]
+        return self.rel_url.raw_path
+
+    @property
     def path(self) -> str:
         """The path, percent-decoded."""
         target = self.target

@@ -46,7 +46,9 @@ class RequestView(Protocol):
     @property
     def remote(self) -> str | None: ...
     @property
-    def rel_url(self) -> URL: ...  # its raw_path is the path as sent, before decoding
+    def raw_path(self) -> str: ...  # the path as sent, before decoding
+    @property
+    def rel_url(self) -> URL: ...
 
 
 class Origin:
@@ -137,7 +139,7 @@ class Origin:
 def envoy_original_uri(request: RequestView) -> str:
     """The original URI Envoy ext_authz sends under the /auth prefix: the path as sent,
     decoded once (never sliced out of an already decoded, possibly normalised, path)."""
-    path = unquote(request.rel_url.raw_path.removeprefix("/auth")) or "/"
+    path = unquote(request.raw_path.removeprefix("/auth")) or "/"
     query = request.query_string
     return f"{path}?{query}" if query else path
 
