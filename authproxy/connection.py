@@ -244,6 +244,9 @@ class Connection(asyncio.Protocol):
         request = Request(parser.get_method().decode("ascii", "surrogateescape"),
                           self._url.decode("utf-8", "surrogateescape"), headers, self._remote,
                           parser.should_keep_alive(), has_body)
+        if not request.target_readable():
+            self._refuse_unparseable(None)
+            return
         self._waiting.append(request)
         if has_body or parser.should_upgrade():
             # never read: answered, then the connection closes (any body unread)
@@ -317,7 +320,7 @@ class Connection(asyncio.Protocol):
 
     def _refuse_unparseable(self, exc: Exception | None) -> None:
         log.info("request refused by the HTTP parser", extra={
-            "event": "parse_error", "exception": type(exc).__name__ if exc else "LineTooLong"})
+            "event": "parse_error", "exception": type(exc).__name__ if exc else "BadHead"})
         self._stop_reading(_Refusal(True, parse_error=True))
 
     def _stop_reading(self, refusal: _Refusal) -> None:
@@ -368,9 +371,9 @@ class Connection(asyncio.Protocol):
 
     def _answer_now(self, request: Request) -> tuple[int, dict[str, str], bytes] | None:
         """The answer to a decision that needs no waiting; None for anything else."""
-        if not is_decision_path(request.path):
-            return None
         try:
+            if not is_decision_path(request.path):
+                return None
             answer = self._decider.decide_now(request)
         except Exception as exc:  # the task decides again, and fails closed if it fails so
             log.error("decision not answered at once", extra={
@@ -381,8 +384,8 @@ class Connection(asyncio.Protocol):
     async def _answer_later(self, request: Request) -> None:
         try:
             status, headers, body = await self._respond(request)
-        except asyncio.CancelledError:
-            raise
+        except Exception as exc:  # fail closed, never a hung connection
+            (status, headers), body = self._decision_failed(exc), b""
         finally:
             self._task = None
         if self._transport is None or not self._waiting or self._waiting[0] is not request:

@@ -51,6 +51,17 @@ class Request:
             self._url = url
         return url
 
+    def target_readable(self) -> bool:
+        """False for an absolute-form target that is no URL (``http://[bad``): the parser's
+        refusal, not an exception later."""
+        if self.target.startswith("/"):
+            return True
+        try:
+            self.rel_url  # noqa: B018 (made and kept for later)
+        except ValueError:
+            return False
+        return True
+
     @property
     def raw_path(self) -> str:
         """The path as sent, before percent-decoding."""

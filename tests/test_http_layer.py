@@ -305,3 +305,9 @@ async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length:"))
     return await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+@pytest.mark.parametrize("target", [b"http://[bad/auth", b"http://h:99999/auth"])
+async def test_an_absolute_target_no_url_parser_reads_gets_401(server, target: bytes) -> None:
+    head = await exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: authproxy\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401") and CHALLENGE in head
