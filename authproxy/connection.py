@@ -83,7 +83,7 @@ def encode_response(status: int, headers: dict[str, str], body: bytes, date: str
     """A whole response: status line, headers (with Content-Length, Server, Date and, when
     ``close``, Connection: close), then ``body`` unless ``head_only`` (a HEAD request)."""
     parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
-    parts.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    parts += [f"{name}: {value}\r\n" for name, value in headers.items()]
     parts.append(f"Content-Length: {len(body)}\r\nServer: {SERVER}\r\nDate: {date}\r\n")
     if close:
         parts.append("Connection: close\r\n")
@@ -204,7 +204,7 @@ class Connection(asyncio.Protocol):
             self._ignoring_input = True  # what follows is not HTTP/1.1; answered, then closed
         except httptools.HttpParserError as exc:
             self._refuse_unparseable(exc)
-        if not self._ignoring_input:
+        if not self._ignoring_input and (self._in_head or self._held):
             bound = self._count_head(data, self._heads_done - heads_before)
             if bound is not None:
                 self._refuse(bound, answer=True)
