@@ -12,15 +12,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-
 from .errors import Forbidden
 from .handlers import NO_STORE, Decider
 from .keysource import KeySource
+from .message import Request, Response, Routes, json_response
 
 log = logging.getLogger("authproxy.admin")
 
-Action = Callable[[], Awaitable[web.Response]]
+Action = Callable[[], Awaitable[Response]]
 # The body of each refusal the Decider may answer (it chooses the status).
 _REFUSALS = {401: "unauthenticated", 403: "forbidden", 503: "signing keys unavailable"}
 
@@ -41,17 +40,17 @@ class AdminApi:
         self._keys = keys
         self._admins = admins  # (scheme, name): a token's sub never stands for a Basic user
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/api/v2/jwks_setup", self.jwks_setup)
-        app.router.add_get("/api/v2/jwks", self.jwks)
+    def add_routes(self, routes: Routes) -> None:
+        routes.add("POST", "/api/v2/jwks_setup", self.jwks_setup)
+        routes.add("GET", "/api/v2/jwks", self.jwks)
 
-    async def jwks_setup(self, request: web.Request) -> web.Response:
+    async def jwks_setup(self, request: Request) -> Response:
         return await self._as_admin(request, "jwks_setup", self._jwks_setup)
 
-    async def jwks(self, request: web.Request) -> web.Response:
+    async def jwks(self, request: Request) -> Response:
         return await self._as_admin(request, "jwks", self._jwks)
 
-    async def _as_admin(self, request: web.Request, action: str, run: Action) -> web.Response:
+    async def _as_admin(self, request: Request, action: str, run: Action) -> Response:
         decider = self._decider
         client = decider.origin.client(request)
         fields: dict[str, Any] = {"event": "admin", "action": action, "client": client.address}
@@ -63,15 +62,15 @@ class AdminApi:
         except Exception as exc:
             answer = decider.refusal(exc, fields)
             log.info("admin request refused", extra=fields)
-            return web.json_response({"error": _REFUSALS.get(answer.status, "unauthenticated")},
+            return json_response({"error": _REFUSALS.get(answer.status, "unauthenticated")},
                                      status=answer.status, headers=answer.headers)
         response = await run()
         log.info("admin request", extra={**fields, "status": response.status})
         return response
 
-    async def _jwks_setup(self) -> web.Response:
+    async def _jwks_setup(self) -> Response:
         if self._keys is None or self._keys.ring.endpoint is None:
-            return web.json_response(
+            return json_response(
                 {"error": "not_configured",
                  "detail": "no jwt.jwks_endpoint (or jwt.issuer to discover one) is configured"},
                 status=409, headers=NO_STORE,
@@ -82,20 +81,20 @@ class AdminApi:
         limit = {"rate_limited": outcome.rate_limited, "retry_after": outcome.retry_after}
         if outcome.error is not None:
             kept = outcome.keyset
-            return web.json_response({
+            return json_response({
                 "error": outcome.error.reason, "detail": outcome.error.detail,
                 "kept_kids": kept.kids if kept else [], **limit,
             }, status=502, headers=NO_STORE)
         keyset = outcome.keyset
         assert keyset is not None  # a fetch that succeeded, now or before, installed it
-        return web.json_response({
+        return json_response({
             "keys": len(keyset.keys), "kids": keyset.kids, "skipped": keyset.skipped,
             "fetched_at": iso_time(self._keys.ring.endpoint.fetched_at), **limit,
         }, headers=NO_STORE)
 
-    async def _jwks(self) -> web.Response:
+    async def _jwks(self) -> Response:
         if self._keys is None:
-            return web.json_response({"sources": [], "ready": False}, headers=NO_STORE)
+            return json_response({"sources": [], "ready": False}, headers=NO_STORE)
         keys = self._keys.ring
         sources = [{
             "source": s.name, "location": s.location,
@@ -107,6 +106,6 @@ class AdminApi:
             "last_error_at": iso_time(s.last_error_at), "consecutive_failures": s.failures,
             "next_fetch_in": keys.next_fetch_in() if s is keys.endpoint else None,
         } for s in keys.states]
-        return web.json_response(
+        return json_response(
             {"sources": sources, "ready": keys.not_ready() is None}, headers=NO_STORE
         )

@@ -1,4 +1,12 @@
-"""create_app(config): the one way to build the application, with owned lifetimes."""
+"""create_app(config): the one way to build the application, with owned lifetimes.
+
+The application is an aiohttp ``web.Application`` used only as what it is good at on its
+public API: typed state under ``web.AppKey``s and ``cleanup_ctx`` lifetimes, run by
+``web.AppRunner.setup()`` and ``cleanup()`` (server.py). It serves nothing itself: requests
+reach the Decider and the ROUTES through our own HTTP edge (connection.py). Keeping it as
+the container keeps every resource's lifetime (key refresh, file watcher, ban sharing)
+written the way aiohttp documents it.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +28,12 @@ from .banshare import SharedLockout
 from .basic import BasicAuthenticator
 from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .config import METRICS_FLUSH_INTERVAL, Config
-from .handlers import Decider, healthz, metrics_handler, name_the_server, readyz_handler
+from .handlers import Decider, healthz, metrics_handler, readyz_handler
 from .ipc import WorkerContext
 from .keyshare import shared_key_source
 from .keysource import KeySource, key_source
 from .logs import DecisionLog
+from .message import Routes
 from .metrics import Metrics
 from .userstore import UserStore
 
@@ -34,6 +43,8 @@ USER_STORE = web.AppKey("user_store", UserStore)
 KEY_SOURCE = web.AppKey("key_source", KeySource)
 # Coroutines run on SIGHUP: each re-reads one file-backed source, keeping the old on failure.
 RELOADERS = web.AppKey("reloaders", list[Callable[[str], Awaitable[bool]]])
+# The endpoints besides the decisions, which the edge sends straight to the DECIDER.
+ROUTES = web.AppKey("routes", Routes)
 
 
 def create_app(
@@ -51,7 +62,6 @@ def create_app(
     bans are the whole service's (see banshare.py).
     """
     app = web.Application()
-    app.on_response_prepare.append(name_the_server)
     metrics = Metrics(worker.metrics_dir if worker else None)
     if worker is not None:
         # multi-worker mode: metrics reach the shared files once a second, and once more
@@ -104,12 +114,11 @@ def create_app(
     app.on_cleanup.append(lambda _: _flushed(decisions))
     decider = Decider(config, chain, metrics, decisions, wall_clock)
     app[DECIDER] = decider
-    app.router.add_route("*", "/auth", decider.handle)
-    app.router.add_route("*", "/auth/{tail:.*}", decider.handle)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz_handler(chain))
-    app.router.add_get("/metrics", metrics_handler(metrics))
-    AdminApi(decider, app.get(KEY_SOURCE), config.admin.principals).add_routes(app)
+    routes = app[ROUTES] = Routes()
+    routes.add("GET", "/healthz", healthz)
+    routes.add("GET", "/readyz", readyz_handler(chain))
+    routes.add("GET", "/metrics", metrics_handler(metrics))
+    AdminApi(decider, app.get(KEY_SOURCE), config.admin.principals).add_routes(routes)
     return app
 
 

@@ -6,17 +6,16 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote
-
-from aiohttp import web
 
 from .authn import AuthRequest, Pending, SchemeChain, parse_authorization
 from .config import Config
 from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .identity import EMPTY_HEADERS, Identity
 from .logs import DecisionLog
+from .message import Request, Response, json_response
 from .metrics import Metrics
 from .origin import Origin, RequestView
 from .policy import InvalidPolicyLog, Policy, policy_for
@@ -24,7 +23,7 @@ from .policy import InvalidPolicyLog, Policy, policy_for
 log = logging.getLogger("authproxy.handlers")
 
 NO_STORE = {"Cache-Control": "no-store"}
-# Every response names the service without a version (aiohttp's own names Python's and its
+# Every response names the service without a version (a framework's would name Python's and its
 # own): behind Traefik or Caddy, a denial's headers reach the client.
 SERVER = "authproxy"
 _PREFLIGHT_HEADERS = {**EMPTY_HEADERS, **NO_STORE}
@@ -63,11 +62,6 @@ class Answer(NamedTuple):
     status: int
     headers: dict[str, str]
 
-    def response(self) -> web.Response:
-        """As aiohttp's response (decisions it handles bypass the router, and so
-        :func:`name_the_server`)."""
-        return web.Response(status=self.status, headers={**self.headers, "Server": SERVER})
-
 
 class Decider:
     """Turns a request to /auth into a decision, logs it and counts it."""
@@ -92,15 +86,6 @@ class Decider:
         self._invalid_policies = InvalidPolicyLog()
 
     # -- the decision --------------------------------------------------------------------
-
-    async def handle(self, request: web.BaseRequest) -> web.Response:
-        """The aiohttp handler for /auth (the server answers most decisions before aiohttp
-        makes a request of them: see connection.py)."""
-        response = (await self.decide(request)).response()
-        if request.body_exists:
-            # We never read a body; do not keep the connection to drain one we ignored.
-            response.force_close()
-        return response
 
     def begin(self, request: RequestView) -> Answer | PendingDecision:
         """The decision in one step. The answer, logged and counted, when reaching it needs
@@ -310,7 +295,7 @@ class _Case:
 
     @property
     def raw_path(self) -> str:
-        return self._request.rel_url.raw_path
+        return self._request.raw_path
 
     def credentials(self) -> AuthRequest:
         """The request's credentials, for the scheme chain; raise Unauthenticated if unusable."""
@@ -320,43 +305,34 @@ class _Case:
         return AuthRequest(credentials, self.fields["client"], self._client_key)
 
 
-def refuse_unparseable(decider: Decider) -> web.Response:
-    """The answer to a request aiohttp's parser refused (control characters, a header line
-    past its limit): a 401 like any bad credential, since nginx turns a 400 into a 500."""
+def refuse_unparseable(decider: Decider) -> Answer:
+    """The answer to a request the HTTP parser refused (control characters, a line past its
+    limit): a 401 like any bad credential, since nginx turns a 400 into a 500. The edge
+    closes the connection after it."""
     decider.metrics.parse_errors.inc()
     decider.metrics.record_decision("", "deny", "unparseable_request", 0.0)
     decider.decisions.write({"status": 401, "outcome": "deny", "reason": "unparseable_request"})
-    answer = decider._challenge(Unauthenticated("unparseable_request"), decider.chain.schemes)
-    response = answer.response()
-    response.force_close()
-    return response
+    return decider._challenge(Unauthenticated("unparseable_request"), decider.chain.schemes)
 
 
-async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: the Server header of every routed response (healthz, metrics,
-    the admin API)."""
-    response.headers["Server"] = SERVER
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"}, headers=NO_STORE)
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"}, headers=NO_STORE)
-
-
-def readyz_handler(chain: SchemeChain) -> Callable[[web.Request], Any]:
-    async def readyz(request: web.Request) -> web.Response:
+def readyz_handler(chain: SchemeChain) -> Callable[[Request], Awaitable[Response]]:
+    async def readyz(request: Request) -> Response:
         missing = chain.not_ready()
         status = 503 if missing else 200
-        return web.json_response({"ready": not missing, "missing": missing}, status=status,
-                                 headers=NO_STORE)
+        return json_response({"ready": not missing, "missing": missing}, status=status,
+                             headers=NO_STORE)
     return readyz
 
 
-def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Any]:
-    async def exposition(request: web.Request) -> web.Response:
+def metrics_handler(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
+    async def exposition(request: Request) -> Response:
         if metrics.multiprocess_dir:  # it reads every process's files: not on the event loop
             body = await asyncio.to_thread(metrics.exposition)
         else:  # this process's own counters, which the event loop changes: read them here
             body = metrics.exposition()
-        return web.Response(body=body,
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return Response(200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}, body)
     return exposition

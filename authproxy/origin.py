@@ -30,8 +30,8 @@ class Client(NamedTuple):
 
 
 class RequestView(Protocol):
-    """What a decision reads of a request: aiohttp's request object, or the parsed message
-    the server answers before aiohttp makes a request of it (connection.py)."""
+    """What a decision reads of a request: the request head the HTTP edge parsed
+    (message.Request)."""
 
     @property
     def headers(self) -> CIMultiDictProxy[str]: ...
@@ -46,7 +46,9 @@ class RequestView(Protocol):
     @property
     def remote(self) -> str | None: ...
     @property
-    def rel_url(self) -> URL: ...  # its raw_path is the path as sent, before decoding
+    def raw_path(self) -> str: ...  # the path as sent, before decoding
+    @property
+    def rel_url(self) -> URL: ...
 
 
 class Origin:
@@ -139,7 +141,7 @@ class Origin:
 def envoy_original_uri(request: RequestView) -> str:
     """The original URI Envoy ext_authz sends under the /auth prefix: the path as sent,
     decoded once (never sliced out of an already decoded, possibly normalised, path)."""
-    path = unquote(request.rel_url.raw_path.removeprefix("/auth")) or "/"
+    path = unquote(request.raw_path.removeprefix("/auth")) or "/"
     query = request.query_string
     return f"{path}?{query}" if query else path
 

@@ -1,4 +1,7 @@
-"""Running the app: sockets, signals, graceful stop, and the HTTP layer's edge cases."""
+"""Running the app: sockets, signals, graceful stop. :class:`Server` (built by
+:func:`start_server`) is the one way to serve an app, used by production, tests and
+benchmarks alike: our own HTTP edge (connection.py) on the listening sockets, the app's
+lifetimes run by aiohttp's AppRunner on its public API (app.py says why)."""
 
 from __future__ import annotations
 
@@ -8,94 +11,81 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
 
-from .app import DECIDER, METRICS, RELOADERS, create_app
+from .app import DECIDER, METRICS, RELOADERS, ROUTES, create_app
 from .config import SHUTDOWN_TIMEOUT, Config
-from .connection import Connection
+from .connection import Connection, HttpDate, Serving
 from .edge import RESERVED_DESCRIPTORS, EdgeLimits, connection_cap, raise_descriptor_limit
-from .handlers import Decider, is_decision_path
 from .ipc import WorkerContext
 from .listen import bind_all
 
 log = logging.getLogger("authproxy.server")
-_Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 GC_THRESHOLDS = (50_000, 20, 100)  # allocations per young collection; the defaults: 700, 10, 10
-# nginx forwards whatever header size its large_client_header_buffers allow; the credential is
-# judged (and refused, past MAX_AUTHORIZATION) by us rather than the request by the parser. A
-# field may be as long as a whole head (server.max_head_bytes), the request line 64 kB.
-MAX_LINE_SIZE = 1 << 16
 
 
-class _Server(web.Server):
-    decider: Decider
-    edge: EdgeLimits
+class Server:
+    """An app served on listening sockets. :meth:`stop` drains: listening stops at once,
+    requests under way get ``shutdown_timeout`` seconds, then the app's lifetimes end."""
 
-    def __call__(self) -> RequestHandler:
-        return Connection(self, loop=self._loop, **self._kwargs)
-
-
-class AuthRunner(web.AppRunner):
-    """An AppRunner whose connections answer decisions as they are parsed and parse errors
-    with a 401 (connection.py), and which hands the other decisions straight to the
-    Decider."""
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        # aiohttp has no public hook for the protocol class; _Server adds no __init__ state,
-        # only the factory method and the decider set here, so re-classing is safe.
-        server.__class__ = _Server
-        decider = server.decider = self.app[DECIDER]  # type: ignore[attr-defined]
+    def __init__(self, app: web.Application, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        self.app = app
+        self._runner = web.AppRunner(app, handle_signals=False)
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._shutdown_timeout = shutdown_timeout
+        decider = app[DECIDER]
         settings = decider.config.server
-        server.edge = EdgeLimits(  # type: ignore[attr-defined]
-            settings, self.app[METRICS], connection_cap(settings.max_connections))
-        server.request_handler = _decisions_first(decider, server.request_handler)
-        return server
+        self.serving = Serving(
+            decider, app[ROUTES],
+            EdgeLimits(settings, app[METRICS], connection_cap(settings.max_connections)),
+            float(settings.keepalive_timeout), HttpDate(time.time))
+
+    @property
+    def edge(self) -> EdgeLimits:
+        return self.serving.edge
+
+    async def start(self, sockets: Sequence[socket.socket]) -> None:
+        """Start the app's lifetimes, then serve ``sockets``, already bound and listening
+        (listen.bind_all's, or a worker's, inherited from the supervisor)."""
+        await self._runner.setup()
+        loop = asyncio.get_running_loop()
+        serving = self.serving
+        try:
+            for sock in sockets:
+                self._listeners.append(await loop.create_server(
+                    lambda: Connection(serving), sock=sock))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        serving = self.serving
+        serving.draining = True
+        connections = list(serving.connections)
+        for connection in connections:
+            connection.drain()
+        if connections:
+            _, late = await asyncio.wait([c.closed for c in connections],
+                                         timeout=self._shutdown_timeout)
+            for connection in connections:
+                if connection.closed in late:
+                    connection.abort()
+        await self._runner.cleanup()
 
 
-def _decisions_first(decider: Decider, route: _Handler) -> _Handler:
-    """Send /auth and /auth/... to the Decider without the Application's router and
-    middleware machinery (measured: that path costs a fifth of a bare 200 handler, and every
-    request to authproxy is a decision). The routes registered for them in create_app stay,
-    for test clients and anything else that runs the Application itself."""
-
-    async def dispatch(request: BaseRequest) -> web.StreamResponse:
-        if is_decision_path(request.path):
-            return await decider.handle(request)
-        return await route(request)
-
-    return dispatch
-
-
-def make_runner(app: web.Application) -> AuthRunner:
-    settings = app[DECIDER].config.server
-    return AuthRunner(
-        app,
-        access_log=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        keepalive_timeout=float(settings.keepalive_timeout),
-        max_field_size=settings.max_head_bytes,
-        max_line_size=MAX_LINE_SIZE,
-    )
-
-
-async def start_socket_sites(
-    runner: AuthRunner, sockets: Sequence[socket.socket]
-) -> list[web.BaseSite]:
-    """Serve sockets already bound and listening (listen.bind_all's, or a worker's, inherited
-    from the supervisor)."""
-    sites: list[web.BaseSite] = []
-    for sock in sockets:
-        site = web.SockSite(runner, sock)
-        await site.start()
-        sites.append(site)
-    return sites
+async def start_server(app: web.Application, sockets: Sequence[socket.socket]) -> Server:
+    """A :class:`Server` of ``app`` (create_app's), serving ``sockets``."""
+    server = Server(app)
+    await server.start(sockets)
+    return server
 
 
 async def run(
@@ -110,10 +100,8 @@ async def run(
     """
     raise_descriptor_limit(config.server.max_connections + RESERVED_DESCRIPTORS)
     app = create_app(config, worker=worker)
-    runner = make_runner(app)
-    await runner.setup()
+    server = await start_server(app, sockets)
     try:
-        await start_socket_sites(runner, sockets)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,7 +127,7 @@ async def run(
             task.cancel()
         await asyncio.gather(*reloads, return_exceptions=True)
     finally:
-        await runner.cleanup()
+        await server.stop()
     return 0
 
 

@@ -6,14 +6,19 @@ import asyncio
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 import pytest
+from aiohttp import web
 
 from authproxy.config import Config, load_config
+from authproxy.listen import ListenAddress, bind
+from authproxy.server import start_server
+
+from .appclient import AppClient, ServeApp
 
 # The real-server fixtures, for every module that asks for them by name.
 from .servers import echo_upstream, tls_files  # noqa: F401
@@ -46,6 +51,24 @@ async def metric(client: Any, prefix: str) -> float:
         if line.startswith(prefix):
             return float(line.split()[-1])
     return 0.0
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[ServeApp]:
+    """serve(create_app(config)) -> an AppClient of the app served as production serves it;
+    stopped (drained, lifetimes ended) when the test ends."""
+    clients: list[AppClient] = []
+
+    async def start(app: web.Application) -> AppClient:
+        sockets = bind(ListenAddress("127.0.0.1", 0))
+        port = sockets[0].getsockname()[1]
+        client = AppClient(await start_server(app, sockets), port)
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        await client.close()
 
 
 def apache_htpasswd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

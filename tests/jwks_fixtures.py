@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 import trustme
-from aiohttp.test_utils import TestClient, TestServer
 
 from authproxy.app import create_app
-from authproxy.server import MAX_LINE_SIZE
 
+from .appclient import AppClient, ServeApp
 from .jwks_server import K1, FakeClock, JwksServer, StartApp, jwt_section
 
-TEST_MAX_FIELD_SIZE = 2 << 20
+TEST_MAX_HEAD_BYTES = 2 << 20
 
 
 @pytest.fixture(scope="session")
@@ -47,23 +46,22 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def start_app(aiohttp_client: Any, make_config: Any, jwks_server: JwksServer,
+def start_app(serve: ServeApp, make_config: Any, jwks_server: JwksServer,
               clock: FakeClock) -> StartApp:
-    """start_app(sections={...}, **jwt) -> a TestClient of create_app
-    with the fake clock, its [jwt] pointing at ``jwks_server`` plus ``jwt`` overrides."""
+    """start_app(sections={...}, **jwt) -> an AppClient of create_app served as production
+    serves it, with the fake clock, its [jwt] pointing at ``jwks_server`` plus ``jwt``
+    overrides."""
 
     async def start(sections: dict[str, dict[str, Any]] | None = None,
-                    **jwt: Any) -> TestClient[Any, Any]:
+                    **jwt: Any) -> AppClient:
         all_sections = dict(sections or {})
         all_sections["jwt"] = {**jwt_section(jwks_server), **all_sections.get("jwt", {}), **jwt}
+        # A head cap past any header a test sends, so that every credential reaches the
+        # decision (tests/test_edge.py pins the cap itself).
+        all_sections["server"] = {"max_head_bytes": TEST_MAX_HEAD_BYTES,
+                                  **all_sections.get("server", {})}
         app = create_app(make_config(all_sections), clock=clock.monotonic,
                          wall_clock=clock.time)
-        # Parser limits past any header a test sends, so that every credential reaches the
-        # app (aiohttp's TestServer takes them in start_server only, not in its constructor).
-        # `authproxy serve` answers heads past server.max_head_bytes with a 401 at its edge
-        # (tests/test_edge.py), which this plain aiohttp server does not have.
-        server = TestServer(app)
-        await server.start_server(max_field_size=TEST_MAX_FIELD_SIZE, max_line_size=MAX_LINE_SIZE)
-        return await aiohttp_client(server)
+        return await serve(app)
 
     return start

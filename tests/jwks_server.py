@@ -25,8 +25,9 @@ from typing import Any
 import jwt as pyjwt
 import trustme
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from .appclient import AppClient
 
 OMIT = object()  # a claim or header value meaning "leave this member out"
 TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "ES512", "EdDSA")
@@ -260,7 +261,7 @@ def jwt_section(server: JwksServer, **jwt: Any) -> dict[str, Any]:
             "jwks_require_audience": [AUDIENCE], **jwt}
 
 
-StartApp = Callable[..., Awaitable[TestClient[Any, Any]]]
+StartApp = Callable[..., Awaitable[AppClient]]
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from authproxy.refresher import MISS_REFRESH_INTERVAL
 
+from .appclient import AppClient
 from .jwks_server import (
     K1,
     K2,
@@ -31,7 +31,7 @@ pytest_plugins = ["tests.jwks_fixtures"]
 def admin_app(start_app: StartApp, htpasswd: Any) -> Any:
     """An app with Basic users root (admin, named bare) and bob, Bearer admin 'ops-bot'."""
 
-    async def start(**jwt: Any) -> TestClient[Any, Any]:
+    async def start(**jwt: Any) -> AppClient:
         users = htpasswd(root="rootpw", bob="bobpw")
         return await start_app({"basic": {"users_file": str(users)},
                                 "admin": {"users": ["root", "bearer:ops-bot"]}}, **jwt)
@@ -39,7 +39,7 @@ def admin_app(start_app: StartApp, htpasswd: Any) -> Any:
     return start
 
 
-async def setup(client: TestClient[Any, Any], headers: dict[str, str]) -> Any:
+async def setup(client: AppClient, headers: dict[str, str]) -> Any:
     return await client.post("/api/v2/jwks_setup", headers=headers)
 
 

@@ -53,8 +53,8 @@ def app_for(make_config, users, tmp_path, clock):
 
 
 @pytest.fixture
-async def client(aiohttp_client, app_for):
-    return await aiohttp_client(app_for())
+async def client(serve, app_for):
+    return await serve(app_for())
 
 
 def decision_log(client, capsys) -> str:
@@ -173,10 +173,10 @@ async def test_wrong_password_is_never_cached(client) -> None:
 
 
 async def test_concurrent_identical_checks_share_one_verification(
-    aiohttp_client, app_for, users: Path
+    serve, app_for, users: Path
 ) -> None:
     users.write_text(f"bob:{bcrypt_hash('builder', 10)}\n")  # a verification long enough
-    client = await aiohttp_client(app_for())  # for all 20 requests to arrive during it
+    client = await serve(app_for())  # for all 20 requests to arrive during it
     auth = {"Authorization": basic("bob", "builder")}
     responses = await asyncio.gather(*(client.get("/auth", headers=auth) for _ in range(20)))
     assert [r.status for r in responses] == [200] * 20
@@ -186,11 +186,11 @@ async def test_concurrent_identical_checks_share_one_verification(
     assert hashes_verified(client.app) == 1
 
 
-async def test_long_passwords_against_bcrypt_follow_apache(aiohttp_client, make_config,
+async def test_long_passwords_against_bcrypt_follow_apache(serve, make_config,
                                                            htpasswd) -> None:
     password = "p" * 72
     users = htpasswd(name="long.htpasswd", carol=password)
-    client = await aiohttp_client(create_app(make_config({"basic": {"users_file": str(users)}})))
+    client = await serve(create_app(make_config({"basic": {"users_file": str(users)}})))
     # bcrypt (and Apache) read only the first 72 bytes; longer input is never a 500
     same_prefix = await client.get("/auth", headers={"Authorization": basic("carol", password + "xyz")})
     assert same_prefix.status == 200
@@ -219,13 +219,13 @@ async def test_reload_forgets_changed_user_and_keeps_others(client, users, caplo
 
 
 async def test_a_check_under_way_when_the_password_changes_does_not_vouch_for_the_new_one(
-    aiohttp_client, app_for, users: Path
+    serve, app_for, users: Path
 ) -> None:
     """A request arriving after a reload must not join a verification begun against the old
     entry: its success would be remembered for the new one, and the old password would keep
     working for basic.cache_ttl."""
     users.write_text(f"alice:{bcrypt_hash('old-password', 12)}\n")  # ~0.25 s a verification
-    client = await aiohttp_client(app_for())
+    client = await serve(app_for())
     old = {"Authorization": basic("alice", "old-password")}
     started = asyncio.ensure_future(client.get("/auth", headers=old))
     registry = client.app[METRICS].registry
@@ -286,9 +286,9 @@ async def status_from(client, user: str, password: str, address: str) -> int:
     return (await client.get("/auth", headers=headers)).status
 
 
-async def test_brute_force_bans_user_and_address_without_hashing(aiohttp_client, app_for,
+async def test_brute_force_bans_user_and_address_without_hashing(serve, app_for,
                                                                   clock) -> None:
-    client = await aiohttp_client(app_for(max_failures=3, failure_window=60, ban_time=300))
+    client = await serve(app_for(max_failures=3, failure_window=60, ban_time=300))
     app = client.app
     for _ in range(3):
         assert await status_from(client, "alice", "guess", "203.0.113.9") == 401
@@ -304,16 +304,16 @@ async def test_brute_force_bans_user_and_address_without_hashing(aiohttp_client,
     assert await status_from(client, "alice", "wonderland", "198.51.100.1") == 200
 
 
-async def test_a_user_id_spelling_an_address_does_not_ban_that_address(aiohttp_client,
+async def test_a_user_id_spelling_an_address_does_not_ban_that_address(serve,
                                                                        app_for) -> None:
-    client = await aiohttp_client(app_for(max_failures=3, failure_window=60, ban_time=300))
+    client = await serve(app_for(max_failures=3, failure_window=60, ban_time=300))
     for _ in range(3):  # from one address, failures for a "user" named like another address
         assert await status_from(client, "203.0.113.7", "x", "198.51.100.9") == 401
     assert await status_from(client, "alice", "wonderland", "203.0.113.7") == 200
 
 
-async def test_failures_outside_the_window_do_not_add_up(aiohttp_client, app_for, clock) -> None:
-    client = await aiohttp_client(app_for(max_failures=3, failure_window=60))
+async def test_failures_outside_the_window_do_not_add_up(serve, app_for, clock) -> None:
+    client = await serve(app_for(max_failures=3, failure_window=60))
     for _ in range(2):
         await client.get("/auth", headers={"Authorization": basic("alice", "guess")})
     clock.advance(61)
@@ -322,8 +322,8 @@ async def test_failures_outside_the_window_do_not_add_up(aiohttp_client, app_for
     assert resp.status == 200
 
 
-async def test_ban_does_not_lock_out_a_cached_password(aiohttp_client, app_for) -> None:
-    client = await aiohttp_client(app_for(max_failures=3))
+async def test_ban_does_not_lock_out_a_cached_password(serve, app_for) -> None:
+    client = await serve(app_for(max_failures=3))
     good = {"Authorization": basic("alice", "wonderland"), "X-Real-IP": "198.51.100.7"}
     assert (await client.get("/auth", headers=good)).status == 200
     for _ in range(10):
@@ -332,8 +332,8 @@ async def test_ban_does_not_lock_out_a_cached_password(aiohttp_client, app_for) 
     assert (await client.get("/auth", headers=good)).status == 200
 
 
-async def test_forwarded_address_ignored_from_untrusted_peer(aiohttp_client, app_for) -> None:
-    client = await aiohttp_client(app_for(max_failures=3, server={"trusted_proxies": ["10.0.0.0/8"]}))
+async def test_forwarded_address_ignored_from_untrusted_peer(serve, app_for) -> None:
+    client = await serve(app_for(max_failures=3, server={"trusted_proxies": ["10.0.0.0/8"]}))
     for i in range(3):  # a spoofed X-Real-IP per attempt must not dodge the per-address count
         await client.get("/auth", headers={"Authorization": basic(f"user{i}", "guess"),
                                            "X-Real-IP": f"203.0.113.{i}"})
@@ -353,22 +353,22 @@ async def test_location_policy(client, query: str, user: str, status: int) -> No
 
 
 async def test_a_groups_file_may_start_with_a_byte_order_mark(
-    aiohttp_client, app_for, tmp_path: Path
+    serve, app_for, tmp_path: Path
 ) -> None:
     """Windows editors start UTF-8 files with one (the user table allows it too): the first
     group is still "admins", not an unmatchable "\ufeffadmins"."""
     (tmp_path / "groups").write_text("\ufeffadmins: alice\n", encoding="utf-8")
-    client = await aiohttp_client(app_for())
+    client = await serve(app_for())
     resp = await client.get("/auth?group=admins",
                             headers={"Authorization": basic("alice", "wonderland")})
     assert resp.status == 200 and resp.headers["X-Auth-Groups"] == "admins"
 
 
-async def test_preflight_needs_opt_in(aiohttp_client, app_for, client) -> None:
+async def test_preflight_needs_opt_in(serve, app_for, client) -> None:
     preflight = {"X-Original-Method": "OPTIONS", "Origin": "https://app.example",
                  "Access-Control-Request-Method": "POST"}
     assert (await client.get("/auth", headers=preflight)).status == 401
-    opted_in = await aiohttp_client(app_for(server={"allow_preflight": True}))
+    opted_in = await serve(app_for(server={"allow_preflight": True}))
     resp = await opted_in.get("/auth", headers=preflight)
     assert resp.status == 200 and resp.headers["X-Auth-User"] == ""
     no_origin = {k: v for k, v in preflight.items() if k != "Origin"}
@@ -385,12 +385,12 @@ async def test_health_readiness_and_metrics(client) -> None:
     assert "alice" not in text
 
 
-async def test_cached_user_answered_while_a_flood_is_hashing(aiohttp_client, make_config,
+async def test_cached_user_answered_while_a_flood_is_hashing(serve, make_config,
                                                              tmp_path) -> None:
     """Wrong passwords queue for the hash threads; a remembered password does not wait."""
     users = tmp_path / "slow.htpasswd"
     users.write_text(f"alice:{bcrypt_hash('wonderland', cost=11)}\n")  # ~0.15 s a check
-    client = await aiohttp_client(create_app(make_config(
+    client = await serve(create_app(make_config(
         {"basic": {"users_file": str(users), "max_failures": 1000}})))
     good = {"Authorization": basic("alice", "wonderland")}
     assert (await client.get("/auth", headers=good)).status == 200

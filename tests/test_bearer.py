@@ -7,7 +7,6 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from authproxy import bearer as bearer_module
 from authproxy.app import DECIDER
@@ -16,6 +15,7 @@ from authproxy.claims import ClaimPolicy
 from authproxy.config import ConfigError, JwtConfig
 from authproxy.jose import DESCRIPTIONS
 
+from .appclient import AppClient
 from .conftest import IDENTITY_HEADERS, metric
 from .jwks_server import (
     K1,
@@ -45,7 +45,7 @@ def invalid_token(kind: str) -> str:
     return f'error="invalid_token", error_description="{DESCRIPTIONS[kind]}"'
 
 
-async def get_auth(client: TestClient[Any, Any], token: str, query: str = "") -> Any:
+async def get_auth(client: AppClient, token: str, query: str = "") -> Any:
     return await client.get(f"/auth{query}", headers=bearer(token))
 
 
@@ -232,7 +232,7 @@ async def test_bad_signature_is_refused(start_app: StartApp, clock: FakeClock) -
 # -- the verified-token cache ------------------------------------------------------------------
 
 
-async def cache_lookups(client: TestClient[Any, Any], result: str) -> float:
+async def cache_lookups(client: AppClient, result: str) -> float:
     return await metric(client, f'authproxy_cache_lookups_total{{cache="bearer",result="{result}"}}')
 
 

@@ -355,13 +355,13 @@ def test_client_address_keys(address: str, key: str) -> None:
 
 
 async def test_a_wrong_password_for_a_cheap_hash_takes_as_long_as_the_costliest(
-    aiohttp_client, make_config, tmp_path: Path
+    serve, make_config, tmp_path: Path
 ) -> None:
     """Before: a wrong password for an apr1 user answered in 1.5 ms, an unknown user (a
     dummy bcrypt) in 60 ms, an argon2id user in 104 ms: the time told who exists."""
     users = tmp_path / "users"
     users.write_text(f"apr:{APACHE_APR1}\nargon:{PasswordHasher().hash('argon-pw')}\n")
-    client = await aiohttp_client(create_app(make_config({"basic": {"users_file": str(users)}})))
+    client = await serve(create_app(make_config({"basic": {"users_file": str(users)}})))
     costliest = max(client.app[USER_STORE].snapshot.table.verification_costs.values())
     assert costliest > 0.01  # an argon2id verification: otherwise this proves nothing
     for user in ("apr", "nobody"):

@@ -19,7 +19,7 @@ import pytest
 
 from authproxy.app import METRICS, create_app
 from authproxy.listen import bind_all
-from authproxy.server import make_runner, start_socket_sites
+from authproxy.server import start_server
 
 from .conftest import eventually, toml_text, write_users
 from .servers import (
@@ -43,7 +43,7 @@ def request(*headers: bytes) -> bytes:
 
 @pytest.fixture
 def edge(make_config, htpasswd, tmp_path: Path) -> Callable[..., Any]:
-    """edge(**server_keys): the production runner serving 127.0.0.1 with those [server] keys;
+    """edge(**server_keys): the production server serving 127.0.0.1 with those [server] keys;
     yields {"port", "app", "runner"} (an async context manager)."""
 
     class Edge:
@@ -57,15 +57,13 @@ def edge(make_config, htpasswd, tmp_path: Path) -> Callable[..., Any]:
 
         async def __aenter__(self) -> Edge:
             self.app = create_app(self.config)
-            self.runner = make_runner(self.app)
-            await self.runner.setup()
             sockets = bind_all(self.config.server.listen_addresses)
             assert sockets is not None
-            await start_socket_sites(self.runner, sockets)
+            self.server = await start_server(self.app, sockets)
             return self
 
         async def __aexit__(self, *exc: object) -> None:
-            await self.runner.cleanup()
+            await self.server.stop()
 
         def closes(self, reason: str) -> float:
             return self.app[METRICS].registry.get_sample_value(
@@ -73,7 +71,7 @@ def edge(make_config, htpasswd, tmp_path: Path) -> Callable[..., Any]:
 
         @property
         def held(self) -> int:
-            return int(self.runner.server.edge.held)  # type: ignore[union-attr]
+            return self.server.edge.held
 
         async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             return await asyncio.open_connection("127.0.0.1", self.port)
@@ -183,7 +181,7 @@ async def test_connections_past_the_cap_are_closed_while_open_ones_are_answered(
         for reader, writer in open_ones:
             assert (await answer(reader, writer)).startswith(b"HTTP/1.1 200")
         open_ones[0][1].close()
-        await eventually(lambda: server.runner.server.edge.open == 2, "a place free again")
+        await eventually(lambda: server.server.edge.open == 2, "a place free again")
         reader, writer = await server.connect()
         assert (await answer(reader, writer)).startswith(b"HTTP/1.1 200")
         for _, other in (*open_ones[1:], (reader, writer)):

@@ -1,6 +1,6 @@
 """The HTTP layer is part of the contract: what nginx forwards must get a 401, never a 400.
 
-These tests run the production runner (AuthRunner) on real sockets and speak raw HTTP/1.1,
+These tests run the production server (server.start_server) on real sockets and speak raw HTTP/1.1,
 since well-behaved clients refuse to send what nginx 1.22 happily forwards.
 """
 
@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import re
 import socket
 import struct
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
+import authproxy
 from authproxy.app import DECIDER, METRICS, create_app
+from authproxy.handlers import Answer
 from authproxy.listen import bind_all
-from authproxy.server import make_runner, start_socket_sites
+from authproxy.message import Request
+from authproxy.server import start_server
 
+from .appclient import ServeApp
 from .conftest import eventually
 from .servers import free_port
 
@@ -36,13 +40,11 @@ async def server(make_config, htpasswd, tmp_path: Path):
         "basic": {"users_file": str(htpasswd(alice="wonderland"))},
     })
     app = create_app(config)
-    runner = make_runner(app)
-    await runner.setup()
     sockets = bind_all(config.server.listen_addresses)
     assert sockets is not None
-    await start_socket_sites(runner, sockets)
-    yield {"port": port, "sock": str(sock), "app": app, "runner": runner}
-    await runner.cleanup()
+    served = await start_server(app, sockets)
+    yield {"port": port, "sock": str(sock), "app": app, "server": served}
+    await served.stop()
 
 
 async def exchange(server, raw: bytes, *, family: str = "ipv4", timeout: float = 5.0) -> bytes:
@@ -155,18 +157,18 @@ async def test_pipelined_requests_are_answered_in_order(server) -> None:
     assert [server_names(head) for _, head, _ in answers] == [[b"authproxy"]] * 5
 
 
-async def test_decisions_needing_no_wait_never_become_aiohttp_requests(
+async def test_decisions_needing_no_wait_are_answered_without_waiting(
     server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decider = server["app"][DECIDER]
-    through_aiohttp: list[str] = []
-    handle = decider.handle
+    waited_for: list[str] = []
+    decide = decider.decide
 
-    async def counted(request: web.BaseRequest) -> web.StreamResponse:
-        through_aiohttp.append(request.headers.get("Authorization", "none"))
-        return await handle(request)
+    async def counted(request: Request) -> Answer:
+        waited_for.append(request.headers.get("Authorization", "none"))
+        return await decide(request)
 
-    monkeypatch.setattr(decider, "handle", counted)
+    monkeypatch.setattr(decider, "decide", counted)
     reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
     try:
         for headers, status in [
@@ -181,7 +183,7 @@ async def test_decisions_needing_no_wait_never_become_aiohttp_requests(
             assert (await read_response(reader))[0] == status
     finally:
         writer.close()
-    assert through_aiohttp == [GOOD]
+    assert waited_for == [GOOD]
 
 
 @pytest.mark.parametrize("raw", [
@@ -218,9 +220,94 @@ async def test_a_client_gone_mid_pipeline_leaves_no_request_half_started(server)
                   + b"GET /healthz HTTP/1.1\r\nHost: authproxy\r\n\r\n")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-        await eventually(lambda: not server["runner"].server.connections,
+        await eventually(lambda: not server["server"].serving.connections,
                          "the connection dropped")
         gc.collect()  # a task that died of an exception reports it when collected
         assert errors == []
     finally:
         loop.set_exception_handler(None)
+
+
+# -- the edge is our own, on public APIs; the in-process tests go through it -----------------
+
+PRIVATE_AIOHTTP = re.compile(
+    r"aiohttp\.(web_protocol|http_parser|http_writer|helpers|streams|web_request|_)"
+    r"|RequestHandler|web\.Server\b|_make_server")
+
+
+def test_no_private_part_of_aiohttp_is_used_and_its_pin_is_below_the_next_major() -> None:
+    """STYLE 11: the parser that is the attack surface can be upgraded the day it is fixed."""
+    package = Path(authproxy.__file__).parent
+    offenders = [f"{path.name}:{number}" for path in sorted(package.glob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if PRIVATE_AIOHTTP.search(line)]
+    assert offenders == []
+    requirement = re.search(r"^\s*aiohttp\s*([^\n;#]*)", (
+        package.parent / "setup.cfg").read_text(), re.M)
+    assert requirement is not None
+    upper = re.search(r"<\s*([\d.]+)", requirement.group(1))
+    assert upper is not None and upper.group(1) == "4", requirement.group(0)
+
+
+async def test_the_in_process_client_meets_the_production_edge(
+    serve: ServeApp, make_config, htpasswd
+) -> None:
+    """The fixture the in-process tests share serves the app as `authproxy serve` does: a
+    request its parser refuses is our 401 with the challenge, not a framework's 400."""
+    client = await serve(create_app(make_config({
+        "basic": {"users_file": str(htpasswd(alice="wonderland"))}})))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(request(b"Authorization: " + GOOD.encode())
+                     + request(b"Authorization: Basic \x01YWxpY2U="))
+        first = await read_response(reader)
+        second = await read_response(reader)
+    finally:
+        writer.close()
+    assert first[0] == 200 and second[0] == 401
+    assert CHALLENGE in second[1] and server_names(second[1]) == [b"authproxy"]
+
+
+async def test_a_request_with_a_body_is_answered_and_what_follows_is_not_read(server) -> None:
+    """The body is never read, so nothing after it can be told from body bytes: the
+    connection closes after the answer, and a request smuggled in the body is not answered."""
+    smuggled = request(b"Authorization: " + GOOD.encode())
+    raw = (b"POST /auth HTTP/1.1\r\nHost: authproxy\r\nAuthorization: " + GOOD.encode()
+           + b"\r\nContent-Length: " + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
+    try:
+        writer.write(raw)
+        status, head, _ = await read_response(reader)
+        assert status == 200 and b"Connection: close" in head
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+async def test_other_routes_answer_head_404_and_405_naming_the_service(server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
+    try:
+        answers = []
+        for line in (b"HEAD /healthz", b"GET /nothing-here", b"POST /healthz"):
+            writer.write(line + b" HTTP/1.1\r\nHost: authproxy\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            if not line.startswith(b"HEAD"):
+                await read_body(reader, head)
+            answers.append(head)
+    finally:
+        writer.close()
+    assert [int(head.split()[1]) for head in answers] == [200, 404, 405]
+    assert all(server_names(head) == [b"authproxy"] for head in answers)
+    assert all(b"\r\nDate: " in head for head in answers)
+
+
+async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+@pytest.mark.parametrize("target", [b"http://[bad/auth", b"http://h:99999/auth"])
+async def test_an_absolute_target_no_url_parser_reads_gets_401(server, target: bytes) -> None:
+    head = await exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: authproxy\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401") and CHALLENGE in head

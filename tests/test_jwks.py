@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from authproxy.app import KEY_SOURCE, RELOADERS
 from authproxy.config import ConfigError
 from authproxy.jwks import JwksError, parse_jwks
 from authproxy.keysource import KeySource
 
+from .appclient import AppClient
 from .conftest import eventually, metric
 from .jwks_server import (
     K1,
@@ -37,15 +37,15 @@ pytest_plugins = ["tests.jwks_fixtures"]
 
 
 
-def source_of(client: TestClient[Any, Any]) -> KeySource:
+def source_of(client: AppClient) -> KeySource:
     return client.app[KEY_SOURCE]  # type: ignore[index]
 
 
-async def status_of(client: TestClient[Any, Any], token: str) -> int:
+async def status_of(client: AppClient, token: str) -> int:
     return (await client.get("/auth", headers=bearer(token))).status
 
 
-async def ready(client: TestClient[Any, Any]) -> bool:
+async def ready(client: AppClient) -> bool:
     return (await client.get("/readyz")).status == 200
 
 
@@ -233,8 +233,8 @@ async def test_concurrent_misses_share_one_fetch(
     await jwks_server.wait_for_fetches(2)
     # All 50 are inside the app before the fetch is let go: a request arriving after it
     # would find k2 known and prove nothing about sharing.
-    server = client.server.runner.server  # type: ignore[union-attr]
-    await eventually(lambda: server.requests_count >= 50)
+    serving = client.server.serving
+    await eventually(lambda: serving.requests >= 50)
     jwks_server.release()
     assert await pending == [200] * 50
     assert jwks_server.fetches == 2

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwe, jwk
@@ -24,6 +23,7 @@ from authproxy.authn import MAX_AUTHORIZATION
 from authproxy.config import ConfigError
 from authproxy.jose import DESCRIPTIONS, MAX_TOKEN_LENGTH, b64url_decode
 
+from .appclient import AppClient
 from .jwks_server import (
     K1,
     OMIT,
@@ -48,7 +48,7 @@ ATTACKER = signing_key("RS256", "k1", name="attacker")  # claims our kid, holds 
 
 
 @pytest.fixture
-async def client(start_app: StartApp, jwks_server: JwksServer) -> TestClient[Any, Any]:
+async def client(start_app: StartApp, jwks_server: JwksServer) -> AppClient:
     jwks_server.serve(K1, EC1)
     return await start_app(issuer="https://idp.example", jwks_require_audience=["api"])
 
@@ -57,14 +57,14 @@ def good_claims(clock: FakeClock, **claims: Any) -> dict[str, Any]:
     return claims_at(clock.time(), **{"iss": "https://idp.example", "aud": "api", **claims})
 
 
-def bearer_denials(client: TestClient[Any, Any]) -> float:
+def bearer_denials(client: AppClient) -> float:
     """Bearer denials so far, all reasons: what /metrics reports."""
     counts = client.app[METRICS].decisions.counts
     return sum(n for (scheme, outcome, _), n in counts.items()
                if (scheme, outcome) == ("bearer", "deny"))
 
 
-async def assert_refused(client: TestClient[Any, Any], token: str, kind: str = "") -> None:
+async def assert_refused(client: AppClient, token: str, kind: str = "") -> None:
     """401 invalid_token; with ``kind``, also the description (which says how far the token
     got: "malformed" ones were refused before any key lookup or cryptography)."""
     before = bearer_denials(client)
@@ -77,7 +77,7 @@ async def assert_refused(client: TestClient[Any, Any], token: str, kind: str = "
         assert f'error_description="{DESCRIPTIONS[kind]}"' in response.headers["WWW-Authenticate"]
 
 
-async def test_the_baseline_token_passes(client: TestClient[Any, Any], clock: FakeClock) -> None:
+async def test_the_baseline_token_passes(client: AppClient, clock: FakeClock) -> None:
     """Every attack below starts from this token, which is valid."""
     token = resign(K1, {"alg": "RS256", "kid": "k1"}, good_claims(clock))
     assert (await client.get("/auth", headers=bearer(token))).status == 200
@@ -86,7 +86,7 @@ async def test_the_baseline_token_passes(client: TestClient[Any, Any], clock: Fa
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
 @pytest.mark.parametrize("kid", ["k1", OMIT])
 async def test_1_alg_none(
-    client: TestClient[Any, Any], clock: FakeClock, alg: str, kid: Any
+    client: AppClient, clock: FakeClock, alg: str, kid: Any
 ) -> None:
     header = {"alg": alg, "kid": kid}
     header = {k: v for k, v in header.items() if v is not OMIT}
@@ -107,7 +107,7 @@ def rsa_public_pem() -> bytes:
 ])
 @pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
 async def test_2_hmac_keyed_with_the_rsa_public_key(
-    client: TestClient[Any, Any], clock: FakeClock, secret: bytes, alg: str
+    client: AppClient, clock: FakeClock, secret: bytes, alg: str
 ) -> None:
     header = b64url({"alg": alg, "kid": "k1", "typ": "JWT"})
     payload = b64url(good_claims(clock))
@@ -124,7 +124,7 @@ def test_2_hmac_algorithms_cannot_be_configured(make_config: Any) -> None:
 
 @pytest.mark.parametrize("kid", ["k1", OMIT])
 async def test_3_embedded_jwk_header(
-    client: TestClient[Any, Any], clock: FakeClock, kid: Any
+    client: AppClient, clock: FakeClock, kid: Any
 ) -> None:
     header = {"alg": "RS256", "kid": kid, "jwk": ATTACKER.public_jwk}
     header = {k: v for k, v in header.items() if v is not OMIT}
@@ -133,7 +133,7 @@ async def test_3_embedded_jwk_header(
 
 @pytest.mark.parametrize("member", ["jku", "x5u", "x5c"])
 async def test_4_token_named_keys_are_never_fetched(
-    client: TestClient[Any, Any], jwks_server: JwksServer, clock: FakeClock,
+    client: AppClient, jwks_server: JwksServer, clock: FakeClock,
     tls_ca: Any, ca_file: Any, member: str,
 ) -> None:
     attacker_server = JwksServer(tls_ca, ca_file)
@@ -159,7 +159,7 @@ async def test_4_token_named_keys_are_never_fetched(
     "../../dev/null", "' OR 1=1--", "k1\x00", "a" * 10_000, "", 123, None, {}, [], True,
 ])
 async def test_5_kid_injection(
-    client: TestClient[Any, Any], jwks_server: JwksServer, clock: FakeClock, kid: Any
+    client: AppClient, jwks_server: JwksServer, clock: FakeClock, kid: Any
 ) -> None:
     header = {"alg": "RS256", "kid": kid}
     kind = "unknown_key" if isinstance(kid, str) and len(kid) < 1000 else "malformed"
@@ -179,13 +179,13 @@ def es256_signing_input(clock: FakeClock) -> str:
     pytest.param(b"\x01" * 4096, id="huge"),
 ])
 async def test_6_ecdsa_signatures_of_the_wrong_value_or_length(
-    client: TestClient[Any, Any], clock: FakeClock, signature: bytes
+    client: AppClient, clock: FakeClock, signature: bytes
 ) -> None:
     await assert_refused(client, f"{es256_signing_input(clock)}.{b64url(signature)}")
 
 
 async def test_6_ecdsa_empty_and_der_signatures(
-    client: TestClient[Any, Any], clock: FakeClock
+    client: AppClient, clock: FakeClock
 ) -> None:
     signing_input = es256_signing_input(clock)
     await assert_refused(client, f"{signing_input}.")
@@ -194,7 +194,7 @@ async def test_6_ecdsa_empty_and_der_signatures(
 
 
 async def test_7_a_jwe_encrypted_to_a_jwks_key(
-    client: TestClient[Any, Any], clock: FakeClock
+    client: AppClient, clock: FakeClock
 ) -> None:
     token = jwe.JWE(json.dumps(good_claims(clock)).encode(),
                     protected={"alg": "RSA-OAEP", "enc": "A256GCM", "kid": "k1"})
@@ -204,13 +204,13 @@ async def test_7_a_jwe_encrypted_to_a_jwks_key(
     await assert_refused(client, token.serialize(compact=True))
 
 
-async def test_8_jwe_with_compression(client: TestClient[Any, Any]) -> None:
+async def test_8_jwe_with_compression(client: AppClient) -> None:
     header = b64url({"alg": "dir", "enc": "A256GCM", "zip": "DEF", "kid": "k1"})
     await assert_refused(client, f"{header}..{b64url(bytes(12))}.{b64url(bytes(1000))}.AAAA")
 
 
 async def test_9_pbes2_huge_iteration_count_is_refused_fast(
-    client: TestClient[Any, Any]
+    client: AppClient
 ) -> None:
     header = {"alg": "PBES2-HS512+A256KW", "enc": "A256GCM", "p2c": 2**31, "p2s": "AAAAAAAA"}
     started = time.perf_counter()
@@ -219,7 +219,7 @@ async def test_9_pbes2_huge_iteration_count_is_refused_fast(
     assert time.perf_counter() - started < 5.0  # 2**31 iterations would take hours
 
 
-async def test_10_json_serialization(client: TestClient[Any, Any], clock: FakeClock) -> None:
+async def test_10_json_serialization(client: AppClient, clock: FakeClock) -> None:
     valid = resign(K1, {"alg": "RS256", "kid": "k1"}, good_claims(clock))
     protected, payload, signature = valid.split(".")
     general = {"payload": payload, "signatures": [{"protected": protected,
@@ -249,19 +249,19 @@ async def test_11_an_id_token_where_an_access_token_is_required(
     f"{b64url('1')}.{b64url('{}')}.AAAA", f"{b64url(NOT_UTF8)}.{b64url('{}')}.AAAA",
     f"{b64url({'alg': 'RS256'})}==.{b64url('{}')}.AAAA",
 ])
-async def test_13_malformed_tokens(client: TestClient[Any, Any], token: str) -> None:
+async def test_13_malformed_tokens(client: AppClient, token: str) -> None:
     await assert_refused(client, token)
 
 
 async def test_13_a_validly_signed_payload_that_is_not_utf8(
-    client: TestClient[Any, Any], clock: FakeClock
+    client: AppClient, clock: FakeClock
 ) -> None:
     await assert_refused(client, sign_segments(K1, b64url({"alg": "RS256", "kid": "k1"}),
                                                b64url(NOT_UTF8)))
 
 
 async def test_13_an_oversized_token_and_header(
-    client: TestClient[Any, Any], clock: FakeClock
+    client: AppClient, clock: FakeClock
 ) -> None:
     token = resign(K1, {"alg": "RS256", "kid": "k1"},
                    good_claims(clock, padding="x" * (MAX_TOKEN_LENGTH * 3 // 4)))
@@ -286,7 +286,7 @@ async def test_14_keys_the_jwks_should_not_have_are_useless(
 
 
 async def test_15_non_canonical_base64url(
-    client: TestClient[Any, Any], clock: FakeClock
+    client: AppClient, clock: FakeClock
 ) -> None:
     token = resign(K1, {"alg": "RS256", "kid": "k1"}, good_claims(clock))
     head, payload, signature = token.split(".")
@@ -331,14 +331,14 @@ def test_b64url_decode_accepts_exactly_the_canonical_spellings() -> None:
     {"crit": ["exp"]}, {"crit": ["b64"], "b64": False}, {"b64": True}, {"crit": []},
 ])
 async def test_unsupported_extensions_are_refused(
-    client: TestClient[Any, Any], clock: FakeClock, extra: dict[str, Any]
+    client: AppClient, clock: FakeClock, extra: dict[str, Any]
 ) -> None:
     token = resign(K1, {"alg": "RS256", "kid": "k1", **extra}, good_claims(clock))
     await assert_refused(client, token)
 
 
 async def test_duplicate_header_members_are_refused(
-    client: TestClient[Any, Any], clock: FakeClock
+    client: AppClient, clock: FakeClock
 ) -> None:
     header = b64url('{"alg":"RS256","kid":"k1","alg":"none"}')
     await assert_refused(client, sign_segments(K1, header, b64url(good_claims(clock))))

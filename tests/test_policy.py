@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from authproxy.app import DECIDER, METRICS
 from authproxy.cli import main
 from authproxy.policy import InvalidPolicyLog
 
+from .appclient import AppClient
 from .conftest import metric
 from .jwks_server import K1, FakeClock, StartApp, basic, bearer, mint
 
@@ -34,7 +34,7 @@ def users(tmp_path: Path, htpasswd: Any) -> Path:
 
 @pytest.fixture
 def app(start_app: StartApp, users: Path, tmp_path: Path) -> Any:
-    async def start(**server: Any) -> TestClient[Any, Any]:
+    async def start(**server: Any) -> AppClient:
         return await start_app({
             "basic": {"users_file": str(users), "groups_file": str(tmp_path / "groups")},
             "server": server,
@@ -42,13 +42,13 @@ def app(start_app: StartApp, users: Path, tmp_path: Path) -> Any:
     return start
 
 
-def hashes_verified(client: TestClient[Any, Any]) -> float:
+def hashes_verified(client: AppClient) -> float:
     value = client.app[METRICS].registry.get_sample_value(
         "authproxy_password_hash_seconds_count")
     return value or 0.0
 
 
-def decision_log(client: TestClient[Any, Any], capsys: Any) -> str:
+def decision_log(client: AppClient, capsys: Any) -> str:
     client.app[DECIDER].decisions.flush()
     return str(capsys.readouterr().err)
 
