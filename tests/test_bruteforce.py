@@ -384,14 +384,14 @@ def basic_header(user: str, password: str) -> str:
 
 
 async def test_a_failure_holds_a_hash_thread_as_long_as_the_costliest_and_says_no_less(
-    aiohttp_client, make_config, tmp_path: Path
+    serve, make_config, tmp_path: Path
 ) -> None:
     """The floor is kept in the hash thread, not on the event loop: concurrent guesses for a
     cheap hash queue as a costly hash's would. And /metrics observes the time held, so its
     buckets do not tell an apr1 user (1 ms) from an unknown one."""
     users = tmp_path / "users"
     users.write_text(f"apr:{APACHE_APR1}\nargon:{PasswordHasher().hash('argon-pw')}\n")
-    client = await aiohttp_client(create_app(make_config({"basic": {"users_file": str(users)}})))
+    client = await serve(create_app(make_config({"basic": {"users_file": str(users)}})))
     costliest = max(client.app[USER_STORE].snapshot.table.verification_costs.values())
     for i in range(2):
         response = await client.get("/auth", headers={"Authorization": basic_header("apr", f"x{i}")})

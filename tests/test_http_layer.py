@@ -18,7 +18,7 @@ import pytest
 
 import authproxy
 from authproxy.app import DECIDER, METRICS, create_app
-from authproxy.handlers import Answer
+from authproxy.handlers import Answer, PendingDecision
 from authproxy.listen import bind_all
 from authproxy.message import Request
 from authproxy.server import start_server
@@ -162,13 +162,15 @@ async def test_decisions_needing_no_wait_are_answered_without_waiting(
 ) -> None:
     decider = server["app"][DECIDER]
     waited_for: list[str] = []
-    decide = decider.decide
+    begin = decider.begin
 
-    async def counted(request: Request) -> Answer:
-        waited_for.append(request.headers.get("Authorization", "none"))
-        return await decide(request)
+    def counted(request: Request) -> Answer | PendingDecision:
+        decision = begin(request)
+        if isinstance(decision, PendingDecision):
+            waited_for.append(request.headers.get("Authorization", "none"))
+        return decision
 
-    monkeypatch.setattr(decider, "decide", counted)
+    monkeypatch.setattr(decider, "begin", counted)
     reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
     try:
         for headers, status in [

@@ -42,6 +42,7 @@ class Asked:
 
     def __init__(self, headers: dict[str, str], uri: str = "/auth") -> None:
         self.rel_url = URL(uri)
+        self.raw_path = self.rel_url.raw_path
         self.path = self.rel_url.path
         self.path_qs = uri
         self.query_string = self.rel_url.query_string
