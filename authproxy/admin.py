@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import Forbidden
-from .handlers import NO_STORE, Decider
+from .decider import NO_STORE, Decider
 from .keysource import KeySource
 from .message import Request, Response, Routes, json_response
 

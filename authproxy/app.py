@@ -28,7 +28,8 @@ from .banshare import SharedLockout
 from .basic import BasicAuthenticator
 from .bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .config import METRICS_FLUSH_INTERVAL, Config
-from .handlers import Decider, healthz, metrics_handler, readyz_handler
+from .decider import Decider
+from .endpoints import healthz, metrics_handler, readyz_handler
 from .ipc import WorkerContext
 from .keyshare import shared_key_source
 from .keysource import KeySource, key_source

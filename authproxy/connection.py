@@ -45,15 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .edge import EdgeLimits
 from .errors import Unauthenticated
-from .handlers import (
-    NO_STORE,
-    SERVER,
-    Answer,
-    Decider,
-    PendingDecision,
-    is_decision_path,
-    refuse_unparseable,
-)
+from .decider import NO_STORE, SERVER, Answer, Decider, PendingDecision, is_decision_path
 from .message import Request, Response, Routes
 
 log = logging.getLogger("authproxy.server")
@@ -458,7 +450,7 @@ class Connection(asyncio.Protocol):
         if refusal.answer:
             decider = self._decider
             if refusal.parse_error:
-                answer = refuse_unparseable(decider)
+                answer = decider.refuse_unparseable()
             else:
                 reason = "request_head_too_large"
                 decider.metrics.record_decision("", "deny", reason, 0.0)

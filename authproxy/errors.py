@@ -1,4 +1,4 @@
-"""One exception tree. Nothing here knows HTTP: handlers.py maps these to statuses.
+"""One exception tree. Nothing here knows HTTP: core.decider maps these to statuses.
 
 A denial carries a *reason* (a short fixed token for logs and metric labels) and never any
 secret or exception text that could echo client input.

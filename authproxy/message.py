@@ -2,7 +2,7 @@
 
 Every endpoint of authproxy reads a few headers and answers a status, a few headers and at
 most a small body; none reads a request body. These two types are all the edge
-(connection.py) and the handlers (handlers.py, admin.py) share, so the handlers carry no
+(connection.py) and the handlers (endpoints.py, admin.py) share, so the handlers carry no
 web framework and the edge owns the wire format (SPEC §7: the HTTP layer is part of the
 contract).
 """

@@ -18,7 +18,7 @@ import pytest
 
 import authproxy
 from authproxy.app import DECIDER, METRICS, create_app
-from authproxy.handlers import Answer, PendingDecision
+from authproxy.decider import Answer, PendingDecision
 from authproxy.listen import bind_all
 from authproxy.message import Request
 from authproxy.server import start_server

@@ -20,7 +20,7 @@ from authproxy.authn import SchemeChain
 from authproxy.basic import BasicAuthenticator
 from authproxy.bearer import BearerAuthenticator
 from authproxy.config import Config
-from authproxy.handlers import Answer, Decider
+from authproxy.decider import Answer, Decider
 from authproxy.lockout import FailureTracker, Lockout
 from authproxy.logs import DecisionLog
 from authproxy.metrics import Metrics

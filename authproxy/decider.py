@@ -1,12 +1,11 @@
-"""The only place where outcomes become 200/401/403/503."""
+"""The Decider: the only place where outcomes become 200/401/403/503."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
@@ -15,12 +14,11 @@ from .config import Config
 from .errors import Forbidden, KeysUnavailable, Unauthenticated
 from .identity import EMPTY_HEADERS, Identity
 from .logs import DecisionLog
-from .message import Request, Response, json_response
 from .metrics import Metrics
 from .origin import Origin, RequestView
 from .policy import InvalidPolicyLog, Policy, policy_for
 
-log = logging.getLogger("authproxy.handlers")
+log = logging.getLogger("authproxy.decider")
 
 NO_STORE = {"Cache-Control": "no-store"}
 # Every response names the service without a version (a framework's would name Python's and its
@@ -86,6 +84,15 @@ class Decider:
         self._invalid_policies = InvalidPolicyLog()
 
     # -- the decision --------------------------------------------------------------------
+
+    def refuse_unparseable(self) -> Answer:
+        """The answer to a request the HTTP parser refused (control characters, a line past
+        its limit): a 401 like any bad credential, since nginx turns a 400 into a 500. The
+        edge closes the connection after it."""
+        self.metrics.parse_errors.inc()
+        self.metrics.record_decision("", "deny", "unparseable_request", 0.0)
+        self.decisions.write({"status": 401, "outcome": "deny", "reason": "unparseable_request"})
+        return self._challenge(Unauthenticated("unparseable_request"), self.chain.schemes)
 
     def begin(self, request: RequestView) -> Answer | PendingDecision:
         """The decision in one step. The answer, logged and counted, when reaching it needs
@@ -303,36 +310,3 @@ class _Case:
         if credentials.scheme in self._enabled:  # never a client's word as a label
             self.fields["scheme"] = credentials.scheme
         return AuthRequest(credentials, self.fields["client"], self._client_key)
-
-
-def refuse_unparseable(decider: Decider) -> Answer:
-    """The answer to a request the HTTP parser refused (control characters, a line past its
-    limit): a 401 like any bad credential, since nginx turns a 400 into a 500. The edge
-    closes the connection after it."""
-    decider.metrics.parse_errors.inc()
-    decider.metrics.record_decision("", "deny", "unparseable_request", 0.0)
-    decider.decisions.write({"status": 401, "outcome": "deny", "reason": "unparseable_request"})
-    return decider._challenge(Unauthenticated("unparseable_request"), decider.chain.schemes)
-
-
-async def healthz(request: Request) -> Response:
-    return json_response({"status": "ok"}, headers=NO_STORE)
-
-
-def readyz_handler(chain: SchemeChain) -> Callable[[Request], Awaitable[Response]]:
-    async def readyz(request: Request) -> Response:
-        missing = chain.not_ready()
-        status = 503 if missing else 200
-        return json_response({"ready": not missing, "missing": missing}, status=status,
-                             headers=NO_STORE)
-    return readyz
-
-
-def metrics_handler(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
-    async def exposition(request: Request) -> Response:
-        if metrics.multiprocess_dir:  # it reads every process's files: not on the event loop
-            body = await asyncio.to_thread(metrics.exposition)
-        else:  # this process's own counters, which the event loop changes: read them here
-            body = metrics.exposition()
-        return Response(200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}, body)
-    return exposition
