@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config, load_config
 from .errors import ConfigError
-from .userfile import NEW_HASH_SCHEMES
-from .users import UserFileError
-from .userstore import UserStore
+from .htpasswd.userfile import NEW_HASH_SCHEMES
+from .htpasswd.users import UserFileError
+from .htpasswd.userstore import UserStore
 
 EXIT_CONFIG = 2
 
@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config, problems = _config_problems(args)
     if problems or config is None:
         return _report(problems)
-    from .logs import setup_logging
+    from .obs.logs import setup_logging
 
     setup_logging(config.log)
     if config.jwt.enabled and config.jwt.insecure_skip_issuer_and_audience:
@@ -52,10 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "nor aud, so any token signed by a key in the set passes, whoever it was issued to",
             extra={"event": "insecure_config", "key": "jwt.insecure_skip_issuer_and_audience"})
     if config.worker_count > 1:
-        from .supervisor import supervise
+        from .workers.supervisor import supervise
 
         return supervise(config)
-    from .server import serve
+    from .http.server import serve
 
     return serve(config)
 
@@ -86,7 +86,7 @@ def _read_password(args: argparse.Namespace) -> bytes:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    from .userfile import add_user, delete_user, list_users
+    from .htpasswd.userfile import add_user, delete_user, list_users
 
     try:
         if args.action == "list":
@@ -108,7 +108,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_certs(args: argparse.Namespace) -> int:
-    from .devcerts import write_dev_certs
+    from .dev.devcerts import write_dev_certs
 
     paths = write_dev_certs(args.dir, args.name or ())
     print(f"wrote {paths['cert']} and {paths['key']}"
@@ -119,7 +119,7 @@ def cmd_dev_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_issuer(args: argparse.Namespace) -> int:
-    from . import devissuer
+    from .dev import devissuer
 
     key = devissuer.load_or_create_key(args.dir)
     if args.action == "token":
@@ -153,7 +153,7 @@ def cmd_dev_issuer(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo
+    from .dev.demo import main as demo
 
     return demo(args.dir, args.check)
 

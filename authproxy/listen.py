@@ -21,7 +21,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-log = logging.getLogger("authproxy.server")
+log = logging.getLogger("authproxy.http.server")
 
 BACKLOG = 128  # aiohttp's default for its sites
 UNIX_SOCKET_MODE = 0o666  # server.unix_socket_mode's default: anyone may connect, none is believed

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from authproxy.server import Server
+from authproxy.http.server import Server
 
 
 class AppClient:

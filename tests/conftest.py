@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from authproxy.config import Config, load_config
+from authproxy.http.server import start_server
 from authproxy.listen import ListenAddress, bind
-from authproxy.server import start_server
 
 from .appclient import AppClient, ServeApp
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trustme
 
-from authproxy.app import create_app
+from authproxy.http.app import create_app
 
 from .appclient import AppClient, ServeApp
 from .jwks_server import K1, FakeClock, JwksServer, StartApp, jwt_section

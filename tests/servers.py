@@ -5,7 +5,7 @@ waited for by polling with a deadline, never by a fixed sleep. nginx configurati
 the snippets in the repository's ``nginx/`` directory verbatim, so what is tested is what
 operators install; only ``authproxy-upstream.conf`` is rendered, to put in the address.
 
-Ports, waiting and processes come from :mod:`authproxy.devharness`, which the demo and the
+Ports, waiting and processes come from :mod:`authproxy.dev.devharness`, which the demo and the
 benchmarks share; what is here is the tests' own. The context managers (``start_authproxy``,
 ``start_nginx``, ``start_echo_upstream``, and ``start_process`` for Caddy and Traefik) work
 anywhere; the pytest fixtures at the end wrap them, and conftest.py makes them every
@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from authproxy import devharness
-from authproxy.devcerts import write_dev_certs
+from authproxy.dev.devcerts import write_dev_certs
 
 from .jwks_server import AUDIENCE, SigningKey, mint
 
@@ -66,7 +66,7 @@ def _clean_exit_asserted() -> Iterator[None]:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now and that this test run has
-    not handed out before (see :class:`authproxy.devharness.PortPool`)."""
+    not handed out before (see :class:`authproxy.dev.devharness.PortPool`)."""
     return _PORTS.free_port()
 
 

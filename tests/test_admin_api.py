@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from authproxy.refresher import MISS_REFRESH_INTERVAL
+from authproxy.jwt.refresher import MISS_REFRESH_INTERVAL
 
 from .appclient import AppClient
 from .jwks_server import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from authproxy.app import DECIDER, METRICS, USER_STORE, create_app
+from authproxy.http.app import DECIDER, METRICS, USER_STORE, create_app
 
 from .conftest import IDENTITY_HEADERS, bcrypt_hash, eventually
 from .jwks_server import FakeClock

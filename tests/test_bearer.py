@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from authproxy import bearer as bearer_module
-from authproxy.app import DECIDER
-from authproxy.bearer import MAX_KIDLESS_CANDIDATES, payload_weight
-from authproxy.claims import ClaimPolicy
 from authproxy.config import ConfigError, JwtConfig
-from authproxy.jose import DESCRIPTIONS
+from authproxy.http.app import DECIDER
+from authproxy.jwt.claims import ClaimPolicy
+from authproxy.jwt.jose import DESCRIPTIONS
+from authproxy.schemes import bearer as bearer_module
+from authproxy.schemes.bearer import MAX_KIDLESS_CANDIDATES, payload_weight
 
 from .appclient import AppClient
 from .conftest import IDENTITY_HEADERS, metric

@@ -26,11 +26,11 @@ from argon2 import PasswordHasher
 from multidict import CIMultiDict, CIMultiDictProxy
 from passlib.hash import sha512_crypt
 
-from authproxy import lockout as lockout_module
-from authproxy.app import USER_STORE, create_app
-from authproxy.lockout import Attempt, FailureTracker, Lockout
-from authproxy.origin import Origin, address_key
-from authproxy.users import UserTable, parse_hash
+from authproxy.core import lockout as lockout_module
+from authproxy.core.lockout import Attempt, FailureTracker, Lockout
+from authproxy.core.origin import Origin, address_key
+from authproxy.htpasswd.users import UserTable, parse_hash
+from authproxy.http.app import USER_STORE, create_app
 
 from .conftest import APACHE_APR1, bcrypt_hash, toml_text, write_users
 from .jwks_server import FakeClock

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from authproxy.cli import main
-from authproxy.users import UserTable
+from authproxy.htpasswd.users import UserTable
 
 from .conftest import htpasswd_verify
 

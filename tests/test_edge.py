@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from authproxy.app import METRICS, create_app
+from authproxy.http.app import METRICS, create_app
+from authproxy.http.server import start_server
 from authproxy.listen import bind_all
-from authproxy.server import start_server
 
 from .conftest import eventually, toml_text, write_users
 from .servers import (

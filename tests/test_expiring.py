@@ -8,8 +8,8 @@ import tracemalloc
 from dataclasses import dataclass
 
 from authproxy import bearer
-from authproxy.expiring import ENTRY_OVERHEAD, SWEEP_EVERY, ExpiringCache, estimate_size
-from authproxy.identity import Identity
+from authproxy.core.expiring import ENTRY_OVERHEAD, SWEEP_EVERY, ExpiringCache, estimate_size
+from authproxy.core.identity import Identity
 
 from .jwks_server import FakeClock
 

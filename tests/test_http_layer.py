@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 import authproxy
-from authproxy.app import DECIDER, METRICS, create_app
-from authproxy.decider import Answer, PendingDecision
+from authproxy.core.decider import Answer, PendingDecision
+from authproxy.http.app import DECIDER, METRICS, create_app
+from authproxy.http.message import Request
+from authproxy.http.server import start_server
 from authproxy.listen import bind_all
-from authproxy.message import Request
-from authproxy.server import start_server
 
 from .appclient import ServeApp
 from .conftest import eventually
@@ -240,7 +240,7 @@ PRIVATE_AIOHTTP = re.compile(
 def test_no_private_part_of_aiohttp_is_used_and_its_pin_is_below_the_next_major() -> None:
     """STYLE 11: the parser that is the attack surface can be upgraded the day it is fixed."""
     package = Path(authproxy.__file__).parent
-    offenders = [f"{path.name}:{number}" for path in sorted(package.glob("*.py"))
+    offenders = [f"{path.name}:{number}" for path in sorted(package.rglob("*.py"))
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if PRIVATE_AIOHTTP.search(line)]
     assert offenders == []

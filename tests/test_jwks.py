@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from authproxy.app import KEY_SOURCE, RELOADERS
 from authproxy.config import ConfigError
-from authproxy.jwks import JwksError, parse_jwks
-from authproxy.keysource import KeySource
+from authproxy.http.app import KEY_SOURCE, RELOADERS
+from authproxy.jwt.jwks import JwksError, parse_jwks
+from authproxy.jwt.keysource import KeySource
 
 from .appclient import AppClient
 from .conftest import eventually, metric
@@ -307,7 +307,7 @@ BAD_KEYS: dict[str, Any] = {  # by the reason each is skipped for
 def test_each_unusable_key_is_skipped_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
     good = [signing_key(alg, f"good-{alg}").public_jwk for alg in TOKEN_ALGORITHMS]
     document = json.dumps({"keys": list(BAD_KEYS.values()) + good}).encode()
-    with caplog.at_level(logging.WARNING, logger="authproxy.jwks"):
+    with caplog.at_level(logging.WARNING, logger="authproxy.jwt.jwks"):
         keyset = parse_jwks(document, list(TOKEN_ALGORITHMS), "endpoint")
     assert keyset.kids == sorted(f"good-{alg}" for alg in TOKEN_ALGORITHMS)
     assert keyset.skipped == len(BAD_KEYS)
@@ -337,7 +337,7 @@ async def test_fetched_and_file_sets_are_parsed_off_the_event_loop(
     path.write_text(json.dumps({"keys": [K2.public_jwk, BAD_KEYS["symmetric"]]}))
     jwks_server.serve(K1)
     jwks_server.extra = [BAD_KEYS["weak_rsa"]]
-    with caplog.at_level(logging.WARNING, logger="authproxy.jwks"):
+    with caplog.at_level(logging.WARNING, logger="authproxy.jwt.jwks"):
         client = await start_app(jwks_file=str(path))
         assert [await reload("sighup") for reload in client.app[RELOADERS]] == [True]
     skips = [r for r in caplog.records if getattr(r, "event", None) == "jwks_key_skipped"]
@@ -353,7 +353,7 @@ async def test_the_load_log_line_lists_a_bounded_number_of_kids_cut_short(
     """A JWK Set of thousands of keys (up to 1 MiB) must not make a log line of its size."""
     keys = [signing_key("ES256", f"{i:03d}-" + "k" * 200) for i in range(40)]
     jwks_server.serve(*keys)
-    with caplog.at_level(logging.INFO, logger="authproxy.jwks"):
+    with caplog.at_level(logging.INFO, logger="authproxy.jwt.jwks"):
         client = await start_app()
     [loaded] = [r.__dict__ for r in caplog.records if r.getMessage() == "JWKS loaded"]
     assert loaded["keys"] == 40

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwe, jwk
 
-from authproxy.app import METRICS
-from authproxy.authn import MAX_AUTHORIZATION
 from authproxy.config import ConfigError
-from authproxy.jose import DESCRIPTIONS, MAX_TOKEN_LENGTH, b64url_decode
+from authproxy.core.authn import MAX_AUTHORIZATION
+from authproxy.http.app import METRICS
+from authproxy.jwt.jose import DESCRIPTIONS, MAX_TOKEN_LENGTH, b64url_decode
 
 from .appclient import AppClient
 from .jwks_server import (

@@ -21,8 +21,8 @@ import pytest
 
 from authproxy.config import load_config
 from authproxy.listen import bind, parse_listen
-from authproxy.metrics import Metrics
-from authproxy.supervisor import Supervisor
+from authproxy.obs.metrics import Metrics
+from authproxy.workers.supervisor import Supervisor
 
 from .conftest import write_users
 from .jwks_server import basic

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from authproxy.logs import format_line
+from authproxy.obs.logs import format_line
 
 from .conftest import toml_text, write_users
 from .servers import (

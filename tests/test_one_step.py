@@ -15,16 +15,16 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from authproxy.app import DECIDER, KEY_SOURCE
-from authproxy.authn import SchemeChain
-from authproxy.basic import BasicAuthenticator
-from authproxy.bearer import BearerAuthenticator
 from authproxy.config import Config
-from authproxy.decider import Answer, Decider
-from authproxy.lockout import FailureTracker, Lockout
-from authproxy.logs import DecisionLog
-from authproxy.metrics import Metrics
-from authproxy.userstore import UserStore
+from authproxy.core.authn import SchemeChain
+from authproxy.core.decider import Answer, Decider
+from authproxy.core.lockout import FailureTracker, Lockout
+from authproxy.htpasswd.userstore import UserStore
+from authproxy.http.app import DECIDER, KEY_SOURCE
+from authproxy.obs.logs import DecisionLog
+from authproxy.obs.metrics import Metrics
+from authproxy.schemes.basic import BasicAuthenticator
+from authproxy.schemes.bearer import BearerAuthenticator
 
 from .jwks_server import K1, K2, FakeClock, JwksServer, StartApp, basic, mint
 

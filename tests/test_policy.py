@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from authproxy.app import DECIDER, METRICS
 from authproxy.cli import main
-from authproxy.policy import InvalidPolicyLog
+from authproxy.core.policy import InvalidPolicyLog
+from authproxy.http.app import DECIDER, METRICS
 
 from .appclient import AppClient
 from .conftest import metric

@@ -12,9 +12,8 @@ import socket
 
 import pytest
 
-from authproxy.config import Config, JwtConfig
-from authproxy.ipc import MasterLink, read_message
-from authproxy.protocol import (
+from authproxy.cluster.ipc import MasterLink, read_message
+from authproxy.cluster.protocol import (
     Ban,
     Bootstrap,
     Failure,
@@ -29,6 +28,7 @@ from authproxy.protocol import (
     decode,
     encode,
 )
+from authproxy.config import Config, JwtConfig
 
 from .conftest import eventually
 

@@ -13,11 +13,11 @@ import pytest
 
 from authproxy.config import JwtConfig
 from authproxy.errors import KeysUnavailable
-from authproxy.fetcher import Fetched, Relayed
-from authproxy.jwks import JwksError, KeySet, parse_jwks
-from authproxy.keyring import KeyRing
-from authproxy.metrics import Metrics
-from authproxy.refresher import MISS_REFRESH_INTERVAL, Refresher
+from authproxy.jwt.fetcher import Fetched, Relayed
+from authproxy.jwt.jwks import JwksError, KeySet, parse_jwks
+from authproxy.jwt.keyring import KeyRing
+from authproxy.jwt.refresher import MISS_REFRESH_INTERVAL, Refresher
+from authproxy.obs.metrics import Metrics
 
 from .conftest import eventually
 from .jwks_server import K1, K2, FakeClock, SigningKey

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher, extract_parameters
 
-from authproxy.userfile import add_user, delete_user, hash_password, list_users
-from authproxy.users import PasswordHash, PasswordMismatch, UserTable, parse_hash
+from authproxy.htpasswd.userfile import add_user, delete_user, hash_password, list_users
+from authproxy.htpasswd.users import PasswordHash, PasswordMismatch, UserTable, parse_hash
 
 from .conftest import APACHE_APR1, apache_htpasswd, htpasswd_verify
 

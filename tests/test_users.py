@@ -10,7 +10,7 @@ import bcrypt
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
 
-from authproxy.users import (
+from authproxy.htpasswd.users import (
     PasswordHash,
     PasswordMismatch,
     UserFileError,

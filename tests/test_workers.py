@@ -31,17 +31,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from authproxy.banshare import MAX_KEY, BanCoordinator
+from authproxy.cluster.banshare import MAX_KEY, BanCoordinator
+from authproxy.cluster.ipc import MasterLink
+from authproxy.cluster.keyshare import STATE_FILE, KeyPublisher, SupervisorFetcher
+from authproxy.cluster.protocol import Ban, Failure, Message, RefreshRequest
 from authproxy.config import BasicConfig, Config, JwtConfig
-from authproxy.ipc import MasterLink
-from authproxy.keyring import KeyRing
-from authproxy.keyshare import STATE_FILE, KeyPublisher, SupervisorFetcher
+from authproxy.core.lockout import FailureTracker
+from authproxy.jwt.keyring import KeyRing
+from authproxy.jwt.refresher import MISS_REFRESH_INTERVAL
 from authproxy.listen import bind, parse_listen
-from authproxy.lockout import FailureTracker
-from authproxy.metrics import Metrics
-from authproxy.protocol import Ban, Failure, Message, RefreshRequest
-from authproxy.refresher import MISS_REFRESH_INTERVAL
-from authproxy.supervisor import Supervisor
+from authproxy.obs.metrics import Metrics
+from authproxy.workers.supervisor import Supervisor
 
 from .conftest import bcrypt_hash, toml_text, write_users
 from .jwks_server import AUDIENCE, K1, K2, JwksServer, basic, jwt_section, mint, signing_key

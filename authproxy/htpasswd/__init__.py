@@ -1,0 +1,1 @@
+"""The user table: htpasswd hashes, groups, the live store and file editing."""

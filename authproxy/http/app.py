@@ -1,0 +1,192 @@
+"""create_app(config): the one way to build the application, with owned lifetimes.
+
+The application is an aiohttp ``web.Application`` used only as what it is good at on its
+public API: typed state under ``web.AppKey``s and ``cleanup_ctx`` lifetimes, run by
+``web.AppRunner.setup()`` and ``cleanup()`` (server.py). It serves nothing itself: requests
+reach the Decider and the ROUTES through our own HTTP edge (connection.py). Keeping it as
+the container keeps every resource's lifetime (key refresh, file watcher, ban sharing)
+written the way aiohttp documents it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+
+from ..cluster.banshare import SharedLockout
+from ..cluster.ipc import WorkerContext
+from ..cluster.keyshare import shared_key_source
+from ..config import METRICS_FLUSH_INTERVAL, Config
+from ..core.authn import Authenticator, SchemeChain
+from ..core.decider import Decider
+from ..htpasswd.userstore import UserStore
+from ..jwt.jwksfetch import HttpFetcher
+from ..jwt.keysource import KeySource, key_source
+from ..obs.logs import DecisionLog
+from ..obs.metrics import Metrics
+from ..schemes.basic import BasicAuthenticator
+from ..schemes.bearer import BearerAuthenticator, TokenInBasicAuthenticator
+from .admin import AdminApi
+from .endpoints import healthz, metrics_handler, readyz_handler
+from .message import Routes
+
+METRICS = web.AppKey("metrics", Metrics)
+DECIDER = web.AppKey("decider", Decider)
+USER_STORE = web.AppKey("user_store", UserStore)
+KEY_SOURCE = web.AppKey("key_source", KeySource)
+# Coroutines run on SIGHUP: each re-reads one file-backed source, keeping the old on failure.
+RELOADERS = web.AppKey("reloaders", list[Callable[[str], Awaitable[bool]]])
+# The endpoints besides the decisions, which the edge sends straight to the DECIDER.
+ROUTES = web.AppKey("routes", Routes)
+
+
+def create_app(
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    worker: WorkerContext | None = None,
+) -> web.Application:
+    """Build the app for ``config``. Loads the user table now (raising UserFileError if it
+    cannot be read); background work starts and stops with the app's cleanup contexts.
+
+    ``worker``: this process is one of several (server.workers > 1): metrics go to the shared
+    files, the endpoint's key set comes from the supervisor (see keyshare.py) and brute-force
+    bans are the whole service's (see banshare.py).
+    """
+    app = web.Application()
+    metrics = Metrics(worker.metrics_dir if worker else None)
+    if worker is not None:
+        # multi-worker mode: metrics reach the shared files once a second, and once more
+        # after the last decision
+        app.cleanup_ctx.append(_background(partial(_every, METRICS_FLUSH_INTERVAL, metrics.flush),
+                                           then=metrics.flush))
+    app[METRICS] = metrics
+    app[RELOADERS] = []
+    executor = ThreadPoolExecutor(max_workers=hash_threads(),
+                                  thread_name_prefix="authproxy-hash",
+                                  initializer=_lower_thread_priority)
+    app.cleanup_ctx.append(_executor_ctx(executor))
+
+    bearer = None
+    if config.jwt.enabled:
+        if worker is None:
+            keys = key_source(config.jwt, metrics, HttpFetcher(config.jwt), clock=clock,
+                              wall_clock=wall_clock)
+        else:
+            keys = shared_key_source(config.jwt, metrics, link=worker.link,
+                                     state_dir=worker.state_dir, clock=clock,
+                                     wall_clock=wall_clock)
+        app[KEY_SOURCE] = keys
+        if config.jwt.jwks_file:
+            app[RELOADERS].append(keys.refresher.reload_file)
+        app.cleanup_ctx.append(keys.lifetime)
+        bearer = BearerAuthenticator(config.jwt, keys, metrics, clock=clock, wall_clock=wall_clock)
+
+    authenticators: list[Authenticator] = []
+    if config.basic.users_file:
+        store = UserStore(
+            config.basic.users_file, config.basic.groups_file,
+            on_reload=lambda ok: metrics.user_reloads.labels("ok" if ok else "error").inc(),
+        )
+        app[USER_STORE] = store
+        app[RELOADERS].append(store.reload)
+        app.cleanup_ctx.append(_background(store.watch))
+        token_verifier = bearer if bearer and config.jwt.accept_in_basic else None
+        lockout = None
+        if worker is not None:
+            lockout = SharedLockout(config.basic, clock, worker.link, worker.lockout)
+            app.cleanup_ctx.append(lockout.lifetime)
+        authenticators.append(BasicAuthenticator(store, config.basic, executor, metrics, clock,
+                                                 token_verifier=token_verifier,
+                                                 lockout=lockout))
+    elif bearer is not None and config.jwt.accept_in_basic:
+        authenticators.append(TokenInBasicAuthenticator(bearer))
+    if bearer is not None:
+        authenticators.append(bearer)
+
+    chain = SchemeChain(authenticators)
+    decisions = DecisionLog(config.log, shared_stream=worker is not None)
+    app.on_cleanup.append(lambda _: _flushed(decisions))
+    decider = Decider(config, chain, metrics, decisions, wall_clock)
+    app[DECIDER] = decider
+    routes = app[ROUTES] = Routes()
+    routes.add("GET", "/healthz", healthz)
+    routes.add("GET", "/readyz", readyz_handler(chain))
+    routes.add("GET", "/metrics", metrics_handler(metrics))
+    AdminApi(decider, app.get(KEY_SOURCE), config.admin.principals).add_routes(routes)
+    return app
+
+
+async def _flushed(decisions: DecisionLog) -> None:
+    decisions.flush()  # the last batch of decision lines, before the process exits
+
+
+HASH_THREAD_NICENESS = 10
+
+
+def hash_threads() -> int:
+    """Threads for password verification: one a core, less the event loop's.
+
+    bcrypt and argon2 release the GIL, so verifications really run in parallel; but when a
+    wrong-password flood kept a thread busy on every core, remembered passwords measured a
+    p99 of 6 ms on 2 cores (nginx and the client there too), against 4 ms with one core
+    left to the loop. Queued verifications wait (at most basic.MAX_PENDING), and a ban
+    ends a flood before that.
+    """
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _lower_thread_priority() -> None:
+    """Run password hashing at a lower CPU priority than the event loop.
+
+    A wrong-password flood keeps every hash thread busy; at equal priority they would take
+    most of the CPU from the loop, and cached decisions would queue behind them. Linux sets
+    niceness per thread (by its native id); elsewhere this is a no-op.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
+
+
+def _executor_ctx(
+    executor: ThreadPoolExecutor,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    return ctx
+
+
+async def _every(seconds: float, action: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        action()
+
+
+def _background(
+    run: Callable[[], Coroutine[Any, Any, None]],
+    then: Callable[[], None] | None = None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context owning one long-running task: started with the app, cancelled and
+    awaited when it stops (after the last in-flight request), then ``then`` is called."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if then is not None:
+            then()
+
+    return ctx

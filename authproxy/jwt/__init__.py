@@ -1,0 +1,3 @@
+"""Bearer tokens' keys and checks: JOSE pre-checks, claims, key sets, the key ring, its
+refresher and the fetchers.
+"""

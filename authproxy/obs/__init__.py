@@ -1,0 +1,1 @@
+"""Observability: the decision log and the Prometheus metrics."""

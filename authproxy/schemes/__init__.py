@@ -1,0 +1,1 @@
+"""The authenticators: Basic and Bearer, one module each."""

@@ -1,0 +1,1 @@
+"""Several processes: the supervisor and a worker's entry point."""
