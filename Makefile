@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export PYTHON VENV
 
-.PHONY: deps demo test bench clean
+.PHONY: deps demo test lint bench clean
 
 deps:
 	@./.ci/install-deps
@@ -11,8 +11,14 @@ deps:
 demo: deps
 	$(VENV)/bin/python -m authproxy demo
 
-test: deps
+test: lint
 	$(VENV)/bin/python -m pytest -q
+
+# Types (mypy --strict), style (ruff) and the layering of the package (import-linter).
+lint: deps
+	$(VENV)/bin/ruff check authproxy tests bench
+	$(VENV)/bin/mypy authproxy
+	$(VENV)/bin/lint-imports
 
 bench: export WITH_BENCH = 1
 bench: deps
