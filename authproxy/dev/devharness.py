@@ -195,7 +195,7 @@ def nginx_snippets() -> Path:
     """The directory holding the nginx snippets (at least :data:`SNIPPETS`): the checkout's
     ``nginx/`` when this module runs from one, else the installed package's copy.
     Raises FileNotFoundError when neither has them."""
-    candidates = [Path(__file__).resolve().parent.parent / "nginx"]
+    candidates = [Path(__file__).resolve().parents[2] / "nginx"]
     for scheme in (None, f"{os.name}_user"):
         data = sysconfig.get_path("data", scheme) if scheme else sysconfig.get_path("data")
         candidates.append(Path(data) / INSTALLED_SNIPPETS)
