@@ -26,6 +26,7 @@ bench: deps
 	$(VENV)/bin/python bench/bench_bearer.py
 	$(VENV)/bin/python bench/bench_edge.py
 	$(VENV)/bin/python bench/bench_guessing.py
+	$(VENV)/bin/python bench/bench_footprint.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info

@@ -11,10 +11,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, load_config
-from .errors import ConfigError
-from .htpasswd.userfile import NEW_HASH_SCHEMES
-from .htpasswd.users import UserFileError
-from .htpasswd.userstore import UserStore
+from .errors import ConfigError, UserFileError
+from .htpasswd import NEW_HASH_SCHEMES
 
 EXIT_CONFIG = 2
 
@@ -32,6 +30,8 @@ def _config_problems(args: argparse.Namespace) -> tuple[Config | None, list[str]
         return None, exc.problems
     problems = []
     if config.basic.users_file:
+        from .htpasswd.userstore import UserStore
+
         try:  # as serve loads them
             UserStore(config.basic.users_file, config.basic.groups_file)
         except UserFileError as exc:
@@ -40,9 +40,14 @@ def _config_problems(args: argparse.Namespace) -> tuple[Config | None, list[str]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config, problems = _config_problems(args)
-    if problems or config is None:
-        return _report(problems)
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return _report(exc.problems)
+    if config.worker_count > 1:  # the supervisor checks the files once, before any worker
+        _, problems = _config_problems(args)
+        if problems:
+            return _report(problems)
     from .obs.logs import setup_logging
 
     setup_logging(config.log)
@@ -57,7 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return supervise(config)
     from .http.server import serve
 
-    return serve(config)
+    try:
+        return serve(config)
+    except UserFileError as exc:  # the app loads the user table once, before it serves
+        return _report([str(exc)])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

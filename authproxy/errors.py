@@ -65,3 +65,14 @@ class KeysUnavailable(AuthProxyError):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class UserFileError(AuthProxyError):
+    """A user (or group) file could not be read; ``str()`` names file and line, never a hash."""
+
+    def __init__(self, path: str, lineno: int | None, reason: str) -> None:
+        self.path = path
+        self.lineno = lineno
+        self.reason = reason
+        where = path if lineno is None else f"{path}:{lineno}"
+        super().__init__(f"{where}: {reason}")

@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 
 from ..core.identity import sendable_group
+from ..errors import UserFileError
 from ..regularfile import MAX_GROUPS_FILE_BYTES, read_regular_file
-from .users import UserFileError
 
 
 def load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozenset[str]]:

@@ -21,7 +21,6 @@ _MAX_USER_BYTES = 255
 _NEW_FILE_MODE = 0o640
 
 
-NEW_HASH_SCHEMES = ("bcrypt", "argon2id")  # what hash_password writes
 
 
 def hash_password(password: bytes, scheme: str = "bcrypt") -> str:

@@ -26,7 +26,7 @@ from argon2.low_level import hash_secret
 from passlib.handlers.md5_crypt import apr_md5_crypt
 from passlib.handlers.sha2_crypt import sha256_crypt, sha512_crypt
 
-from ..errors import AuthProxyError
+from ..errors import UserFileError
 from ..regularfile import MAX_USERS_FILE_BYTES, read_regular_file
 
 # The bcrypt salt encodes 128 bits in 22 characters, so its last character carries 2 bits and
@@ -46,17 +46,6 @@ BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads of a password (Apache's C bcrypt 
 BCRYPT_COST = 10  # Apache htpasswd's: new passwords, and the dummy of an empty table
 MAX_BCRYPT_COST = 17  # the most Apache's htpasswd -C makes: ~10 s a verification
 MAX_SHA_ROUNDS = 10_000_000  # passlib's default is 656,000; glibc's 5,000
-
-
-class UserFileError(AuthProxyError):
-    """A user (or group) file could not be read; ``str()`` names file and line, never a hash."""
-
-    def __init__(self, path: str, lineno: int | None, reason: str) -> None:
-        self.path = path
-        self.lineno = lineno
-        self.reason = reason
-        where = path if lineno is None else f"{path}:{lineno}"
-        super().__init__(f"{where}: {reason}")
 
 
 class PasswordMismatch(Exception):

@@ -8,8 +8,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ..errors import UserFileError
 from .groups import load_groups
-from .users import UserFileError, UserTable
+from .users import UserTable
 
 log = logging.getLogger("authproxy.htpasswd.users")
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.decider import NO_STORE, Decider
 from ..errors import Forbidden
-from ..jwt.keysource import KeySource
 from .message import Request, Response, Routes, json_response
+
+if TYPE_CHECKING:  # the JWT modules are loaded only for a config that verifies tokens
+    from ..jwt.keysource import KeySource
 
 log = logging.getLogger("authproxy.http.admin")
 

@@ -1,11 +1,10 @@
 """create_app(config): the one way to build the application, with owned lifetimes.
 
-The application is an aiohttp ``web.Application`` used only as what it is good at on its
-public API: typed state under ``web.AppKey``s and ``cleanup_ctx`` lifetimes, run by
-``web.AppRunner.setup()`` and ``cleanup()`` (server.py). It serves nothing itself: requests
-reach the Decider and the ROUTES through our own HTTP edge (connection.py). Keeping it as
-the container keeps every resource's lifetime (key refresh, file watcher, ban sharing)
-written the way aiohttp documents it.
+The application (application.py) holds typed state and the lifetimes of what it owns; it
+serves nothing itself: requests reach the Decider and the ROUTES through our own HTTP edge
+(connection.py). What a config does not use is not imported: a Basic-only sidecar loads no
+JWT library, a Bearer-only one no password hashing, a single process nothing of the workers'
+(the sidecar's footprint: README "Sidecar footprint").
 """
 
 from __future__ import annotations
@@ -18,35 +17,32 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from ..cluster.banshare import SharedLockout
-from ..cluster.ipc import WorkerContext
-from ..cluster.keyshare import shared_key_source
 from ..config import METRICS_FLUSH_INTERVAL, Config
 from ..core.authn import Authenticator, SchemeChain
 from ..core.decider import Decider
-from ..htpasswd.userstore import UserStore
-from ..jwt.jwksfetch import HttpFetcher
-from ..jwt.keysource import KeySource, key_source
 from ..obs.logs import DecisionLog
 from ..obs.metrics import Metrics
-from ..schemes.basic import BasicAuthenticator
-from ..schemes.bearer import BearerAuthenticator, TokenInBasicAuthenticator
 from .admin import AdminApi
+from .application import AppKey, Application
 from .endpoints import healthz, metrics_handler, readyz_handler
 from .message import Routes
 
-METRICS = web.AppKey("metrics", Metrics)
-DECIDER = web.AppKey("decider", Decider)
-USER_STORE = web.AppKey("user_store", UserStore)
-KEY_SOURCE = web.AppKey("key_source", KeySource)
+if TYPE_CHECKING:
+    from ..cluster.ipc import WorkerContext
+    from ..htpasswd.userstore import UserStore
+    from ..jwt.keysource import KeySource
+    from ..schemes.bearer import BearerAuthenticator
+
+METRICS: AppKey[Metrics] = AppKey("metrics")
+DECIDER: AppKey[Decider] = AppKey("decider")
+USER_STORE: AppKey[UserStore] = AppKey("user_store")
+KEY_SOURCE: AppKey[KeySource] = AppKey("key_source")
 # Coroutines run on SIGHUP: each re-reads one file-backed source, keeping the old on failure.
-RELOADERS = web.AppKey("reloaders", list[Callable[[str], Awaitable[bool]]])
+RELOADERS: AppKey[list[Callable[[str], Awaitable[bool]]]] = AppKey("reloaders")
 # The endpoints besides the decisions, which the edge sends straight to the DECIDER.
-ROUTES = web.AppKey("routes", Routes)
+ROUTES: AppKey[Routes] = AppKey("routes")
 
 
 def create_app(
@@ -55,7 +51,7 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     worker: WorkerContext | None = None,
-) -> web.Application:
+) -> Application:
     """Build the app for ``config``. Loads the user table now (raising UserFileError if it
     cannot be read); background work starts and stops with the app's cleanup contexts.
 
@@ -63,7 +59,7 @@ def create_app(
     files, the endpoint's key set comes from the supervisor (see keyshare.py) and brute-force
     bans are the whole service's (see banshare.py).
     """
-    app = web.Application()
+    app = Application()
     metrics = Metrics(worker.metrics_dir if worker else None)
     if worker is not None:
         # multi-worker mode: metrics reach the shared files once a second, and once more
@@ -79,21 +75,13 @@ def create_app(
 
     bearer = None
     if config.jwt.enabled:
-        if worker is None:
-            keys = key_source(config.jwt, metrics, HttpFetcher(config.jwt), clock=clock,
-                              wall_clock=wall_clock)
-        else:
-            keys = shared_key_source(config.jwt, metrics, link=worker.link,
-                                     state_dir=worker.state_dir, clock=clock,
-                                     wall_clock=wall_clock)
-        app[KEY_SOURCE] = keys
-        if config.jwt.jwks_file:
-            app[RELOADERS].append(keys.refresher.reload_file)
-        app.cleanup_ctx.append(keys.lifetime)
-        bearer = BearerAuthenticator(config.jwt, keys, metrics, clock=clock, wall_clock=wall_clock)
+        bearer = _bearer(app, config, metrics, clock, wall_clock, worker)
 
     authenticators: list[Authenticator] = []
     if config.basic.users_file:
+        from ..htpasswd.userstore import UserStore
+        from ..schemes.basic import BasicAuthenticator
+
         store = UserStore(
             config.basic.users_file, config.basic.groups_file,
             on_reload=lambda ok: metrics.user_reloads.labels("ok" if ok else "error").inc(),
@@ -104,12 +92,16 @@ def create_app(
         token_verifier = bearer if bearer and config.jwt.accept_in_basic else None
         lockout = None
         if worker is not None:
+            from ..cluster.banshare import SharedLockout
+
             lockout = SharedLockout(config.basic, clock, worker.link, worker.lockout)
             app.cleanup_ctx.append(lockout.lifetime)
         authenticators.append(BasicAuthenticator(store, config.basic, executor, metrics, clock,
                                                  token_verifier=token_verifier,
                                                  lockout=lockout))
     elif bearer is not None and config.jwt.accept_in_basic:
+        from ..schemes.bearer import TokenInBasicAuthenticator
+
         authenticators.append(TokenInBasicAuthenticator(bearer))
     if bearer is not None:
         authenticators.append(bearer)
@@ -125,6 +117,36 @@ def create_app(
     routes.add("GET", "/metrics", metrics_handler(metrics))
     AdminApi(decider, app.get(KEY_SOURCE), config.admin.principals).add_routes(routes)
     return app
+
+
+def _bearer(
+    app: Application, config: Config, metrics: Metrics, clock: Callable[[], float],
+    wall_clock: Callable[[], float], worker: WorkerContext | None,
+) -> BearerAuthenticator:
+    """The Bearer scheme and its key source (in ``app``: state, reloaders, lifetime)."""
+    from ..schemes.bearer import BearerAuthenticator
+
+    keys: KeySource
+    if worker is None:
+        from ..jwt.fetcher import Fetcher, NoEndpoint
+        from ..jwt.keysource import key_source
+
+        fetcher: Fetcher = NoEndpoint()
+        if config.jwt.has_endpoint:  # the HTTP client, only for an endpoint to fetch from
+            from ..jwt.jwksfetch import HttpFetcher
+
+            fetcher = HttpFetcher(config.jwt)
+        keys = key_source(config.jwt, metrics, fetcher, clock=clock, wall_clock=wall_clock)
+    else:
+        from ..cluster.keyshare import shared_key_source
+
+        keys = shared_key_source(config.jwt, metrics, link=worker.link,
+                                 state_dir=worker.state_dir, clock=clock, wall_clock=wall_clock)
+    app[KEY_SOURCE] = keys
+    if config.jwt.jwks_file:
+        app[RELOADERS].append(keys.refresher.reload_file)
+    app.cleanup_ctx.append(keys.lifetime)
+    return BearerAuthenticator(config.jwt, keys, metrics, clock=clock, wall_clock=wall_clock)
 
 
 async def _flushed(decisions: DecisionLog) -> None:
@@ -159,8 +181,8 @@ def _lower_thread_priority() -> None:
 
 def _executor_ctx(
     executor: ThreadPoolExecutor,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
+) -> Callable[[Application], AsyncIterator[None]]:
+    async def ctx(app: Application) -> AsyncIterator[None]:
         yield
         executor.shutdown(wait=False, cancel_futures=True)
 
@@ -176,11 +198,11 @@ async def _every(seconds: float, action: Callable[[], None]) -> None:
 def _background(
     run: Callable[[], Coroutine[Any, Any, None]],
     then: Callable[[], None] | None = None,
-) -> Callable[[web.Application], AsyncIterator[None]]:
+) -> Callable[[Application], AsyncIterator[None]]:
     """A cleanup context owning one long-running task: started with the app, cancelled and
     awaited when it stops (after the last in-flight request), then ``then`` is called."""
 
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
+    async def ctx(app: Application) -> AsyncIterator[None]:
         task = asyncio.create_task(run())
         yield
         task.cancel()

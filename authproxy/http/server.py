@@ -1,7 +1,7 @@
 """Running the app: sockets, signals, graceful stop. :class:`Server` (built by
 :func:`start_server`) is the one way to serve an app, used by production, tests and
-benchmarks alike: our own HTTP edge (connection.py) on the listening sockets, the app's
-lifetimes run by aiohttp's AppRunner on its public API (app.py says why)."""
+benchmarks alike: our own HTTP edge (connection.py) on the listening sockets, around the
+app's lifetimes (application.py)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from ..cluster.ipc import WorkerContext
 from ..config import SHUTDOWN_TIMEOUT, Config
 from ..listen import bind_all
 from .app import DECIDER, METRICS, RELOADERS, ROUTES, create_app
+from .application import Application
 from .connection import Connection, HttpDate, Serving
 from .edge import RESERVED_DESCRIPTORS, EdgeLimits, connection_cap, raise_descriptor_limit
+
+if TYPE_CHECKING:
+    from ..cluster.ipc import WorkerContext
 
 log = logging.getLogger("authproxy.http.server")
 
@@ -33,9 +34,8 @@ class Server:
     """An app served on listening sockets. :meth:`stop` drains: listening stops at once,
     requests under way get ``shutdown_timeout`` seconds, then the app's lifetimes end."""
 
-    def __init__(self, app: web.Application, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> None:
+    def __init__(self, app: Application, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> None:
         self.app = app
-        self._runner = web.AppRunner(app, handle_signals=False)
         self._listeners: list[asyncio.AbstractServer] = []
         self._shutdown_timeout = shutdown_timeout
         decider = app[DECIDER]
@@ -52,7 +52,7 @@ class Server:
     async def start(self, sockets: Sequence[socket.socket]) -> None:
         """Start the app's lifetimes, then serve ``sockets``, already bound and listening
         (listen.bind_all's, or a worker's, inherited from the supervisor)."""
-        await self._runner.setup()
+        await self.app.startup()
         loop = asyncio.get_running_loop()
         serving = self.serving
         try:
@@ -78,10 +78,10 @@ class Server:
             for connection in connections:
                 if connection.closed in late:
                     connection.abort()
-        await self._runner.cleanup()
+        await self.app.cleanup()
 
 
-async def start_server(app: web.Application, sockets: Sequence[socket.socket]) -> Server:
+async def start_server(app: Application, sockets: Sequence[socket.socket]) -> Server:
     """A :class:`Server` of ``app`` (create_app's), serving ``sockets``."""
     server = Server(app)
     await server.start(sockets)

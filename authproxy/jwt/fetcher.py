@@ -1,14 +1,14 @@
 """Where the endpoint's key set comes from: the :class:`Fetcher` interface (refresher.py
 decides when to call it).
 
-Two implementations: :class:`~authproxy.jwt.jwksfetch.HttpFetcher` (HTTPS; one process, and the
-supervisor of several) and :class:`~authproxy.cluster.keyshare.SupervisorFetcher` (a worker, whose
-supervisor fetches for it).
+Implementations: :class:`~authproxy.jwt.jwksfetch.HttpFetcher` (HTTPS; one process, and the
+supervisor of several), :class:`~authproxy.cluster.keyshare.SupervisorFetcher` (a worker, whose
+supervisor fetches for it) and :class:`NoEndpoint` (keys from a file alone).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,3 +52,18 @@ class Fetcher(Protocol):
     async def fetch(self, trigger: str) -> Fetched | Relayed:
         """Obtain the endpoint's set now; raise JwksError when no set came of it."""
         ...
+
+
+class NoEndpoint:
+    """The fetcher of a config with no endpoint (keys from jwks_file alone): nothing to
+    fetch, and no HTTP client loaded for it. The refresher never calls :meth:`fetch` (the
+    ring has no endpoint)."""
+
+    schedules = False
+    location = ""
+
+    def running(self) -> AbstractAsyncContextManager[Any]:
+        return nullcontext()
+
+    async def fetch(self, trigger: str) -> Fetched | Relayed:
+        raise JwksError("not_configured", "no jwks_endpoint or issuer to fetch from")

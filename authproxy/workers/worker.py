@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from ..cluster.ipc import MasterLink, heartbeat_interval
 from ..cluster.protocol import Heartbeat
-from ..htpasswd.users import UserFileError
+from ..errors import UserFileError
 from ..http.server import event_loop, run
 from ..obs.logs import setup_logging
 
