@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import free_ports
 
-from authproxy import devharness
+from authproxy.dev import devharness
 
 KID = "bench-es256"
 GROUPS = [f"group-{g:04d}-of-a-large-directory" for g in range(200)]

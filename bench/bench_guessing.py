@@ -34,7 +34,7 @@ import aiohttp
 from argon2 import PasswordHasher
 from passlib.hash import apr_md5_crypt
 
-from authproxy import devharness
+from authproxy.dev import devharness
 
 HERE = Path(__file__).resolve().parent
 MAX_FAILURES = 10

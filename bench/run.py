@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from authproxy import devharness
+from authproxy.dev import devharness
 
 HERE = Path(__file__).resolve().parent
 NGINX = devharness.find_nginx() or "/usr/sbin/nginx"

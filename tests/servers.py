@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from authproxy import devharness
+from authproxy.dev import devharness
 from authproxy.dev.devcerts import write_dev_certs
 
 from .jwks_server import AUDIENCE, SigningKey, mint

@@ -7,7 +7,7 @@ import json
 import tracemalloc
 from dataclasses import dataclass
 
-from authproxy import bearer
+from authproxy.schemes import bearer
 from authproxy.core.expiring import ENTRY_OVERHEAD, SWEEP_EVERY, ExpiringCache, estimate_size
 from authproxy.core.identity import Identity
 
