@@ -7,9 +7,9 @@ import json
 import tracemalloc
 from dataclasses import dataclass
 
-from authproxy.schemes import bearer
 from authproxy.core.expiring import ENTRY_OVERHEAD, SWEEP_EVERY, ExpiringCache, estimate_size
 from authproxy.core.identity import Identity
+from authproxy.schemes import bearer
 
 from .jwks_server import FakeClock
 
