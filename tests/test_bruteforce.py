@@ -454,3 +454,19 @@ def test_an_address_too_long_to_be_one_is_no_client_address() -> None:
 
     origin = Origin(trusted=(ipaddress.ip_network("127.0.0.1/32"),), allow_preflight=False)
     assert origin.client(Request()) == ("127.0.0.1", "")  # type: ignore[arg-type]
+
+
+def test_a_ban_that_begins_while_a_decision_waits_refuses_its_verification() -> None:
+    """A decision checks bans when it begins and reserves when its hash starts, possibly a
+    moment later. A ban landing in between forgets the failures that led to it: before,
+    the reservation then saw none, and an eleventh hash ran for a banned user."""
+    clock = FakeClock()
+    lockout = Lockout(FailureTracker(2, window=60, ban_time=300, clock=clock.monotonic),
+                      known_address_ttl=1000, clock=clock.monotonic)
+    lockout.check("alice", "192.0.2.1")  # not banned yet: the decision goes on
+    waiting = lockout.attempt("alice", "192.0.2.1")
+    lockout.fail("user:alice")
+    lockout.fail("user:alice")  # meanwhile, alice is banned
+    with pytest.raises(Exception, match="banned"):
+        lockout.reserve(waiting)
+    assert lockout.tracker.failures("client:192.0.2.1") == 1  # rule 3 counted it

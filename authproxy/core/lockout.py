@@ -222,15 +222,24 @@ class Lockout:
     def reserve(self, attempt: Attempt) -> None:
         """Rule 2: count the attempt as a failure-to-be on both keys before it is verified;
         raise Unauthenticated("attempt_limit") when failures and reservations already reach
-        max_failures on a key that applies (the user key does not, from a known address)."""
-        limit = self.tracker.max_failures
+        max_failures on a key that applies (the user key does not, from a known address),
+        or Unauthenticated("banned") for a ban that began since :meth:`check` (a decision may
+        wait between the two, and a ban forgets the failures that led to it)."""
+        tracker = self.tracker
+        known = self.is_known(attempt.known_pair)
+        if tracker.is_banned(attempt.client_key):
+            raise Unauthenticated("banned")
+        if tracker.is_banned(attempt.user_key) and not known:
+            self.fail_address(attempt.client_key)
+            raise Unauthenticated("banned")
+        limit = tracker.max_failures
         keys = [attempt.user_key]
         if attempt.client_key:
             keys.append(attempt.client_key)
         for key in keys:
-            if key == attempt.user_key and self.is_known(attempt.known_pair):
+            if key == attempt.user_key and known:
                 continue
-            if self.tracker.failures(key) + self._pending.get(key, 0) >= limit:
+            if tracker.failures(key) + self._pending.get(key, 0) >= limit:
                 if key == attempt.user_key:  # as rule 3: the user's limit, not this address's
                     self.fail_address(attempt.client_key)
                 raise Unauthenticated("attempt_limit")
