@@ -3,7 +3,7 @@
 How, and why:
 
 - **The supervisor binds every listening socket once** (listen.bind_all, as one process
-  does), and every worker inherits and serves the same sockets (``web.SockSite``). One
+  does), and every worker inherits and serves the same sockets (http.server). One
   accept queue per address works the same for TCP and unix sockets (SO_REUSEPORT balances
   only TCP), a worker that stops or dies leaves no queue of accepted-but-unserved
   connections behind, and nobody else can bind a second socket on the port and take a share
