@@ -13,15 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from ..config import JwtConfig
 from ..obs.metrics import Metrics
 from .fetcher import Fetcher
-from .jwks import VerifyKey
 from .keyring import KeyRing
 from .refresher import Refresher
 
 
 class KeySource:
     """A key ring kept fresh by a refresher: what the Bearer scheme and the admin API hold.
-    Run it with :meth:`lifetime`. The lookups are the ring's, the refresh on a miss is the
-    refresher's."""
+    Run it with :meth:`lifetime`. Lookups go to ``ring``, refreshes to ``refresher``."""
 
     def __init__(self, ring: KeyRing, refresher: Refresher) -> None:
         self.ring = ring
@@ -31,24 +29,6 @@ class KeySource:
         """cleanup_ctx: the refresher runs from the app's start to its end."""
         async with self.refresher.running():
             yield
-
-    def not_ready(self) -> str | None:
-        return self.ring.not_ready()
-
-    def candidates(self, kid: str | None, alg: str) -> tuple[VerifyKey, ...]:
-        return self.ring.candidates(kid, alg)
-
-    def knows_kid(self, kid: str) -> bool:
-        return self.ring.knows_kid(kid)
-
-    def trusts(self, thumbprint: str) -> bool:
-        return self.ring.trusts(thumbprint)
-
-    def may_learn(self, kid: str) -> bool:
-        return self.refresher.may_learn(kid)
-
-    async def refresh_on_miss(self, kid: str) -> None:
-        await self.refresher.refresh_on_miss(kid)
 
 
 def key_source(

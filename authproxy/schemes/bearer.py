@@ -95,7 +95,7 @@ class BearerAuthenticator:
         return f'Bearer realm="{realm}"'
 
     def not_ready(self) -> str | None:
-        return self.keys.not_ready()
+        return self.keys.ring.not_ready()
 
     def begin(self, request: AuthRequest) -> Identity | Pending:
         return self.begin_token(self._token(request))
@@ -117,14 +117,14 @@ class BearerAuthenticator:
         if entry is not None:
             # exp by the wall clock too: it may have jumped ahead of the monotonic deadline
             expires_at = entry.identity.expires_at or 0.0
-            if self.keys.trusts(entry.thumbprint) and self._wall_clock() < expires_at:
+            if self.keys.ring.trusts(entry.thumbprint) and self._wall_clock() < expires_at:
                 self._cache_hits.inc()
                 return entry.identity
             self._cache.pop(cache_key)
         checked = check_token(token, self._algorithms, self._require_typ)
         kid = checked.kid
-        keys = self.keys.candidates(kid, checked.alg)
-        if not keys and kid is not None and self.keys.may_learn(kid):
+        keys = self.keys.ring.candidates(kid, checked.alg)
+        if not keys and kid is not None and self.keys.refresher.may_learn(kid):
             return TokenVerification(self, cache_key, checked, kid)
         return self._verified(cache_key, checked, keys)
 
@@ -150,7 +150,7 @@ class BearerAuthenticator:
 
     def _verifying_key(self, header: CheckedToken, keys: tuple[VerifyKey, ...]) -> VerifyKey:
         if not keys:
-            if header.kid is not None and self.keys.knows_kid(header.kid):
+            if header.kid is not None and self.keys.ring.knows_kid(header.kid):
                 # the named key exists but cannot verify this alg (its own alg differs, or
                 # its type does not fit): RFC 8725 §3.1, one key, one algorithm
                 raise invalid_token("key_alg_mismatch", "bad_signature")
@@ -194,8 +194,8 @@ class TokenVerification:
         """The refresh, then the signature and claims against the keys it brought (or
         Unauthenticated raised for a kid still unknown)."""
         bearer, checked = self._bearer, self._checked
-        await bearer.keys.refresh_on_miss(self._kid)
-        keys = bearer.keys.candidates(self._kid, checked.alg)
+        await bearer.keys.refresher.refresh_on_miss(self._kid)
+        keys = bearer.keys.ring.candidates(self._kid, checked.alg)
         return bearer._verified(self._cache_key, checked, keys)
 
 
