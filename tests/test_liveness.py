@@ -14,7 +14,6 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from authproxy.listen import bind, parse_listen
 from authproxy.obs.metrics import Metrics
 from authproxy.workers.supervisor import Supervisor
 
-from .conftest import write_users
+from .conftest import eventually, write_users
 from .jwks_server import basic
 from .servers import free_port, start_authproxy
 from .test_workers import (
@@ -89,7 +88,7 @@ def test_a_sigstopped_worker_is_killed_and_replaced_and_its_connections_closed(
         for connection in held:
             connection.close()
 
-        until(lambda: len(serving_workers(proxy, 2) - first) == 1, "a replacement worker")
+        until(lambda: len(serving_workers(proxy, 2) - first) == 1, "a replacement worker", DEADLINE)
         assert not os.path.exists(f"/proc/{victim}")  # killed and reaped
         assert set(children(proxy.process.pid)) == serving_workers(proxy, 2) - {victim}
         assert [e["worker_pid"] for e in events(proxy, "worker_hung")] == [victim]
@@ -144,11 +143,6 @@ async def test_a_worker_whose_event_loop_is_blocked_counts_as_hung(
         return [r.__dict__["worker_pid"] for r in caplog.records
                 if getattr(r, "event", None) == "worker_start"]
 
-    async def until_true(check: Callable[[], bool], what: str) -> None:
-        async with asyncio.timeout(DEADLINE):
-            while not check():
-                await asyncio.sleep(0.05)
-
     worker_output: list[str] = []  # the workers log to the stderr they inherit
 
     def serving() -> set[int]:
@@ -159,11 +153,11 @@ async def test_a_worker_whose_event_loop_is_blocked_counts_as_hung(
 
     running = asyncio.create_task(supervisor.run())
     try:
-        await until_true(lambda: len(started()) == 2 and serving() == set(started()),
-                         "two workers serving")
+        await eventually(lambda: len(started()) == 2 and serving() == set(started()),
+                         "two workers serving", DEADLINE)
         victim = started()[0]
         os.kill(victim, signal.SIGUSR1)
-        await until_true(lambda: len(started()) == 3, "a replacement worker")
+        await eventually(lambda: len(started()) == 3, "a replacement worker", DEADLINE)
         hung = [r.__dict__["worker_pid"] for r in caplog.records
                 if getattr(r, "event", None) == "worker_hung"]
         assert hung == [victim]
