@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export PYTHON VENV
 
-.PHONY: deps demo test lint bench clean
+.PHONY: deps demo test lint bench fuzz clean
 
 deps:
 	@./.ci/install-deps
@@ -28,5 +28,11 @@ bench: deps
 	$(VENV)/bin/python bench/bench_guessing.py
 	$(VENV)/bin/python bench/bench_footprint.py
 
+# Every fuzz target coverage-guided for SECONDS each (tests/fuzz/run.py); TARGET=name for one.
+SECONDS ?= 60
+fuzz: export WITH_FUZZ = 1
+fuzz: deps
+	$(VENV)/bin/python -m tests.fuzz.run --seconds $(SECONDS) $(if $(TARGET),--target $(TARGET))
+
 clean:
-	rm -rf $(VENV) .demo .pytest_cache build *.egg-info
+	rm -rf $(VENV) .demo .fuzz .hypothesis .pytest_cache build *.egg-info

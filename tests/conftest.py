@@ -13,6 +13,7 @@ from typing import Any
 import bcrypt
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from authproxy.config import Config, load_config
 from authproxy.http.server import start_server
@@ -28,6 +29,13 @@ from .servers import echo_upstream, tls_files  # noqa: F401
 IDENTITY_HEADERS = ("X-Auth-User", "X-Auth-Method", "X-Auth-Subject", "X-Auth-Groups",
                     "X-Auth-Scopes")
 APACHE_APR1 = "$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"  # "myPassword", from Apache's docs
+
+# The fuzz targets' property tests (tests/test_fuzz_*.py) run bounded in `make test`: a few
+# seconds each on this 2-core machine, no per-example deadline (the machine is shared and
+# noisy), and Hypothesis's example database kept out of the tree.
+settings.register_profile("authproxy", max_examples=400, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("authproxy")
 
 
 async def eventually(check: Callable[[], Any], what: str = "", timeout: float = 5.0) -> None:

@@ -44,13 +44,19 @@ def basic_challenge(realm: str) -> str:
 def decode_basic(value: str) -> tuple[str, bytes]:
     """Decode Basic credentials into (user-id, password bytes); raise Unauthenticated.
 
-    Strict base64 (standard alphabet, correct padding, nothing after it), split at the first
-    colon, a non-empty UTF-8 user-id, and no control characters in either part.
+    Strict, canonical base64 (standard alphabet, exactly the padding needed, zero unused bits,
+    nothing after it: one spelling per credential), split at the first colon, a non-empty UTF-8
+    user-id, and no control characters in either part. ``strict_mode`` alone lets excess
+    padding ("...A==" for a whole group) and non-zero unused bits through, which the fuzz target
+    found; re-encoding and comparing closes both.
     """
     try:
-        raw = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+        encoded = value.encode("ascii")
+        raw = binascii.a2b_base64(encoded, strict_mode=True)
     except (UnicodeEncodeError, binascii.Error):
         raise Unauthenticated("malformed") from None
+    if binascii.b2a_base64(raw, newline=False) != encoded:
+        raise Unauthenticated("malformed")
     user_bytes, colon, password = raw.partition(b":")
     if not colon or not user_bytes or _CONTROL.search(raw):
         raise Unauthenticated("malformed")
