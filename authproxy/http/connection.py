@@ -57,6 +57,11 @@ MAX_LINE_SIZE = 1 << 16
 MAX_WAITING = 64  # parsed requests waiting for their answer before reading pauses
 
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
+# A parser with no callbacks, never fed: what a closed connection holds in place of its own.
+# A connection and its parser refer to each other (the parser calls the connection back), a
+# cycle that only a full collection frees, and those are rare here (server.GC_THRESHOLDS); the
+# parser holds the unfinished head, up to server.max_head_bytes, so it is let go at the close.
+_DETACHED = httptools.HttpRequestParser(object())
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -182,6 +187,7 @@ class Connection(asyncio.Protocol):
         if not self._admitted:
             return
         self._admitted = False
+        self._parser = _DETACHED
         self._serving.connections.discard(self)
         self._edge.release(self._held)
         self._held = 0
