@@ -146,7 +146,7 @@ async def test_a_closed_connection_lets_go_of_its_unfinished_head_at_once(edge) 
     # minutes: 200 connections x 1 MB left RSS +50 MB after they closed (bench_edge (a)).
     # With the collector off, the connection must still be freed as it closes.
     async with edge() as server:
-        reader, writer = await server.connect()
+        _, writer = await server.connect()
         writer.write(b"GET /auth HTTP/1.1\r\nHost: authproxy\r\nX-Filler: " + b"a" * 40_000)
         await writer.drain()
         await eventually(lambda: server.held > 30_000, "the unfinished head held")
