@@ -100,7 +100,7 @@ def create_app(
                                                  token_verifier=token_verifier,
                                                  lockout=lockout))
     elif bearer is not None and config.jwt.accept_in_basic:
-        from ..schemes.bearer import TokenInBasicAuthenticator
+        from ..schemes.basic import TokenInBasicAuthenticator
 
         authenticators.append(TokenInBasicAuthenticator(bearer))
     if bearer is not None:

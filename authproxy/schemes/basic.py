@@ -342,3 +342,32 @@ def check_token_user(user: str, identity: Identity) -> None:
     (SPEC §7)."""
     if user not in ("*", identity.user):
         raise Unauthenticated("token_user_mismatch")
+
+
+class TokenInBasicAuthenticator:
+    """Basic credentials whose password is a JWT (jwt.accept_in_basic), for configurations
+    without basic.users_file, verified by the Bearer scheme; with one, BasicAuthenticator
+    takes tokens itself. The user-id must be ``*`` or the token's own user (SPEC §7). Here,
+    not in bearer.py, so that a Bearer-only sidecar loads no password hashing."""
+
+    scheme = "basic"
+
+    def __init__(self, bearer: TokenVerifier) -> None:
+        self._bearer = bearer
+
+    def challenge(self, realm: str) -> str:
+        return basic_challenge(realm)
+
+    def not_ready(self) -> str | None:
+        return None  # the bearer scheme reports the key set
+
+    def begin(self, request: AuthRequest) -> Identity | Pending:
+        return begin_token_as_password(self._bearer, *self._user_and_token(request))
+
+    @staticmethod
+    def _user_and_token(request: AuthRequest) -> tuple[str, str]:
+        user, password = decode_basic(request.credentials.value)
+        try:
+            return user, password.decode("ascii")
+        except UnicodeDecodeError:
+            raise Unauthenticated("malformed") from None

@@ -32,7 +32,6 @@ from ..jwt.jose import DESCRIPTIONS, CheckedToken, check_token, invalid_token
 from ..jwt.jwks import VerifyKey
 from ..jwt.keysource import KeySource
 from ..obs.metrics import Metrics
-from .basic import basic_challenge, begin_token_as_password, decode_basic
 
 log = logging.getLogger("authproxy.schemes.bearer")
 
@@ -197,31 +196,3 @@ class TokenVerification:
         await bearer.keys.refresher.refresh_on_miss(self._kid)
         keys = bearer.keys.ring.candidates(self._kid, checked.alg)
         return bearer._verified(self._cache_key, checked, keys)
-
-
-class TokenInBasicAuthenticator:
-    """Basic credentials whose password is a JWT (jwt.accept_in_basic), for configurations
-    without basic.users_file; with one, BasicAuthenticator takes tokens itself. The user-id
-    must be ``*`` or the token's own user (SPEC §7)."""
-
-    scheme = "basic"
-
-    def __init__(self, bearer: BearerAuthenticator) -> None:
-        self._bearer = bearer
-
-    def challenge(self, realm: str) -> str:
-        return basic_challenge(realm)
-
-    def not_ready(self) -> str | None:
-        return None  # the bearer scheme reports the key set
-
-    def begin(self, request: AuthRequest) -> Identity | Pending:
-        return begin_token_as_password(self._bearer, *self._user_and_token(request))
-
-    @staticmethod
-    def _user_and_token(request: AuthRequest) -> tuple[str, str]:
-        user, password = decode_basic(request.credentials.value)
-        try:
-            return user, password.decode("ascii")
-        except UnicodeDecodeError:
-            raise Unauthenticated("malformed") from None

@@ -1,0 +1,56 @@
+"""What a sidecar imports follows its config (issue 11 item 9): a module a config does not use
+is not loaded, checked in a fresh interpreter that builds the app as `authproxy serve` does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jwcrypto import jwk
+
+from .conftest import toml_text, write_users
+
+BUILD_APP = """
+import sys
+from authproxy.config import load_config
+from authproxy.http.app import create_app
+create_app(load_config(sys.argv[1]))
+print(" ".join(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+def loaded_packages(config: Path) -> set[str]:
+    run = subprocess.run([sys.executable, "-c", BUILD_APP, str(config)], capture_output=True,
+                         text=True, check=True, timeout=60)
+    return set(run.stdout.split())
+
+
+@pytest.fixture
+def jwks_file(tmp_path: Path) -> Path:
+    key = jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [json.loads(key.export_public())]}))
+    return path
+
+
+def test_a_basic_only_sidecar_loads_no_jwt_library_and_no_aiohttp(tmp_path: Path) -> None:
+    config = tmp_path / "authproxy.toml"
+    config.write_text(toml_text({"basic": {"users_file": str(write_users(tmp_path / "users",
+                                                                          alice="pw"))}}))
+    loaded = loaded_packages(config)
+    assert "bcrypt" in loaded  # the check sees what is loaded
+    assert not loaded & {"jwcrypto", "aiohttp"}
+
+
+def test_a_bearer_only_sidecar_loads_no_password_hashing_and_no_aiohttp(
+        tmp_path: Path, jwks_file: Path) -> None:
+    config = tmp_path / "authproxy.toml"
+    config.write_text(toml_text({"jwt": {"jwks_file": str(jwks_file),
+                                         "jwks_require_audience": ["app"]}}))
+    loaded = loaded_packages(config)
+    assert "jwcrypto" in loaded
+    assert not loaded & {"argon2", "passlib", "aiohttp"}
+
