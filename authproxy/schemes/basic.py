@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import hashlib
-import hmac
 import os
 import re
 import time
@@ -98,7 +97,7 @@ class BasicAuthenticator:
         self._executor = executor
         self._metrics = metrics
         self._token_verifier = token_verifier
-        self._keyed_hmac = hmac.new(os.urandom(32), digestmod=hashlib.sha256)
+        self._cache_secret = os.urandom(32)  # the cache keys' MAC key, this process's own
         # Values: the hash that verified and the identity built with it; a hit counts only
         # while that hash and the user's groups are still the current ones.
         self._cache: ExpiringCache[tuple[PasswordHash, Identity]] | None = (
@@ -177,12 +176,12 @@ class BasicAuthenticator:
         return identity
 
     def _cache_key(self, value: str) -> bytes:
-        # The cache is keyed by the exact credentials string. A few spellings decode alike
-        # (base64 lets the bits in padding vary): each is its own entry, and a key is only
-        # ever stored after its string decoded and verified.
-        mac = self._keyed_hmac.copy()  # the key's HMAC state, computed once
-        mac.update(value.encode("utf-8", "surrogateescape"))
-        return mac.digest()
+        # The cache is keyed by a MAC of the exact credentials string (one spelling per
+        # credential: decode_basic takes canonical base64 only), so the passwords are not
+        # what the cache holds. Keyed BLAKE2s is a MAC in one C call: half what copying a
+        # prepared HMAC-SHA256 state costs, on the hot path of every remembered decision.
+        return hashlib.blake2s(value.encode("utf-8", "surrogateescape"),
+                               key=self._cache_secret).digest()
 
     def _remembered(self, key: bytes) -> Identity | None:
         if self._cache is None:
