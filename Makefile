@@ -36,3 +36,9 @@ fuzz: deps
 
 clean:
 	rm -rf $(VENV) .demo .fuzz .hypothesis .pytest_cache build *.egg-info
+
+# The decision oracle through a real nginx: N generated requests, SEED to repeat a run.
+.PHONY: oracle
+N ?= 20000
+oracle: deps
+	$(VENV)/bin/python -m tests.oracle --requests $(N) $(if $(SEED),--seed $(SEED))
