@@ -339,7 +339,7 @@ def bearer_principal(token: str, rules: TokenRules, now: float) -> Who | None:
             verified = pyjwt.decode(
                 token, key.key, algorithms=[header["alg"]], audience=list(rules.audiences),
                 issuer=rules.issuer, leeway=rules.leeway,
-                options={"require": ["exp"], "verify_sub": False, "verify_jti": False})
+                options={"require": ["exp"], "verify_jti": False})
         except pyjwt.InvalidTokenError:
             continue
         break

@@ -80,6 +80,18 @@ async def test_identity_comes_from_the_configured_claims(
         "X-Auth-Groups": "dev,ops", "X-Auth-Scopes": "admin read write"}
 
 
+@pytest.mark.parametrize("sub", [123, ["u-123"], None])
+async def test_a_subject_that_is_no_string_is_refused_when_the_user_is_another_claim(
+    start_app: StartApp, clock: FakeClock, sub: Any
+) -> None:
+    # RFC 7519 4.1.2: sub is a StringOrURI. Found by the decision oracle (PyJWT refuses it);
+    # authproxy had admitted the token with an empty X-Auth-Subject.
+    client = await start_app(jwks_username_field="email")
+    response = await get_auth(client, mint(K1, clock.time(), sub=sub, email="alice@example.com"))
+    assert response.status == 401
+    assert invalid_token("malformed") in single_challenge(response)
+
+
 async def test_no_credentials_challenge_names_both_schemes_on_one_line(
     start_app: StartApp, htpasswd: Any
 ) -> None:

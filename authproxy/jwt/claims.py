@@ -100,7 +100,9 @@ class ClaimPolicy:
         user = claims.get(self._user_claim)
         if not isinstance(user, str) or not user:
             raise invalid_token("missing_user")
-        subject = claims.get("sub")
+        subject = claims.get("sub", "")
+        if not isinstance(subject, str):  # RFC 7519 4.1.2: a StringOrURI
+            raise invalid_token("bad_sub")
         scopes: frozenset[str] = frozenset()
         for name in ("scope", "scp"):  # OAuth's space-separated string; Entra's list
             if name in claims:
@@ -109,7 +111,7 @@ class ClaimPolicy:
         sent_groups, sent_scopes, dropped = sendable(groups or (), scopes)
         try:
             return Identity(
-                user=user, method="bearer", subject=subject if isinstance(subject, str) else "",
+                user=user, method="bearer", subject=subject,
                 groups=sent_groups, scopes=sent_scopes, expires_at=exp, claims=claims,
                 dropped=dropped,
             )
