@@ -5,12 +5,12 @@ import base64
 import json
 from typing import Any
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from authproxy.jwt import jose as jose_module
 from tests.fuzz import jose
+from tests.planted import assert_caught
 
 from .jwks_server import b64url, resign, signing_key
 
@@ -155,8 +155,7 @@ def _lenient_b64url_decode(segment: str) -> bytes:
 
 def test_a_planted_lenient_base64url_is_caught(monkeypatch: Any) -> None:
     monkeypatch.setattr(jose_module, "b64url_decode", _lenient_b64url_decode)
-    with pytest.raises(AssertionError):
-        test_mutated_tokens()
+    assert_caught(test_mutated_tokens)
 
 
 def _duplicate_friendly_json(document: bytes) -> Any:
@@ -167,5 +166,4 @@ def _duplicate_friendly_json(document: bytes) -> Any:
 
 def test_a_planted_lax_json_is_caught(monkeypatch: Any) -> None:
     monkeypatch.setattr(jose_module, "strict_json", _duplicate_friendly_json)
-    with pytest.raises(AssertionError):
-        test_hand_built_tokens()
+    assert_caught(test_hand_built_tokens)
