@@ -46,6 +46,7 @@ class Asked:
         self.path = self.rel_url.path
         self.path_qs = uri
         self.query_string = self.rel_url.query_string
+        self.raw_query_string = self.rel_url.raw_query_string
         self.headers = CIMultiDictProxy(CIMultiDict({"X-Real-IP": CLIENT, **headers}))
 
 

@@ -154,7 +154,7 @@ class Decider:
         # Below /auth (Envoy) the query string is the client's, never a policy. The policy is
         # parsed from the query as sent: the decoded query_string would decode it twice, and
         # "group=a%252Cb" (the group "a%2Cb") would name the groups "a" and "b".
-        query = request.rel_url.raw_query_string if request.path == "/auth" else ""
+        query = request.raw_query_string if request.path == "/auth" else ""
         policy = policy_for(query)
         if policy.problem:
             self._invalid_policy(query, policy.problem)

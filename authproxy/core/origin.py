@@ -44,6 +44,8 @@ class RequestView(Protocol):
     @property
     def query_string(self) -> str: ...
     @property
+    def raw_query_string(self) -> str: ...  # the query as sent, before decoding
+    @property
     def remote(self) -> str | None: ...
     @property
     def raw_path(self) -> str: ...  # the path as sent, before decoding

@@ -83,6 +83,14 @@ class Request:
         return str(self.rel_url)
 
     @property
+    def raw_query_string(self) -> str:
+        """The query as sent, before percent-decoding (what a policy is parsed from)."""
+        target = self.target
+        if target.startswith("/"):
+            return target.partition("?")[2].partition("#")[0]
+        return self.rel_url.raw_query_string
+
+    @property
     def query_string(self) -> str:
         """The query, decoded as yarl decodes it (aiohttp's ``request.query_string``)."""
         target = self.target
