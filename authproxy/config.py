@@ -394,6 +394,8 @@ def load_config(
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+        except UnicodeDecodeError:  # tomllib decodes before it parses
+            raise ConfigError([f"{path}: not valid TOML: not UTF-8"]) from None
     flags = {"server.listen": list(listen)} if listen else {}
     problems: list[str] = []
     config = read_table(SCHEMA, data, "", ENV_PREFIX, Sources(environ, flags, problems))

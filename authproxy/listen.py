@@ -66,6 +66,9 @@ class ListenAddress:
 
 def parse_listen(text: str) -> ListenAddress:
     """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``unix:/path``; raise ValueError if it is neither."""
+    if re.search(r"[\x00-\x1f\x7f]", text):
+        # a NUL would make bind() raise ValueError, not the OSError it reports as unbindable
+        raise ValueError(f"{text!r} holds a control character")
     if text.startswith("unix:"):
         path = text[5:]
         if not path.startswith("/"):

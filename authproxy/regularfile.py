@@ -58,6 +58,8 @@ def file_problem(path: str, limit: int) -> str | None:
         return "no such file"
     except OSError as exc:
         return exc.strerror or type(exc).__name__
+    except ValueError:  # os.stat refuses a path with a NUL byte (TOML can spell "\u0000")
+        return "not a path: it holds a NUL byte"
     return None
 
 

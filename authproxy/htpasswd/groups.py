@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 
 from ..core.identity import sendable_group
@@ -15,7 +16,8 @@ def load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozenset[str]]:
 
     A group may span several lines (Apache allows it); blank lines and ``#`` comments are
     skipped. A group name that X-Auth-Groups could not carry as itself (a comma, a control
-    character) is an error, like a line that does not parse: the old groups stay in use.
+    character) is an error, like a member name with a control character (no user can have
+    one) or a line that does not parse: the old groups stay in use.
     """
     try:
         data = read_regular_file(path, MAX_GROUPS_FILE_BYTES)
@@ -39,6 +41,11 @@ def load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozenset[str]]:
             # X-Auth-Groups is comma-joined: "x,admins" would read as the group admins
             raise UserFileError(os.fspath(path), lineno,
                                 "a group name cannot hold ',' or a control character")
-        for user in users.split():
+        names = users.split()
+        if any(unicodedata.category(c) == "Cc" for name in names for c in name):
+            # the user table refuses such a name, so it could only ever be a broken line
+            raise UserFileError(os.fspath(path), lineno,
+                                "a member name cannot hold a control character")
+        for user in names:
             members.setdefault(user, set()).add(group)
     return {user: frozenset(groups) for user, groups in members.items()}

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass
 from types import MappingProxyType
@@ -225,6 +226,10 @@ def split_entry(line: str) -> tuple[str, str] | None:
         raise ValueError("expected 'user:hash'")
     if not user:
         raise ValueError("empty user name")
+    if any(unicodedata.category(c) == "Cc" for c in user):
+        # X-Auth-User could not carry it, and no Basic credential can name it: a line like
+        # "ali\x00ce:..." is a broken file, not a user (``authproxy user add`` refuses it too)
+        raise ValueError("control character in user name")
     return user, rest.partition(":")[0]
 
 
@@ -261,7 +266,7 @@ class UserTable:
             data = read_regular_file(path, MAX_USERS_FILE_BYTES)
         except OSError as exc:
             raise UserFileError(name, None, f"cannot read: {exc.strerror}") from None
-        hashes = _parse_entries(name, data)
+        hashes = parse_entries(name, data)
         try:
             return cls(hashes)
         except Exception as exc:  # parameters that parse but cannot be hashed with (argon2's m)
@@ -296,7 +301,10 @@ class UserTable:
         return len(self._hashes)
 
 
-def _parse_entries(name: str, data: bytes) -> dict[str, PasswordHash]:
+def parse_entries(name: str, data: bytes) -> dict[str, PasswordHash]:
+    """The ``user -> hash`` entries of htpasswd file ``name``'s content ``data``, all of them
+    or none: raise UserFileError naming the first line that is not blank, a comment or a
+    valid entry of a new user. No hashing: ``UserTable`` does that."""
     hashes: dict[str, PasswordHash] = {}
     first_line: dict[str, int] = {}
     # Split on "\n" only: str.splitlines would also break on \v, \x1c, U+2028...

@@ -126,7 +126,8 @@ def parse_jwks(document: bytes, algorithms: Sequence[str], source: str) -> KeySe
     """
     try:
         data = json.loads(document)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        # RecursionError: a few thousand nested '[' fit well within the size cap
         raise JwksError("not_json", "the document is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise JwksError("not_jwks", 'the document is not a JWK Set (no "keys" array)')
@@ -166,7 +167,8 @@ def load_key(member: Any, algorithms: Sequence[str]) -> VerifyKey:
     if kid is not None and not isinstance(kid, str):
         raise _Skip("bad_kid")
     crv = member.get("crv", "")
-    if kty in _CURVES and crv not in _CURVES[kty]:
+    # not a string (a list, an object) would be unhashable in the lookup below
+    if not isinstance(crv, str) or (kty in _CURVES and crv not in _CURVES[kty]):
         raise _Skip("unsupported_curve")
     alg = member.get("alg")
     if alg is not None and alg not in algorithms:

@@ -152,6 +152,6 @@ async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         return None
     return data if isinstance(data, dict) else None
