@@ -418,6 +418,9 @@ def test_sha_crypt_is_timed_at_load_for_what_it_costs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", [
     "$2y$18$" + bcrypt_hash("pw", cost=4)[len("$2y$04$"):],
     "$6$rounds=20000000$saltsalt$" + "a" * 86,
+    # found by the htpasswd fuzz target: 4 TiB a verification passed as well formed
+    "$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdHNhbHQ$" + "A" * 22,
+    "$argon2id$v=19$m=65536,t=33,p=1$c2FsdHNhbHQ$" + "A" * 22,
 ])
 def test_a_hash_too_costly_to_verify_per_request_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="too costly"):

@@ -47,6 +47,8 @@ BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads of a password (Apache's C bcrypt 
 BCRYPT_COST = 10  # Apache htpasswd's: new passwords, and the dummy of an empty table
 MAX_BCRYPT_COST = 17  # the most Apache's htpasswd -C makes: ~10 s a verification
 MAX_SHA_ROUNDS = 10_000_000  # passlib's default is 656,000; glibc's 5,000
+MAX_ARGON2_MEMORY_KIB = 1 << 20  # 1 GiB a verification, in each hash thread
+MAX_ARGON2_TIME_COST = 32  # passes over that memory (RFC 9106 recommends 1 or 3)
 
 
 class PasswordMismatch(Exception):
@@ -111,7 +113,9 @@ def parse_hash(text: str) -> PasswordHash:
         raise ValueError(f"malformed {scheme} hash")
     if _too_costly(scheme, text):
         raise ValueError(f"{scheme} hash too costly to verify per request (bcrypt cost at "
-                         f"most {MAX_BCRYPT_COST}, SHA-crypt rounds at most {MAX_SHA_ROUNDS:,})")
+                         f"most {MAX_BCRYPT_COST}, SHA-crypt rounds at most {MAX_SHA_ROUNDS:,}, "
+                         f"argon2id m at most {MAX_ARGON2_MEMORY_KIB} and t at most "
+                         f"{MAX_ARGON2_TIME_COST})")
     return PasswordHash(scheme, text)
 
 
@@ -122,6 +126,9 @@ def _too_costly(scheme: str, text: str) -> bool:
         return int(text[4:6]) > MAX_BCRYPT_COST
     if scheme in ("sha256_crypt", "sha512_crypt"):
         return bool(_PASSLIB[scheme].from_string(text).rounds > MAX_SHA_ROUNDS)
+    if scheme == "argon2id":
+        p = extract_parameters(text)
+        return p.memory_cost > MAX_ARGON2_MEMORY_KIB or p.time_cost > MAX_ARGON2_TIME_COST
     return False
 
 
