@@ -163,6 +163,22 @@ async def test_a_closed_connection_lets_go_of_its_unfinished_head_at_once(edge) 
             gc.enable()
 
 
+async def test_a_client_that_half_closes_still_gets_its_answers(edge) -> None:
+    # Sent, then shut for writing (as `nc -N` or a request piped in does): the answers that
+    # need a hash verified come after the EOF, and must still be written.
+    async with edge() as server:
+        reader, writer = await server.connect()
+        writer.write(request(GOOD) + request(b"Authorization: Basic " +
+                                             base64.b64encode(b"alice:wrong")))
+        writer.write_eof()
+        answers = await closed_by_server(reader)
+        assert answers.startswith(b"HTTP/1.1 200")
+        assert answers.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 401" in answers
+        assert b"Connection: close" in answers.split(b"HTTP/1.1 401")[1]
+        assert server.held == 0
+        writer.close()
+
+
 async def test_a_64k_authorization_is_still_refused_as_a_credential(edge) -> None:
     """SPEC §7: under the smallest head cap allowed, a 64 kB header line reaches the
     decision (401 like a bad credential) rather than an edge bound."""

@@ -217,6 +217,19 @@ class Connection(asyncio.Protocol):
                 self._refuse(bound, answer=True)
         self._answer_waiting()
 
+    def eof_received(self) -> bool:
+        """The client has sent all it will (a half-close): what it asked is still answered,
+        then the connection closes (``_write``: nothing more can follow); an unfinished head
+        is dropped. True keeps the transport open for those answers."""
+        self._ignoring_input = True
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._edge.hold(self._held, 0)
+        self._held = 0
+        return bool(self._waiting) or self._task is not None
+
     def pause_writing(self) -> None:
         self._write_paused = True
         self._pause_reading()
