@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export PYTHON VENV
 
-.PHONY: deps demo test lint bench fuzz clean
+.PHONY: deps demo test lint bench fuzz soak clean
 
 deps:
 	@./.ci/install-deps
@@ -36,3 +36,9 @@ fuzz: deps
 
 clean:
 	rm -rf $(VENV) .demo .fuzz .hypothesis .pytest_cache build *.egg-info
+
+# The soak with chaos (bench/soak.py): mixed traffic through nginx for MINUTES while the JWKS
+# server, the users file, signals, a worker kill and a restart happen on a schedule.
+MINUTES ?= 10
+soak: deps
+	$(VENV)/bin/python bench/soak.py --minutes $(MINUTES)
