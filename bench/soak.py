@@ -650,9 +650,9 @@ PHASES = (
 )
 
 
-async def chaos(soak: Soak) -> None:
-    length = soak.seconds / len(PHASES)
-    for index, phase in enumerate(PHASES):
+async def chaos(soak: Soak, phases: tuple[Phase, ...]) -> None:
+    length = soak.seconds / len(phases)
+    for index, phase in enumerate(phases):
         start = soak.started + index * length
         soak.phase = phase.name
         soak.log("phase begins")
@@ -665,7 +665,7 @@ async def chaos(soak: Soak) -> None:
 
 
 async def run(work: Path, seconds: float, rate: float, grace: float, seed: int,
-              use_tls: bool) -> Soak:
+              use_tls: bool, phases: tuple[Phase, ...] = PHASES) -> Soak:
     ca = trustme.CA()
     ca_file = work / "jwks-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -697,7 +697,8 @@ async def run(work: Path, seconds: float, rate: float, grace: float, seed: int,
         with devharness.start_nginx(conf, prefix, port):
             soak.started = time.monotonic()
             url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-            await asyncio.gather(soak.traffic(url, soak.started + seconds, tls), chaos(soak))
+            await asyncio.gather(soak.traffic(url, soak.started + seconds, tls),
+                                 chaos(soak, phases))
     finally:
         await asyncio.to_thread(service.stop)
         await jwks.close()
@@ -750,8 +751,8 @@ def report(soak: Soak) -> dict[str, Any]:
         slowest, values = max(phase.pop("by_kind").items(),
                               key=lambda item: percentile(item[1], 0.99))
         phase["slowest_kind"] = f"{slowest} (p99 {percentile(values, 0.99):.1f} ms)"
-    flat = {f"{first} -> {last}": resources_flat(soak.samples.get(first), soak.samples.get(last))
-            for first, last in FLAT_SPANS}
+    flat = {f"{first} -> {last}": resources_flat(soak.samples[first], soak.samples[last])
+            for first, last in FLAT_SPANS if same_service(soak.samples, first, last)}
     return {
         "seconds": soak.seconds, "rate": soak.rate, "grace_s": soak.grace,
         "requests": len(soak.outcomes), "statuses": dict(sorted(statuses.items())),
@@ -764,20 +765,24 @@ def report(soak: Soak) -> dict[str, Any]:
     }
 
 
-# Spans over which one service's processes are compared: the first incarnation from the end
-# of the warm-up to the moment before the restart; the same from the end of the reloads (a
-# worker's first reload and first argon2id verification each grow it once by a thread's
-# malloc arena, about 8 MB, and then no more); and the second incarnation.
+# Spans over which one service's processes are compared (those the run sampled, both ends
+# from the same supervisor): the first incarnation from the end of the warm-up to the moment
+# before the restart; the same from the end of the reloads (a worker's first reload and first
+# argon2id verification each grow it once by a thread's malloc arena, about 8 MB, and then no
+# more); the second incarnation; and a run without a restart (--phases).
 FLAT_SPANS = (("end of steady", "before restart"), ("end of sighup", "before restart"),
-              ("end of restart", "end of steady-end"))
+              ("end of restart", "end of steady-end"), ("end of steady", "end of steady-end"))
 
 
-def resources_flat(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+def same_service(samples: dict[str, dict[str, Any]], first: str, last: str) -> bool:
+    return (first in samples and last in samples
+            and samples[first]["supervisor_pid"] == samples[last]["supervisor_pid"])
+
+
+def resources_flat(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """Whether the supervisor's RSS and fds and the workers' summed RSS grew by at most FLAT.
     The workers' fds are not compared: they follow the connections nginx keeps open (up to
     its upstream keepalive of 32) and the ones in flight."""
-    if before is None or after is None:
-        return False
     pairs = [(before["supervisor_rss_mb"], after["supervisor_rss_mb"]),
              (before["supervisor_fds"], after["supervisor_fds"]),
              (sum(before["workers_rss_mb"]), sum(after["workers_rss_mb"]))]
@@ -822,14 +827,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--grace", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--phases", default=",".join(p.name for p in PHASES),
+                        help="a comma-separated subset of the phases, in the order given")
     parser.add_argument("--tls", action="store_true", help="TLS to nginx (dev certificates)")
     parser.add_argument("--json", type=Path, help="also write the report here, as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
+    by_name = {phase.name: phase for phase in PHASES}
+    unknown = [name for name in args.phases.split(",") if name not in by_name]
+    if unknown:
+        parser.error(f"unknown phases {unknown}; known: {', '.join(by_name)}")
+    phases = tuple(by_name[name] for name in args.phases.split(","))
     work = Path(tempfile.mkdtemp(prefix="authproxy-soak-"))
     try:
-        soak = asyncio.run(run(work, seconds, args.rate, args.grace, args.seed, args.tls))
+        soak = asyncio.run(run(work, seconds, args.rate, args.grace, args.seed, args.tls,
+                               phases))
     finally:
         if args.keep:
             print(f"work directory kept: {work}")
