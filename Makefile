@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export PYTHON VENV
 
-.PHONY: deps demo test lint bench fuzz clean
+.PHONY: deps demo test lint bench fuzz oracle soak clean
 
 deps:
 	@./.ci/install-deps
@@ -34,11 +34,16 @@ fuzz: export WITH_FUZZ = 1
 fuzz: deps
 	$(VENV)/bin/python -m tests.fuzz.run --seconds $(SECONDS) $(if $(TARGET),--target $(TARGET))
 
-clean:
-	rm -rf $(VENV) .demo .fuzz .hypothesis .pytest_cache build *.egg-info
-
 # The decision oracle through a real nginx: N generated requests, SEED to repeat a run.
-.PHONY: oracle
 N ?= 20000
 oracle: deps
 	$(VENV)/bin/python -m tests.oracle --requests $(N) $(if $(SEED),--seed $(SEED))
+
+# The soak with chaos (bench/soak.py): mixed traffic through nginx for MINUTES while the JWKS
+# server, the users file, signals, a worker kill and a restart happen on a schedule.
+MINUTES ?= 10
+soak: deps
+	$(VENV)/bin/python bench/soak.py --minutes $(MINUTES)
+
+clean:
+	rm -rf $(VENV) .demo .fuzz .hypothesis .pytest_cache build *.egg-info
