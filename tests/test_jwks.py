@@ -226,6 +226,7 @@ async def test_concurrent_misses_share_one_fetch(
     start_app: StartApp, jwks_server: JwksServer, clock: FakeClock
 ) -> None:
     client = await start_app()
+    source_of(client).refresher.miss_wait = 60  # however slowly the 50 arrive on a busy box
     jwks_server.serve(K1, K2)
     jwks_server.hold = True
     tokens = [mint(K2, clock.time(), sub=f"user{i}") for i in range(50)]
@@ -237,6 +238,27 @@ async def test_concurrent_misses_share_one_fetch(
     await eventually(lambda: serving.requests >= 50)
     jwks_server.release()
     assert await pending == [200] * 50
+    assert jwks_server.fetches == 2
+
+
+async def test_a_slow_endpoint_holds_an_unknown_kid_no_longer_than_the_miss_wait(
+    start_app: StartApp, jwks_server: JwksServer, clock: FakeClock
+) -> None:
+    # Found by the soak: while the endpoint was slow, every token with an unknown kid waited
+    # for the whole fetch timeout (10 s). Now it waits miss_wait, is refused, and the fetch
+    # goes on: once it lands, the same kid passes without another fetch.
+    client = await start_app()
+    source_of(client).refresher.miss_wait = 0.5
+    jwks_server.serve(K1, K2)
+    jwks_server.hold = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await status_of(client, mint(K2, clock.time())) == 401
+    assert loop.time() - started < 3  # the fetch itself is held until released
+    assert jwks_server.fetches == 2
+    jwks_server.release()
+    await eventually(lambda: source_of(client).ring.knows_kid(K2.kid), "the fetch landed")
+    assert await status_of(client, mint(K2, clock.time(), sub="again")) == 200
     assert jwks_server.fetches == 2
 
 

@@ -42,6 +42,11 @@ log = logging.getLogger("authproxy.jwt.jwks")
 MAX_AGE_FLOOR = 60  # a server's max-age cannot make us fetch more often than this...
 MISS_REFRESH_INTERVAL = 60  # ...nor can unknown kids: one miss-triggered fetch per this long
 BACKOFF_FIRST = 1.0  # seconds before the first retry; doubled per failure up to the interval
+# Seconds a token with an unknown kid waits for the fetch it started or joined. Past it the
+# token is judged by the keys at hand (401) while the fetch goes on: a slow endpoint must
+# not hold every such request for the whole fetch timeout (10 s), nor let made-up kids
+# hold connections that long.
+MISS_WAIT = 2.0
 UNKNOWN_KID_CHARS = 1 << 20  # characters of unknown kids remembered, so hostile kids stay cheap
 
 
@@ -87,6 +92,7 @@ class Refresher:
         self._last_setup = -math.inf
         self._last_error: JwksError | None = None  # of the last fetch, whatever started it
         self._wake = asyncio.Event()
+        self.miss_wait = MISS_WAIT
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -141,10 +147,17 @@ class Refresher:
         All concurrent misses share one fetch, and misses start at most one fetch per
         MISS_REFRESH_INTERVAL; a kid still unknown after a fetch is remembered that long, so a
         flood of made-up kids costs the endpoint one request per interval and fails fast.
+        The wait is at most ``miss_wait`` seconds: past it the fetch goes on without this
+        token, and the kid is not remembered as unknown (the fetch may yet bring it).
         """
         if not self.may_learn(kid):
             return
-        if not await self.miss_refresh() or not self.ring.knows_kid(kid):
+        try:
+            async with asyncio.timeout(self.miss_wait):
+                fetched = await self.miss_refresh()
+        except TimeoutError:
+            return
+        if not fetched or not self.ring.knows_kid(kid):
             self._unknown_kids[kid] = len(kid) + 64
 
     async def miss_refresh(self) -> bool:
