@@ -88,6 +88,20 @@ def test_only_spaces_and_tabs_around_an_item_are_ignored() -> None:
     assert Policy.from_query("group=staff%0C").groups == {"staff\x0c"}
 
 
+def test_a_value_of_other_whitespace_is_not_empty() -> None:
+    """Only spaces and tabs make a value empty; a newline is a (useless) group of its own."""
+    assert Policy.from_query("group=%0A") == Policy(groups=frozenset({"\n"}))
+    assert Policy.from_query("group=X") == Policy(groups=frozenset({"X"}))
+
+
+def test_what_is_not_asked_for_is_empty() -> None:
+    assert Policy.from_query("scope=a") == Policy(scopes=frozenset({"a"}))
+    assert Policy.from_query("user=a") == Policy(users=frozenset({"a"}))
+    assert Policy.from_query("group=a&scheme=basic") == Policy(
+        groups=frozenset({"a"}), schemes=frozenset({"basic"}))
+    assert Policy.from_query("") == Policy()
+
+
 def test_scopes_split_on_spaces_only() -> None:
     assert Policy.from_query("scope=a%09b").scopes == {"a\tb"}
 
