@@ -76,8 +76,8 @@ def test_verification_costs_start_from_the_table_then_follow_a_moving_average() 
     assert costs.floor(table) == loaded
     costs.observe(sha("x"), 1.0)  # the first observation replaces the load-time timing
     assert costs.floor(table) == 1.0
-    costs.observe(sha("y"), 2.0)
-    assert costs.floor(table) == pytest.approx(1.0 + VerificationCosts.WEIGHT * 1.0)
+    costs.observe(sha("y"), 3.0)
+    assert costs.floor(table) == pytest.approx(1.0 + VerificationCosts.WEIGHT * 2.0)
     assert VerificationCosts.WEIGHT == 0.2
 
 

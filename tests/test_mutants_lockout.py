@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from authproxy.core.lockout import Attempt, FailureTracker, Lockout
+from authproxy.core.lockout import MAX_TRACKED, Attempt, FailureTracker, Lockout
 from authproxy.errors import Unauthenticated
 
 from .jwks_server import FakeClock
@@ -193,11 +193,11 @@ def test_reserve_counts_running_verifications_up_to_the_limit() -> None:
     attempts = [rules.attempt("alice", f"192.0.2.{i}") for i in range(3)]
     for attempt in attempts:
         rules.reserve(attempt)
-        assert attempt.reserved
+        assert attempt.reserved is True
     assert refused(rules.reserve, rules.attempt("alice", "192.0.2.9")) == "attempt_limit"
     assert rules.tracker.failures("client:192.0.2.9") == 1  # the user's limit: rule 3
     rules.settle(attempts[0], None)  # not decided: frees its place, counts nothing
-    assert not attempts[0].reserved and attempts[0].settled
+    assert attempts[0].reserved is False and attempts[0].settled
     assert rules.tracker.failures("user:alice") == 0
     rules.reserve(rules.attempt("alice", "192.0.2.8"))
 
@@ -267,3 +267,101 @@ def test_a_success_without_an_address_knows_nothing() -> None:
     rules.settle(attempt, True)
     assert known == []
     assert rules.tracker.failures("user:alice") == 0
+
+
+def test_a_ban_in_its_last_second_is_in_force_and_ended_at_its_end() -> None:
+    clock = FakeClock()
+    failures = tracker(clock)
+    failures.ban("user:a")
+    clock.advance(299.5)
+    assert failures.is_banned("user:a")
+    clock.advance(0.5)
+    assert failures.ban_left("user:a") == 0  # asked directly, before banning tidies up
+    assert failures.ban_left("user:a") == 0
+
+
+def test_an_ended_ban_is_not_counted_in_force() -> None:
+    clock = FakeClock()
+    failures = tracker(clock)
+    failures.ban("user:a", 10)
+    clock.advance(10)
+    assert failures.bans_in_force() == 0
+
+
+def test_short_bans_are_bans_and_none_forgets_nothing() -> None:
+    clock = FakeClock()
+    failures = tracker(clock, ban_time=1)
+    assert failures.record_failure("user:a", "user:a", "user:a") == ["user:a"]
+    failures.ban("user:b", 1)
+    assert failures.is_banned("user:b")
+    failures.record_failure("user:c")
+    failures.ban("user:c", 0)  # no ban: the failures stay counted
+    assert failures.failures("user:c") == 1
+
+
+def test_the_ban_table_holds_max_tracked_bans_in_force() -> None:
+    clock = FakeClock()
+    failures = tracker(clock)
+    for i in range(MAX_TRACKED):
+        failures.ban(f"client:{i}")
+    assert failures.bans_in_force() == MAX_TRACKED
+    failures.ban("client:one-more")
+    assert failures.bans_in_force() == MAX_TRACKED
+    assert not failures.is_banned("client:0")  # the oldest went
+
+
+def test_a_banned_user_without_an_address_bans_no_address_key() -> None:
+    clock = FakeClock()
+    rules = lockout(clock)
+    rules.tracker.ban("user:alice")
+    for _ in range(5):
+        assert refused(rules.check, "alice", "") == "banned"
+    assert [key for key, _ in rules.tracker.bans()] == ["user:alice"]
+    rules.check("bob", "")
+
+
+def test_reserve_refuses_a_banned_users_stranger_as_banned() -> None:
+    clock = FakeClock()
+    rules = lockout(clock)
+    rules.tracker.ban("user:alice")
+    assert refused(rules.reserve, rules.attempt("alice", "192.0.2.1")) == "banned"
+    assert rules.tracker.failures("client:192.0.2.1") == 1
+
+
+def test_a_known_address_is_still_held_to_its_own_limit() -> None:
+    clock = FakeClock()
+    rules = lockout(clock)
+    rules.add_known(rules.known_pair("alice", "192.0.2.1"))
+    for user in ("a", "b", "c"):
+        rules.reserve(rules.attempt(user, "192.0.2.1"))
+    assert refused(rules.reserve, rules.attempt("alice", "192.0.2.1")) == "attempt_limit"
+
+
+def test_a_known_address_ttl_of_one_second_remembers() -> None:
+    clock = FakeClock()
+    rules = lockout(clock, known_address_ttl=1)
+    pair = rules.known_pair("alice", "192.0.2.1")
+    rules.add_known(pair)
+    assert rules.is_known(pair)
+
+
+def test_a_user_id_that_is_no_utf8_still_has_a_known_pair() -> None:
+    """surrogateescape: a user-id decoded with it must not raise when it is MACed."""
+    rules = lockout(FakeClock(), mac_key=b"k" * 32)
+    assert len(rules.known_pair("\udcff", "192.0.2.1")) == 16
+    assert rules.known_pair("\udcff", "192.0.2.1") != rules.known_pair("\udcfe", "192.0.2.1")
+
+
+def test_reservations_are_bounded_and_settled_ones_freed() -> None:
+    clock = FakeClock()
+    rules = lockout(clock)
+    for i in range(MAX_TRACKED // 2):  # two keys each
+        attempt = Attempt(f"user:u{i}", f"client:{i}", b"")
+        rules.reserve(attempt)
+        rules.settle(attempt, None)
+    held = [Attempt(f"user:v{i}", f"client:v{i}", b"") for i in range(MAX_TRACKED // 2)]
+    for attempt in held:
+        rules.reserve(attempt)
+    assert refused(rules.reserve, Attempt("user:w", "client:w", b"")) == "overloaded"
+    rules.settle(held[0], None)
+    rules.reserve(Attempt("user:w", "", b""))

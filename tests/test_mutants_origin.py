@@ -83,7 +83,9 @@ def test_no_client_address_is_warned_once_a_minute(caplog: pytest.LogCaptureFixt
     warnings = [r for r in caplog.records if getattr(r, "event", "") == "no_client_address"]
     assert len(warnings) == 1
     assert warnings[0].peer == "127.0.0.1"  # type: ignore[attr-defined]
-    assert "sent no client address" in warnings[0].getMessage()
+    assert warnings[0].getMessage() == (
+        "the proxy in front sent no client address: bans count user-ids only "
+        "(set X-Real-IP to the client's address)")
     caplog.clear()
     Origin(PROXIES, allow_preflight=False).client(request(remote=None))
     assert [getattr(r, "peer", "") for r in caplog.records] == ["unix"]
