@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
 
 import pytest
 
 from authproxy.core.identity import Identity
 from authproxy.errors import Unauthenticated
 from authproxy.htpasswd.users import PasswordHash, UserTable, cost_class, parse_hash
+from authproxy.http.app import METRICS, create_app
 from authproxy.schemes.basic import (
     VerificationCosts,
     basic_challenge,
@@ -91,3 +93,17 @@ def test_the_floor_is_the_costliest_class_of_the_table() -> None:
     assert costs.floor(table) == 5.0
     costs.observe(table.get("b"), 7.0)  # type: ignore[arg-type]
     assert costs.floor(table) == 7.0
+
+
+async def test_a_remembered_password_counts_as_a_basic_cache_hit(
+    serve: Any, make_config: Any, htpasswd: Any,
+) -> None:
+    users = htpasswd(alice="alicepw")
+    client = await serve(create_app(make_config({"basic": {"users_file": str(users)}})))
+    auth = {"Authorization": "Basic " + encoded(b"alice:alicepw")}
+    for _ in range(3):
+        assert (await client.get("/auth", headers=auth)).status == 200
+    registry = client.app[METRICS].registry
+    lookups = "authproxy_cache_lookups_total"
+    assert registry.get_sample_value(lookups, {"cache": "basic", "result": "miss"}) == 1
+    assert registry.get_sample_value(lookups, {"cache": "basic", "result": "hit"}) == 2
