@@ -1,0 +1,1 @@
+"""make mutate: mutmut over the deciding modules, and the summary it prints."""

@@ -1,0 +1,109 @@
+"""The Basic scheme (schemes/basic.py) pinned through its public functions, one test per
+behaviour a mutant of it changed without the suite noticing (``make mutate``): the decoder's
+every refusal and split, the challenge, the JWT-as-password user check, and the moving
+average behind the failure floor (SPEC §8.1 rule 7)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import pytest
+
+from authproxy.core.identity import Identity
+from authproxy.errors import Unauthenticated
+from authproxy.htpasswd.users import PasswordHash, UserTable, cost_class, parse_hash
+from authproxy.http.app import METRICS, create_app
+from authproxy.schemes.basic import (
+    VerificationCosts,
+    basic_challenge,
+    check_token_user,
+    decode_basic,
+)
+
+
+def encoded(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize(("raw", "user", "password"), [
+    (b"alice:pw", "alice", b"pw"),
+    (b"alice:", "alice", b""),
+    (b"alice:p:w", "alice", b"p:w"),  # split at the first colon
+    ("jos\u00e9:p\u00e4ss".encode(), "jos\u00e9", "p\u00e4ss".encode()),
+    (b"a:\xff\xfe", "a", b"\xff\xfe"),  # the password is bytes, any bytes but controls
+])
+def test_decode_basic_splits_at_the_first_colon(raw: bytes, user: str, password: bytes) -> None:
+    assert decode_basic(encoded(raw)) == (user, password)
+
+
+@pytest.mark.parametrize("value", [
+    encoded(b"alicepw"),  # no colon
+    encoded(b":pw"),  # no user-id
+    encoded(b"al\x00ice:pw"), encoded(b"alice:p\x1fw"), encoded(b"alice:pw\x7f"),
+    encoded(b"\xff:pw"),  # not UTF-8
+    encoded(b"alice:pw") + "=", encoded(b"alice:pw1") + "==",  # excess padding
+    "YWxpY2U6cHd=",  # non-zero unused bits ("alice:pw" is YWxpY2U6cHc=)
+    "YWxp Y2U6cHc=", "YWxpY2U6cHc", "\u00e9", "YWxpY2U6cHc=\n",
+])
+def test_decode_basic_refuses_as_malformed(value: str) -> None:
+    with pytest.raises(Unauthenticated) as caught:
+        decode_basic(value)
+    assert caught.value.reason == "malformed"
+
+
+def test_the_challenge_names_the_realm_and_the_charset() -> None:
+    assert basic_challenge("my realm") == 'Basic realm="my realm", charset="UTF-8"'
+
+
+def test_a_token_as_password_is_for_its_own_user_or_star() -> None:
+    identity = Identity(user="alice", method="bearer")
+    check_token_user("alice", identity)
+    check_token_user("*", identity)
+    with pytest.raises(Unauthenticated) as caught:
+        check_token_user("bob", identity)
+    assert caught.value.reason == "token_user_mismatch"
+
+
+def sha(password: str) -> PasswordHash:
+    digest = hashlib.sha1(password.encode()).digest()  # the {SHA} scheme
+    return parse_hash("{SHA}" + base64.b64encode(digest).decode())
+
+
+def test_verification_costs_start_from_the_table_then_follow_a_moving_average() -> None:
+    table = UserTable({"alice": sha("pw")})
+    (loaded,) = table.verification_costs.values()
+    costs = VerificationCosts()
+    assert costs.floor(table) == loaded
+    costs.observe(sha("x"), 1.0)  # the first observation replaces the load-time timing
+    assert costs.floor(table) == 1.0
+    costs.observe(sha("y"), 3.0)
+    assert costs.floor(table) == pytest.approx(1.0 + VerificationCosts.WEIGHT * 2.0)
+    assert VerificationCosts.WEIGHT == 0.2
+
+
+def test_the_floor_is_the_costliest_class_of_the_table() -> None:
+    table = UserTable({"a": sha("pw"), "b": parse_hash(
+        "$apr1$salt1234$Q7CztgeNNi3oRfzA4m5Fl.")})
+    costs = VerificationCosts()
+    classes = {cost_class(sha("pw")), cost_class(table.get("b"))}  # type: ignore[arg-type]
+    assert set(table.verification_costs) >= classes
+    costs.observe(sha("x"), 5.0)
+    assert costs.floor(table) == 5.0
+    costs.observe(table.get("b"), 7.0)  # type: ignore[arg-type]
+    assert costs.floor(table) == 7.0
+
+
+async def test_a_remembered_password_counts_as_a_basic_cache_hit(
+    serve: Any, make_config: Any, htpasswd: Any,
+) -> None:
+    users = htpasswd(alice="alicepw")
+    client = await serve(create_app(make_config({"basic": {"users_file": str(users)}})))
+    auth = {"Authorization": "Basic " + encoded(b"alice:alicepw")}
+    for _ in range(3):
+        assert (await client.get("/auth", headers=auth)).status == 200
+    registry = client.app[METRICS].registry
+    lookups = "authproxy_cache_lookups_total"
+    assert registry.get_sample_value(lookups, {"cache": "basic", "result": "miss"}) == 1
+    assert registry.get_sample_value(lookups, {"cache": "basic", "result": "hit"}) == 2
