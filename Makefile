@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export PYTHON VENV
 
-.PHONY: deps demo test lint bench fuzz oracle soak clean
+.PHONY: deps demo test lint bench fuzz oracle soak mutate clean
 
 deps:
 	@./.ci/install-deps
@@ -45,16 +45,15 @@ MINUTES ?= 10
 soak: deps
 	$(VENV)/bin/python bench/soak.py --minutes $(MINUTES)
 
-clean:
-	rm -rf $(VENV) .demo .fuzz .hypothesis .pytest_cache build *.egg-info
-
 # Mutation testing of the deciding modules (mutmut; setup.cfg [mutmut] names the modules and
 # the tests). MUTANTS='authproxy.core.policy*' for one module; results are kept in mutants/
 # and a rerun tests only what changed. Prints the score per module, and fails when a survivor
 # is not in tests/mutation/equivalent.txt (the ones judged equivalent, each with its reason).
-.PHONY: mutate
 MUTATE_JOBS ?= 2
 mutate: export WITH_MUTATION = 1
 mutate: deps
 	$(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
 	$(VENV)/bin/python -m tests.mutation.summary
+
+clean:
+	rm -rf $(VENV) .demo .fuzz .hypothesis .pytest_cache mutants build *.egg-info
