@@ -143,9 +143,13 @@ def test_the_user_comes_from_the_configured_claim_and_the_subject_from_sub() -> 
         payload(email="a@example.com", sub="id-1"))
     assert (identity.user, identity.subject, identity.method) == (
         "a@example.com", "id-1", "bearer")
-    identity = claim_policy(jwks_username_field="email").identity(
-        payload(email="a@example.com", sub=5))
-    assert identity.subject == ""
+    by_email = claim_policy(jwks_username_field="email")
+    no_sub = json.dumps({"email": "a@example.com", "exp": NOW + 600}).encode()
+    assert by_email.identity(no_sub).subject == ""
+    # RFC 7519: sub is a StringOrURI (the decision oracle found one admitted)
+    for sub in (5, None, ["id-1"]):
+        assert refusal(by_email, payload(email="a@example.com", sub=sub)) == (
+            "bad_sub", DESCRIPTIONS["malformed"])
 
 
 def test_scopes_from_scope_and_scp_split_on_spaces_only() -> None:
