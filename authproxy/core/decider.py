@@ -277,12 +277,14 @@ class PendingDecision:
 
     async def answer(self) -> Answer:
         """The answer, logged and counted, once the authentication has finished."""
-        outcome: Identity | Exception
         try:
-            outcome = await self._pending.finish()
+            identity = await self._pending.finish()
         except Exception as exc:
-            outcome = exc
-        return self._decider._conclude(self._case, outcome, self._started)
+            # Concluded here: kept in a local past this block, the exception would hold its
+            # traceback, which holds this frame, which holds it: a cycle per refusal that only
+            # a full collection frees, and those are rare here (server.GC_THRESHOLDS).
+            return self._decider._conclude(self._case, exc, self._started)
+        return self._decider._conclude(self._case, identity, self._started)
 
 
 class _Case:
