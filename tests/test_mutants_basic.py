@@ -5,16 +5,19 @@ average behind the failure floor (SPEC §8.1 rule 7)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
 from typing import Any
 
 import pytest
+from jwcrypto import jwk
 
 from authproxy.core.identity import Identity
 from authproxy.errors import Unauthenticated
 from authproxy.htpasswd.users import PasswordHash, UserTable, cost_class, parse_hash
-from authproxy.http.app import METRICS, create_app
+from authproxy.http.app import DECIDER, METRICS, create_app
 from authproxy.schemes.basic import (
     VerificationCosts,
     basic_challenge,
@@ -107,3 +110,55 @@ async def test_a_remembered_password_counts_as_a_basic_cache_hit(
     lookups = "authproxy_cache_lookups_total"
     assert registry.get_sample_value(lookups, {"cache": "basic", "result": "miss"}) == 1
     assert registry.get_sample_value(lookups, {"cache": "basic", "result": "hit"}) == 2
+
+
+def decisions(client: Any, reason: str, scheme: str = "basic") -> float:
+    return client.app[METRICS].registry.get_sample_value(
+        "authproxy_decisions_total", {"scheme": scheme, "outcome": "deny", "reason": reason}) or 0
+
+
+async def raw_status(client: Any, head: bytes) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(head)
+    status = int((await reader.readline()).split()[1])
+    writer.close()
+    return status
+
+
+async def test_credentials_with_a_byte_that_is_not_utf8_are_malformed_not_an_error(
+    serve: Any, make_config: Any, htpasswd: Any,
+) -> None:
+    # The edge reads such a byte as a lone surrogate; the cache key's MAC must still take it
+    # (its error handler), and the decoder then refuses it as malformed, not internal_error.
+    users = htpasswd(alice="alicepw")
+    client = await serve(create_app(make_config({"basic": {"users_file": str(users)}})))
+    head = b"GET /auth HTTP/1.1\r\nHost: a\r\nAuthorization: Basic YWxp\xffY2U=\r\n\r\n"
+    assert await raw_status(client, head) == 401
+    assert decisions(client, "malformed") == 1
+    assert decisions(client, "internal_error") == 0
+
+
+async def test_a_token_in_basic_that_is_not_ascii_is_malformed(
+    serve: Any, make_config: Any, tmp_path: Any,
+) -> None:
+    key = jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [json.loads(key.export_public())]}))
+    client = await serve(create_app(make_config({"jwt": {
+        "jwks_file": str(tmp_path / "jwks.json"), "accept_in_basic": True,
+        "jwks_require_audience": ["app"]}})))
+    auth = {"Authorization": "Basic " + encoded("*:eyJ\u00e9.x.y".encode())}
+    assert (await client.get("/auth", headers=auth)).status == 401
+    assert decisions(client, "malformed") == 1
+
+
+def test_the_password_cache_is_keyed_by_a_mac_with_this_processs_secret(
+    make_config: Any, htpasswd: Any,
+) -> None:
+    # Not visible through the API: the cache must never hold a plain hash of credentials,
+    # which a memory dump would let anyone test guesses against offline.
+    config = make_config({"basic": {"users_file": str(htpasswd(alice="alicepw"))}})
+    first, second = (create_app(config)[DECIDER].chain.authenticators[0] for _ in range(2))
+    value = encoded(b"alice:alicepw")
+    keys = {first._cache_key(value), second._cache_key(value),  # type: ignore[attr-defined]
+            hashlib.blake2s(value.encode()).digest(), hashlib.sha256(value.encode()).digest()}
+    assert len(keys) == 4
