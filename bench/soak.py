@@ -767,9 +767,9 @@ def report(soak: Soak) -> dict[str, Any]:
 
 # Spans over which one service's processes are compared (those the run sampled, both ends
 # from the same supervisor): the first incarnation from the end of the warm-up to the moment
-# before the restart; the same from the end of the reloads (a worker's first reload and first
-# argon2id verification each grow it once by a thread's malloc arena, about 8 MB, and then no
-# more); the second incarnation; and a run without a restart (--phases).
+# before the restart; the same from the end of the reloads (before server.tune_malloc, each
+# thread that verified or timed an argon2id hash kept its 8 MiB: workers grew by 8 MB steps
+# at reloads); the second incarnation; and a run without a restart (--phases).
 FLAT_SPANS = (("end of steady", "before restart"), ("end of sighup", "before restart"),
               ("end of restart", "end of steady-end"), ("end of steady", "end of steady-end"))
 
