@@ -9,16 +9,25 @@ import asyncio
 import base64
 import hashlib
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from jwcrypto import jwk
 
+from authproxy.core.authn import AuthRequest, parse_authorization
 from authproxy.core.identity import Identity
 from authproxy.errors import Unauthenticated
 from authproxy.htpasswd.users import PasswordHash, UserTable, cost_class, parse_hash
+from authproxy.htpasswd.userstore import UserStore
 from authproxy.http.app import DECIDER, METRICS, create_app
+from authproxy.obs.metrics import Metrics
 from authproxy.schemes.basic import (
+    MAX_PENDING,
+    BasicAuthenticator,
+    PasswordVerification,
     VerificationCosts,
     basic_challenge,
     check_token_user,
@@ -162,3 +171,80 @@ def test_the_password_cache_is_keyed_by_a_mac_with_this_processs_secret(
     keys = {first._cache_key(value), second._cache_key(value),  # type: ignore[attr-defined]
             hashlib.blake2s(value.encode()).digest(), hashlib.sha256(value.encode()).digest()}
     assert len(keys) == 4
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A real one-thread pool that counts what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def authenticator(config: Any, executor: Any, metrics: Metrics | None = None,
+                  ) -> BasicAuthenticator:
+    return BasicAuthenticator(UserStore(config.basic.users_file, None), config.basic,
+                              executor, metrics or Metrics(), time.monotonic)
+
+
+def asking(user: str, password: str) -> AuthRequest:
+    return AuthRequest(parse_authorization([f"Basic {encoded(f'{user}:{password}'.encode())}"]),
+                       "192.0.2.1", "client:192.0.2.1")
+
+
+async def test_hashes_run_in_the_configured_pool_and_are_observed_as_held(
+    make_config: Any, htpasswd: Any,
+) -> None:
+    # the pool bounds the hash threads (http/app.hash_threads): asyncio's default would not
+    config = make_config({"basic": {"users_file": str(htpasswd(alice="alicepw"))}})
+    metrics = Metrics()
+    with CountingExecutor() as executor:
+        pending = authenticator(config, executor, metrics).begin(asking("alice", "wrong"))
+        assert isinstance(pending, PasswordVerification)
+        with pytest.raises(Unauthenticated):
+            await pending.finish()
+        assert executor.submitted == 1
+    held = metrics.registry.get_sample_value("authproxy_password_hash_seconds_sum")
+    assert held is not None and 0 < held < 5
+
+
+async def test_past_max_pending_verifications_a_new_one_is_refused_as_overloaded(
+    make_config: Any, htpasswd: Any,
+) -> None:
+    config = make_config({"basic": {"users_file": str(htpasswd(alice="alicepw")),
+                                    "max_failures": 1_000_000}})
+    gate = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        executor.submit(gate.wait)  # the one hash thread is busy: verifications queue
+        basic = authenticator(config, executor)
+        steps = [basic.begin(asking(f"u{i}", "pw")) for i in range(MAX_PENDING + 1)]
+        assert all(isinstance(step, PasswordVerification) for step in steps)
+        waiting = [asyncio.ensure_future(step.finish()) for step in steps[:MAX_PENDING]]
+        await asyncio.sleep(0)  # each has started its verification: MAX_PENDING in flight
+        try:
+            with pytest.raises(Unauthenticated) as caught:
+                await asyncio.wait_for(steps[-1].finish(), 5)  # queued behind the gate: never
+            assert caught.value.reason == "overloaded"
+        finally:
+            gate.set()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert {getattr(r, "reason", r) for r in results} == {"unknown_user"}
+
+
+async def test_a_jwt_shaped_password_without_a_token_verifier_is_a_password(
+    make_config: Any, htpasswd: Any,
+) -> None:
+    # with a ban in force the credentials are decoded first, and the token path is asked
+    config = make_config({"basic": {"users_file": str(htpasswd(alice="alicepw"))}})
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        basic = authenticator(config, executor)
+        basic.lockout.tracker.ban("user:mallory")
+        step = basic.begin(asking("alice", "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"))
+        assert isinstance(step, PasswordVerification)
+        with pytest.raises(Unauthenticated) as caught:
+            await step.finish()
+    assert caught.value.reason == "bad_password"
