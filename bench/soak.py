@@ -840,6 +840,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown phases {unknown}; known: {', '.join(by_name)}")
     phases = tuple(by_name[name] for name in args.phases.split(","))
     work = Path(tempfile.mkdtemp(prefix="authproxy-soak-"))
+    # SIGTERM as Ctrl-C: the run unwinds and stops its nginx, authproxy and JWKS server,
+    # which the default action (exit at once) would leave running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         soak = asyncio.run(run(work, seconds, args.rate, args.grace, args.seed, args.tls,
                                phases))
