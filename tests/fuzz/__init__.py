@@ -17,7 +17,12 @@ Every crash either finds becomes a regression test next to the target's hypothes
 """
 from __future__ import annotations
 
+import atexit
+import os
 import pkgutil
+import shutil
+import tempfile
+from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -27,3 +32,20 @@ CORPUS = HERE / "corpus"
 def targets() -> list[str]:
     """The names of the target modules in this package."""
     return sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name != "run")
+
+
+@cache
+def _scratch() -> str:
+    """A directory of this process's own for the inputs of the loaders that take a path
+    (removed at exit)."""
+    directory = tempfile.mkdtemp(prefix="authproxy-fuzz-")
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
+
+
+def as_file(name: str, data: bytes) -> str:
+    """Write ``data`` to this process's scratch file ``name``; its path."""
+    path = os.path.join(_scratch(), name)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return path

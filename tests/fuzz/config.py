@@ -5,25 +5,13 @@ listing problems; nothing else escapes.
 """
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import os
-import shutil
-import tempfile
 import tomllib
-from functools import cache
 from typing import Any
 
 from authproxy import config as config_module
 from authproxy.errors import ConfigError
-
-
-@cache
-def _scratch() -> str:
-    """A file of this process's own to write each input to (removed at exit)."""
-    directory = tempfile.mkdtemp(prefix="fuzz-config-")
-    atexit.register(shutil.rmtree, directory, True)
-    return os.path.join(directory, "authproxy.toml")
+from tests.fuzz import as_file
 
 
 def known_keys(cls: Any) -> dict[str, Any]:
@@ -45,9 +33,7 @@ def unknown_keys(table: dict[str, Any], cls: Any) -> list[str]:
 
 
 def check(data: bytes) -> None:
-    path = _scratch()
-    with open(path, "wb") as fh:
-        fh.write(data)
+    path = as_file("authproxy.toml", data)
     try:
         config = config_module.load_config(path, environ={})
     except ConfigError as exc:

@@ -6,23 +6,11 @@ no control character.
 """
 from __future__ import annotations
 
-import atexit
-import os
-import shutil
-import tempfile
 import unicodedata
-from functools import cache
 
 from authproxy.errors import UserFileError
 from authproxy.htpasswd import groups
-
-
-@cache
-def _scratch() -> str:
-    """A file of this process's own to write each input to (removed at exit)."""
-    directory = tempfile.mkdtemp(prefix="fuzz-groups-")
-    atexit.register(shutil.rmtree, directory, True)
-    return os.path.join(directory, "groups")
+from tests.fuzz import as_file
 
 
 def expected_members(data: bytes) -> dict[str, set[str]] | None:
@@ -41,9 +29,7 @@ def expected_members(data: bytes) -> dict[str, set[str]] | None:
 
 
 def check(data: bytes) -> None:
-    path = _scratch()
-    with open(path, "wb") as fh:
-        fh.write(data)
+    path = as_file("groups", data)
     try:
         loaded = groups.load_groups(path)
     except UserFileError as exc:
