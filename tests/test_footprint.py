@@ -55,6 +55,15 @@ def test_a_bearer_only_sidecar_loads_no_password_hashing_and_no_aiohttp(
     assert not loaded & {"argon2", "passlib", "aiohttp"}
 
 
+def test_a_sidecar_that_fetches_its_keys_loads_no_http_client_library(tmp_path: Path) -> None:
+    config = tmp_path / "authproxy.toml"
+    config.write_text(toml_text({"jwt": {"jwks_endpoint": "https://idp.example/jwks.json",
+                                         "jwks_require_audience": ["app"]}}))
+    loaded = loaded_packages(config)
+    assert "httptools" in loaded  # the JWKS client's parser, like the edge's
+    assert not loaded & {"aiohttp", "argon2", "passlib"}
+
+
 
 RETAINED = """
 import sys, threading

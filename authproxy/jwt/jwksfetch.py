@@ -1,6 +1,11 @@
 """Fetching JWK Sets and OIDC discovery documents over HTTPS, with hard limits; the HTTP
 :class:`~authproxy.jwt.fetcher.Fetcher` (:class:`HttpFetcher`).
 
+One GET per fetch, on its own connection (``Connection: close``): a set is fetched every few
+minutes, so there is nothing to pool. The answer is parsed by llhttp (httptools, the parser
+of the HTTP edge), so no HTTP client library is loaded for it: aiohttp's client alone was
+14 MB of every Bearer sidecar's memory.
+
 Every failure becomes a :class:`JwksError` with a fixed ``reason`` (a metric label) and a short
 ``detail`` written here, never a response body: the document is untrusted input.
 """
@@ -8,13 +13,16 @@ Every failure becomes a :class:`JwksError` with a fixed ``reason`` (a metric lab
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import ssl
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
+import httptools
 
 from .. import __version__
 from ..config import JwtConfig, check_url
@@ -24,6 +32,11 @@ from .locations import discovery_url, redact_url
 
 FETCH_TIMEOUT = 10.0  # seconds for one whole fetch: connect, TLS, headers and body
 MAX_DOCUMENT_BYTES = 1 << 20  # a JWK Set of ~100 RSA keys is ~50 kB
+MAX_HEAD_BYTES = 64 << 10  # status line and headers of an answer
+READ_SIZE = 64 << 10
+# what a request target keeps as written (RFC 3986's unreserved and delimiters, and escapes
+# already made); anything else (a space, a control character, non-ASCII) is percent-encoded
+_TARGET_SAFE = "!$&'()*+,;=:@/?%~-._"
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d{1,10})", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|[,\s])(?:no-cache|no-store)(?:$|[,\s=])", re.IGNORECASE)
 
@@ -49,46 +62,139 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file or None)
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Where to connect for a URL, and the request head to send there."""
+
+    host: str
+    port: int
+    tls: bool
+    head: bytes
+
+    @classmethod
+    def get(cls, url: str) -> Request:
+        """A GET of ``url`` (http or https, as check_url allows); user-info becomes Basic
+        credentials. Raise ValueError for a URL that cannot be requested."""
+        parts = urlsplit(url)
+        host = parts.hostname
+        if parts.scheme not in ("http", "https") or not host:
+            raise ValueError("not an http(s) URL")
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        name = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+        target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                       safe=_TARGET_SAFE)
+        if not name.isprintable() or " " in name:
+            raise ValueError("a host name that cannot be sent")
+        lines = [
+            f"GET {target} HTTP/1.1",
+            f"Host: {name}" + ("" if port == (443 if tls else 80) else f":{port}"),
+            f"User-Agent: authproxy/{__version__}",
+            "Accept: application/json",
+            "Connection: close",
+        ]
+        if parts.username is not None:
+            secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            lines.append("Authorization: Basic " + base64.b64encode(secret.encode()).decode())
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return cls(host, port, tls, head.encode("ascii"))
+
+
+class _Answer:
+    """The response as llhttp reads it (the callbacks of ``httptools.HttpResponseParser``)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.complete = False
+        self._start()
+
+    def _start(self) -> None:
+        self.status = 0
+        self.headers_done = False
+        self.delimited = False  # a Content-Length or chunked body: its end is known
+        self.cache_control: list[str] = []
+        self.content_length: int | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"cache-control":
+            self.cache_control.append(value.decode("latin-1"))
+        elif name == b"content-length":
+            self.delimited = True
+            self.content_length = int(value) if value.strip().isdigit() else None
+        elif name == b"transfer-encoding":
+            self.delimited = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size <= MAX_DOCUMENT_BYTES:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:  # an interim answer (103 Early Hints): the real one follows
+            self._start()
+            return
+        self.complete = True
+
+    def check(self) -> None:
+        """Raise JwksError as soon as what has come shows the fetch failed."""
+        if not self.headers_done:
+            return
+        if self.status != 200:
+            raise JwksError("http_status", f"HTTP status {self.status}")
+        if self.size > MAX_DOCUMENT_BYTES or (self.content_length or 0) > MAX_DOCUMENT_BYTES:
+            raise JwksError("oversized", f"larger than {MAX_DOCUMENT_BYTES} bytes")
+
+
 class JwksClient:
-    """One aiohttp ClientSession for key material; open with ``async with``."""
+    """GETs of key material and discovery documents, each within ``timeout`` seconds."""
 
     def __init__(self, ssl_context: ssl.SSLContext) -> None:
         self._ssl = ssl_context
         self.timeout = FETCH_TIMEOUT  # seconds for a whole fetch (tests shorten it)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> JwksClient:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=4),
-            headers={"User-Agent": f"authproxy/{__version__}", "Accept": "application/json"},
-        )
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def fetch(self, url: str) -> Document:
         """GET ``url``: 200, at most MAX_DOCUMENT_BYTES, within ``timeout``; raise JwksError.
 
         Redirects are not followed: the key material comes from the configured place only.
         """
-        if self._session is None:
-            raise JwksError("not_started", "the HTTP client is not running")
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._session.get(url, allow_redirects=False) as response:
-                    if response.status != 200:
-                        raise JwksError("http_status", f"HTTP status {response.status}")
-                    body = await _read_limited(response)
-                    return Document(body, max_age(response.headers.get("Cache-Control", "")))
+                return await self._get(Request.get(url))
         except TimeoutError:
             raise JwksError("timeout", f"no complete answer within {self.timeout:g}s") from None
-        except aiohttp.ClientSSLError as exc:
+        except ssl.SSLError as exc:
             raise JwksError("tls_error", f"TLS failed: {type(exc).__name__}") from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (OSError, ValueError, httptools.HttpParserError) as exc:
             raise JwksError("connection_error", f"request failed: {type(exc).__name__}") from None
+
+    async def _get(self, request: Request) -> Document:
+        reader, writer = await asyncio.open_connection(
+            request.host, request.port, ssl=self._ssl if request.tls else None,
+            server_hostname=request.host if request.tls else None, limit=READ_SIZE)
+        try:
+            writer.write(request.head)
+            answer, received = _Answer(), 0
+            while not answer.complete:
+                data = await reader.read(READ_SIZE)
+                if not data:  # the server closed: the end of a body that had no length
+                    if answer.headers_done and not answer.delimited:
+                        break
+                    raise ConnectionError("the answer ended early")
+                received += len(data)
+                answer.parser.feed_data(data)
+                answer.check()
+                if not answer.headers_done and received > MAX_HEAD_BYTES:
+                    raise JwksError("oversized", f"headers larger than {MAX_HEAD_BYTES} bytes")
+            return Document(b"".join(answer.chunks), max_age(", ".join(answer.cache_control)))
+        finally:
+            writer.transport.abort()  # nothing more to say or hear; no TLS close to wait for
 
     async def discover(self, issuer: str) -> str:
         """The ``jwks_uri`` from the issuer's OpenID configuration; raise JwksError.
@@ -123,8 +229,8 @@ class HttpFetcher:
         self._url = config.jwks_endpoint  # or discovered from the issuer
         self.location = redact_url(config.jwks_endpoint or discovery_url(config.issuer))
 
-    def running(self) -> JwksClient:
-        return self.client
+    def running(self) -> AbstractAsyncContextManager[Any]:
+        return nullcontext()  # a connection per fetch: nothing to open or close
 
     async def fetch(self, trigger: str) -> Fetched:
         """Fetch and parse the set; raise JwksError."""
@@ -135,18 +241,6 @@ class HttpFetcher:
         keyset = await asyncio.to_thread(parse_jwks, document.body, self._config.algorithms,
                                          "endpoint")
         return Fetched(keyset, document.max_age)
-
-
-async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
-    if response.content_length is not None and response.content_length > MAX_DOCUMENT_BYTES:
-        raise JwksError("oversized", f"larger than {MAX_DOCUMENT_BYTES} bytes")
-    chunks, size = [], 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > MAX_DOCUMENT_BYTES:
-            raise JwksError("oversized", f"larger than {MAX_DOCUMENT_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
