@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 
 from .prom import Counter, Family, Gauge, Histogram, Registry, render
-from .promfiles import ProcessFiles
+from .promfiles import ProcessFiles, merge
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -149,6 +149,12 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self.pid = os.getpid() if pid is None else pid
         self._files = ProcessFiles(multiprocess_dir) if multiprocess_dir else None
+        # Every family's name, kind, labels and buckets, without values: merged first, they
+        # order the exposition, show the families no process has values of yet, and win over
+        # a process that disagrees (another version, after an upgrade). Taken now, because
+        # exposition runs in a thread and must not read this process's values.
+        self._shapes = [Family(f.name, f.kind, f.doc, f.labelnames, {}, f.buckets, f.mode)
+                        for f in registry.collect()]
 
     def record_decision(self, scheme: str, outcome: str, reason: str, seconds: float) -> None:
         self.decisions.record(scheme, outcome, _METRIC_REASONS.get(reason, reason), seconds)
@@ -174,5 +180,5 @@ class Metrics:
         """The text exposition: of this process, or in multi-worker mode of every process
         (as of their last flush; it reads files, so call it off the event loop)."""
         if self._files is not None:
-            return render(self._files.collect())
+            return render(merge([self._shapes, *self._files.read_all()]))
         return render(self.registry.collect())

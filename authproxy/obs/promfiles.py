@@ -35,6 +35,7 @@ log = logging.getLogger("authproxy.metrics")
 
 ARCHIVE = "archive.json"
 _SNAPSHOT = re.compile(r"([0-9]+)\.json")
+_CANNOT_WRITE = "a metrics file cannot be written"
 _COMBINE: dict[GaugeMode, Callable[[list[float]], float]] = {
     "livemax": max, "livemin": min, "livesum": math.fsum,
 }
@@ -45,35 +46,47 @@ class ProcessFiles:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self._reported: set[str] = set()  # files already logged as unreadable
+        self._reported: set[tuple[str, str]] = set()  # (file, problem) already logged
 
     def write(self, pid: int, families: Iterable[Family]) -> None:
-        """Replace process ``pid``'s snapshot with ``families``."""
-        temporary = self.path / f".{pid}.tmp"
-        temporary.write_text(_dumps(families))
-        os.replace(temporary, self.path / f"{pid}.json")
+        """Replace process ``pid``'s snapshot with ``families``. A failure (a full disk) is
+        logged, once until a write succeeds again: the last snapshot stays."""
+        name = f"{pid}.json"
+        try:
+            temporary = self.path / f".{pid}.tmp"
+            temporary.write_text(_dumps(families))
+            os.replace(temporary, self.path / name)
+        except OSError as exc:
+            self._report(name, _CANNOT_WRITE, exc)
+        else:
+            self._reported.discard((name, _CANNOT_WRITE))
 
-    def collect(self) -> list[Family]:
-        """Every process's families added up (see the module docstring)."""
+    def read_all(self) -> list[list[Family]]:
+        """The families of every snapshot and of the archive (see :func:`merge`)."""
         with self._locked(fcntl.LOCK_SH):
             names = sorted(os.listdir(self.path))
             snapshots = [self._read(name) for name in names if _SNAPSHOT.fullmatch(name)]
             archive = self._read(ARCHIVE) if ARCHIVE in names else []
-        return merge([*snapshots, archive])
+        return [*snapshots, archive]
 
     def mark_process_dead(self, pid: int) -> None:
         """Fold the snapshot of ``pid``, which has exited, into the archive; a no-op for a
-        process that wrote none."""
+        process that wrote none. A failure is logged: the snapshot then stays as it is."""
+        name = f"{pid}.json"
         with self._locked(fcntl.LOCK_EX):
-            if not (self.path / f"{pid}.json").exists():
+            if not (self.path / name).exists():
                 return
-            dead = self._read(f"{pid}.json")
-            archived = self._read(ARCHIVE) if (self.path / ARCHIVE).exists() else []
-            temporary = self.path / ".archive.tmp"
-            temporary.write_text(_dumps(merge([archived, dead], gauges=False)))
-            os.replace(temporary, self.path / ARCHIVE)
-            (self.path / f"{pid}.json").unlink()
-            (self.path / f".{pid}.tmp").unlink(missing_ok=True)  # killed while writing
+            try:
+                dead = self._read(name)
+                if dead:
+                    archived = self._read(ARCHIVE) if (self.path / ARCHIVE).exists() else []
+                    temporary = self.path / ".archive.tmp"
+                    temporary.write_text(_dumps(merge([archived, dead], gauges=False)))
+                    os.replace(temporary, self.path / ARCHIVE)
+                (self.path / name).unlink()
+                (self.path / f".{pid}.tmp").unlink(missing_ok=True)  # killed while writing
+            except OSError as exc:
+                self._report(name, "a dead process's metrics cannot be folded", exc)
 
     @contextlib.contextmanager
     def _locked(self, operation: int) -> Iterator[None]:
@@ -90,12 +103,15 @@ class ProcessFiles:
         except FileNotFoundError:
             return []
         except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
-            if name not in self._reported:
-                self._reported.add(name)
-                log.error("a metrics file cannot be read: skipped", extra={
-                    "event": "metrics", "file": str(self.path / name), "error": repr(exc),
-                })
+            self._report(name, "a metrics file cannot be read: skipped", exc)
             return []
+
+    def _report(self, name: str, problem: str, exc: BaseException) -> None:
+        if (name, problem) not in self._reported:
+            self._reported.add((name, problem))
+            log.error(problem, extra={
+                "event": "metrics", "file": str(self.path / name), "error": repr(exc),
+            })
 
 
 def merge(processes: Iterable[list[Family]], *, gauges: bool = True) -> list[Family]:
