@@ -3,9 +3,10 @@
 Our own, on the standard library only: prometheus_client's package imports http.server,
 urllib, wsgiref, email and more, about 2 MB of every process's memory, for a format this module
 writes in a few lines. What it writes is what prometheus_client's ``generate_latest`` writes
-for the same values (the tests parse it with prometheus_client's parser), with one difference:
-no ``_created`` series, which nobody here reads and which would make every scrape of several
-processes disagree.
+for the same values (the tests compare the two, and parse ours with prometheus_client's
+parser), with one difference: no ``_created`` series (the creation time of each counter and
+histogram), which nothing here reads and which prometheus_client's multiprocess mode, our
+mode with several workers, never wrote either.
 
 Every family is collected as a :class:`Family`: the form the text writer, the registry's
 :meth:`Registry.get_sample_value` and the shared files of multiprocess mode (promfiles.py)
