@@ -28,9 +28,8 @@ from .regularfile import (
 )
 
 ENV_PREFIX = "AUTHPROXY_"
-# Not configuration keys, but shared by the server and the supervisor (which imports the
-# server only once prometheus_client's shared directory is set: see supervise()), so kept
-# with the settings they go with.
+# Not configuration keys, but shared by the server and the supervisor, so kept with the
+# settings they go with.
 SHUTDOWN_TIMEOUT = 10.0  # seconds in-flight decisions get to finish after SIGTERM
 METRICS_FLUSH_INTERVAL = 1.0  # seconds between workers' metric flushes (see metrics.py)
 ASYMMETRIC_ALGORITHMS = (

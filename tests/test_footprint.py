@@ -36,23 +36,24 @@ def jwks_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_basic_only_sidecar_loads_no_jwt_library_and_no_aiohttp(tmp_path: Path) -> None:
+def test_a_basic_only_sidecar_loads_no_jwt_library_no_aiohttp_and_no_prometheus_client(
+        tmp_path: Path) -> None:
     config = tmp_path / "authproxy.toml"
     config.write_text(toml_text({"basic": {"users_file": str(write_users(tmp_path / "users",
                                                                           alice="pw"))}}))
     loaded = loaded_packages(config)
     assert "bcrypt" in loaded  # the check sees what is loaded
-    assert not loaded & {"jwcrypto", "aiohttp"}
+    assert not loaded & {"jwcrypto", "aiohttp", "prometheus_client"}
 
 
-def test_a_bearer_only_sidecar_loads_no_password_hashing_and_no_aiohttp(
+def test_a_bearer_only_sidecar_loads_no_password_hashing_no_aiohttp_and_no_prometheus_client(
         tmp_path: Path, jwks_file: Path) -> None:
     config = tmp_path / "authproxy.toml"
     config.write_text(toml_text({"jwt": {"jwks_file": str(jwks_file),
                                          "jwks_require_audience": ["app"]}}))
     loaded = loaded_packages(config)
     assert "jwcrypto" in loaded
-    assert not loaded & {"argon2", "passlib", "aiohttp"}
+    assert not loaded & {"argon2", "passlib", "aiohttp", "prometheus_client"}
 
 
 def test_a_sidecar_that_fetches_its_keys_loads_no_http_client_library(tmp_path: Path) -> None:

@@ -597,11 +597,13 @@ async def test_misses_and_jwks_setup_ask_the_supervisor(
             assert jwks_server.fetches == 3
             assert await answered(mint(K3), 200) == workers
 
-        # The supervisor's fetches and the workers' gauges, from any worker's /metrics.
-        def gauges_flushed() -> bool:
+        # The supervisor's fetches and the workers' gauges, from any worker's /metrics, once
+        # every process has flushed (each does once a second).
+        def flushed() -> bool:
             return (scrape(proxy, "authproxy_jwks_keys") == 1
-                    and scrape(proxy, "authproxy_jwks_age_seconds") < 60)
-        await asyncio.to_thread(until, gauges_flushed, "the key gauges of every process")
+                    and scrape(proxy, "authproxy_jwks_age_seconds") < 60
+                    and scrape(proxy, "authproxy_jwks_fetches_total") >= 3)
+        await asyncio.to_thread(until, flushed, "the key metrics of every process")
         assert await asyncio.to_thread(scrape, proxy, "authproxy_jwks_fetches_total") == 3
     assert jwks_server.fetches == 3
     assert {e["pid"] for e in events(proxy, "jwks_fetch")} == {proxy.process.pid}

@@ -80,7 +80,7 @@ class WorkerContext:
 
     index: int  # 0..workers-1, stable across restarts of that worker
     state_dir: str  # the supervisor's private directory (published key sets)
-    metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR
+    metrics_dir: str  # the shared metrics directory (obs/promfiles.py)
     link: MasterLink
     lockout: Lockout  # the bans in force and known pairs at start (banshare.py)
 

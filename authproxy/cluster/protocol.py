@@ -56,7 +56,7 @@ class Bootstrap:
     OP: ClassVar[str] = "bootstrap"
     index: int  # 0..workers-1, stable across restarts of that worker
     state_dir: str  # the supervisor's private directory (published key sets)
-    metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR
+    metrics_dir: str  # the shared metrics directory (obs/promfiles.py)
     config: Config
 
 

@@ -1,38 +1,22 @@
 """Prometheus metrics. Labels carry only fixed vocabularies: never a user name or a token.
 
-With several worker processes (server.workers > 1) every process writes its values to files
-in a directory shared with its siblings (prometheus-client's multiprocess mode, chosen by
-PROMETHEUS_MULTIPROC_DIR when prometheus_client is first imported: the supervisor sets it before
-any process imports it), and any worker's /metrics adds them all up. Counters and histograms
-are summed; gauges say in ``multiprocess_mode`` how live processes' values combine.
+The metrics and the text format are our own (prom.py). With several worker processes
+(server.workers > 1) every process writes a snapshot of its values to a directory shared with
+its siblings once a second (promfiles.py), and any worker's /metrics adds them all up, as of
+each process's last flush. Counters and histograms are summed; gauges say in ``mode`` how live
+processes' values combine.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Iterator
-from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
+from .prom import Counter, Family, Gauge, Histogram, Registry, render
+from .promfiles import ProcessFiles, merge
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-# (name, documentation, labels) of the metrics counted per decision: exposed by
-# DecisionStats in one process, kept in the shared files by SharedDecisions with several.
-class _Family(NamedTuple):
-    name: str
-    doc: str
-    labels: tuple[str, ...]
-
-
-DECISIONS = _Family("authproxy_decisions", "Decisions by scheme, outcome and reason.",
-                    ("scheme", "outcome", "reason"))
-DECISION_SECONDS = _Family("authproxy_decision_seconds",
-                           "Time to decide, from request to response.", ("outcome",))
-CACHE_LOOKUPS = _Family("authproxy_cache_lookups",
-                        "Credential cache lookups by cache and result.", ("cache", "result"))
 
 
 class Tally:
@@ -47,14 +31,14 @@ class Tally:
         self.value += 1
 
 
-class DecisionStats(Collector):
+class DecisionStats:
     """Decisions by (scheme, outcome, reason) and their latency, and credential cache
     lookups by (cache, result), counted in plain ints.
 
-    Every decision is counted, so this is the hot path: prometheus-client's labelled
-    Counter and Histogram take a lock and several calls per update, which costs more than
-    a cached decision itself. Updates and scrapes both run on the event loop thread, so no
-    lock is needed; the families are built at scrape time.
+    Every decision is counted, so this is the hot path: a labelled Counter's ``labels()``
+    builds a child and checks its arguments, which costs more than a cached decision itself.
+    Updates and collection both run on the event loop thread, so no lock is needed; the
+    families are built at collection (a scrape, or a flush to the shared files).
     """
 
     def __init__(self) -> None:
@@ -75,81 +59,19 @@ class DecisionStats(Collector):
         buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         buckets[-1] += seconds
 
-    def collect(self) -> Iterator[Metric]:
-        counter = CounterMetricFamily(DECISIONS.name, DECISIONS.doc, labels=DECISIONS.labels)
-        for key, count in sorted(self.counts.items()):
-            counter.add_metric(list(key), count)
-        yield counter
-        histogram = HistogramMetricFamily(DECISION_SECONDS.name, DECISION_SECONDS.doc,
-                                          labels=DECISION_SECONDS.labels)
-        for outcome, buckets in sorted(self.latency.items()):
-            cumulative, total = [], 0.0
-            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), buckets, strict=False):
-                total += count
-                cumulative.append((bound, total))
-            histogram.add_metric([outcome], cumulative, sum_value=buckets[-1])
-        yield histogram
-        lookups = CounterMetricFamily(CACHE_LOOKUPS.name, CACHE_LOOKUPS.doc,
-                                      labels=CACHE_LOOKUPS.labels)
-        for lookup, tally in sorted(self.lookups.items()):
-            lookups.add_metric(list(lookup), tally.value)
-        yield lookups
-
-
-class SharedDecisions:
-    """Multi-worker mode: DecisionStats' counts, added to shared-file metrics by :meth:`flush`.
-
-    Decisions are still counted in DecisionStats' dicts; once a second the increments since
-    the last flush go to a multiprocess Counter and Histogram, so a decision costs no more
-    than with one process.
-    """
-
-    def __init__(self, stats: DecisionStats) -> None:
-        self._stats = stats
-        # Not registered anywhere: in multiprocess mode, values live in the shared files.
-        self._total = Counter(*DECISIONS, registry=None)
-        self._seconds = Histogram(*DECISION_SECONDS, buckets=LATENCY_BUCKETS, registry=None)
-        self._lookups = Counter(*CACHE_LOOKUPS, registry=None)
-        self._sent_counts: dict[tuple[str, str, str], float] = {}
-        self._sent_latency: dict[str, list[float]] = {}
-        self._sent_lookups: dict[tuple[str, str], int] = {}
-
-    def flush(self) -> None:
-        for key, count in list(self._stats.counts.items()):
-            delta = count - self._sent_counts.get(key, 0)
-            if delta:
-                self._total.labels(*key).inc(delta)
-                self._sent_counts[key] = count
-        for outcome, buckets in list(self._stats.latency.items()):
-            sent = self._sent_latency.setdefault(outcome, [0.0] * len(buckets))
-            deltas = [now - before for now, before in zip(buckets, sent, strict=True)]
-            if any(deltas):
-                _add_observations(self._seconds.labels(outcome), deltas[:-1], deltas[-1])
-                sent[:] = buckets
-        for lookup, tally in list(self._stats.lookups.items()):
-            delta = tally.value - self._sent_lookups.get(lookup, 0)
-            if delta:
-                self._lookups.labels(*lookup).inc(delta)
-                self._sent_lookups[lookup] = tally.value
-
-
-def _add_observations(histogram: Histogram, bucket_counts: list[float], total: float) -> None:
-    """Add ``bucket_counts[i]`` observations to bucket i (non-cumulative, +Inf last) and
-    ``total`` seconds to the sum. prometheus-client has no public call for this, and calling
-    observe() once per decision is the cost SharedDecisions exists to avoid; ``_buckets`` and
-    ``_sum`` have had this shape since 0.4, and tests/test_workers.py reads the result."""
-    histogram._sum.inc(total)
-    for value, count in zip(histogram._buckets, bucket_counts, strict=True):
-        if count:
-            value.inc(count)
-
-
-def _sample(gauge: Gauge) -> None:
-    """Write the values of a gauge's functions (set_function) into its shared-file values:
-    in multiprocess mode, prometheus-client never calls the functions itself."""
-    for family in gauge.collect():
-        for sample in family.samples:
-            (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
+    def collect(self) -> Iterator[Family]:
+        yield Family("authproxy_decisions_total", "counter",
+                     "Decisions by scheme, outcome and reason.",
+                     ("scheme", "outcome", "reason"),
+                     {key: [count] for key, count in sorted(self.counts.items())})
+        yield Family("authproxy_decision_seconds", "histogram",
+                     "Time to decide, from request to response.", ("outcome",),
+                     {(outcome,): list(buckets)
+                      for outcome, buckets in sorted(self.latency.items())},
+                     buckets=LATENCY_BUCKETS)
+        yield Family("authproxy_cache_lookups_total", "counter",
+                     "Credential cache lookups by cache and result.", ("cache", "result"),
+                     {key: [tally.value] for key, tally in sorted(self.lookups.items())})
 
 
 # Reasons the metrics must not tell apart (SPEC §8.1 rule 7): one scrape would tell whether a
@@ -161,11 +83,12 @@ class Metrics:
     """Every metric of one app, in its own registry (so tests can build many apps).
 
     ``multiprocess_dir``: the shared directory of multi-worker mode (see the module
-    docstring); then :meth:`flush` must run about once a second.
+    docstring); then :meth:`flush` must run about once a second, and writes this process's
+    snapshot under ``pid`` (this process's id unless a test has several in one process).
     """
 
-    def __init__(self, multiprocess_dir: str | None = None) -> None:
-        self.registry = registry = CollectorRegistry()
+    def __init__(self, multiprocess_dir: str | None = None, pid: int | None = None) -> None:
+        self.registry = registry = Registry()
         self.decisions = DecisionStats()
         registry.register(self.decisions)
         self.hash_seconds = Histogram(
@@ -176,7 +99,7 @@ class Metrics:
             "authproxy_bans_in_force",
             "User names and client addresses banned right now (with several workers, which "
             "share their bans: the most that any one worker holds).",
-            registry=registry, multiprocess_mode="livemax",
+            registry=registry, mode="livemax",
         )
         self.user_reloads = Counter(
             "authproxy_user_table_reloads_total", "User table reloads by outcome.",
@@ -190,11 +113,11 @@ class Metrics:
         self.jwks_age = Gauge(
             "authproxy_jwks_age_seconds",
             "Seconds since each source's key set was last loaded; +Inf before the first load.",
-            ["source"], registry=registry, multiprocess_mode="livemax",  # the oldest in use
+            ["source"], registry=registry, mode="livemax",  # the oldest in use
         )
         self.jwks_keys = Gauge(
             "authproxy_jwks_keys", "Usable signing keys loaded, by source.",
-            ["source"], registry=registry, multiprocess_mode="livemin",  # the fewest in use
+            ["source"], registry=registry, mode="livemin",  # the fewest in use
         )
         self.parse_errors = Counter(
             "authproxy_http_parse_errors_total",
@@ -221,15 +144,17 @@ class Metrics:
         )
         self.connections_open = Gauge(
             "authproxy_http_connections_open", "Client connections open right now.",
-            registry=registry, multiprocess_mode="livesum",
+            registry=registry, mode="livesum",
         )
         self.multiprocess_dir = multiprocess_dir
-        self._shared: SharedDecisions | None = None
-        self._exposed = registry
-        if multiprocess_dir:
-            self._shared = SharedDecisions(self.decisions)
-            self._exposed = CollectorRegistry()
-            MultiProcessCollector(self._exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        self.pid = os.getpid() if pid is None else pid
+        self._files = ProcessFiles(multiprocess_dir) if multiprocess_dir else None
+        # Every family's name, kind, labels and buckets, without values: merged first, they
+        # order the exposition, show the families no process has values of yet, and win over
+        # a process that disagrees (another version, after an upgrade). Taken now, because
+        # exposition runs in a thread and must not read this process's values.
+        self._shapes = [Family(f.name, f.kind, f.doc, f.labelnames, {}, f.buckets, f.mode)
+                        for f in registry.collect()]
 
     def record_decision(self, scheme: str, outcome: str, reason: str, seconds: float) -> None:
         self.decisions.record(scheme, outcome, _METRIC_REASONS.get(reason, reason), seconds)
@@ -239,16 +164,21 @@ class Metrics:
         return self.decisions.lookup_tally(cache, result)
 
     def flush(self) -> None:
-        """Multi-worker mode: write this process's decisions and function-backed gauges to
-        the shared files. A no-op with one process, where exposition reads them directly."""
-        if self._shared is None:
-            return
-        self._shared.flush()
-        for gauge in (self.bans_in_force, self.jwks_age, self.jwks_keys,
-                      self.connections_open):
-            _sample(gauge)
+        """Multi-worker mode: write this process's values (the functions of gauges called
+        now) to its file in the shared directory. A no-op with one process, where exposition
+        reads them directly."""
+        if self._files is not None:
+            self._files.write(self.pid, self.registry.collect())
+
+    def mark_process_dead(self, pid: int) -> None:
+        """Multi-worker mode: the process ``pid`` has exited; its counts stay in the totals,
+        its gauges go (see promfiles.py). A no-op with one process."""
+        if self._files is not None:
+            self._files.mark_process_dead(pid)
 
     def exposition(self) -> bytes:
         """The text exposition: of this process, or in multi-worker mode of every process
-        (as of their last flush)."""
-        return generate_latest(self._exposed)
+        (as of their last flush; it reads files, so call it off the event loop)."""
+        if self._files is not None:
+            return render(merge([self._shapes, *self._files.read_all()]))
+        return render(self.registry.collect())

@@ -18,8 +18,9 @@ How, and why:
   publishes each outcome to its private directory (mode 0700) for the workers (keyshare.py).
 - **Bans for the whole service**: every worker reports its Basic failures; the supervisor
   counts them all and sends each ban to every worker (banshare.py).
-- **Metrics**: prometheus-client's multiprocess mode in a directory under the private one
-  (metrics.py); the supervisor removes a dead worker's live gauges.
+- **Metrics**: every process writes its values to a directory under the private one, and
+  any worker's /metrics adds them up (obs/promfiles.py); when a worker exits, the supervisor
+  folds its counts into the directory's archive and its gauges go.
 - **Signals**: SIGHUP is forwarded to every worker (each reloads its files). SIGTERM or SIGINT
   closes the supervisor's copies of the sockets and forwards SIGTERM; each worker stops
   accepting, finishes its requests (server.run) and exits; once all have, the supervisor exits
@@ -51,10 +52,11 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..cluster.banshare import BanCoordinator
 from ..cluster.ipc import heartbeat_interval, read_message
+from ..cluster.keyshare import STATE_FILE, KeyPublisher
 from ..cluster.protocol import (
     MAX_MESSAGE,
     Bootstrap,
@@ -67,11 +69,9 @@ from ..cluster.protocol import (
     encode,
 )
 from ..config import METRICS_FLUSH_INTERVAL, SHUTDOWN_TIMEOUT, Config
+from ..http.server import event_loop
 from ..listen import bind_all
-
-if TYPE_CHECKING:
-    from ..cluster.keyshare import KeyPublisher
-    from ..obs.metrics import Metrics
+from ..obs.metrics import Metrics
 
 log = logging.getLogger("authproxy.workers")
 
@@ -91,16 +91,6 @@ def supervise(config: Config) -> int:
     with tempfile.TemporaryDirectory(prefix="authproxy-") as state_dir:
         metrics_dir = os.path.join(state_dir, "metrics")
         os.mkdir(metrics_dir, 0o700)
-        # prometheus_client picks where values live when it is first imported: in this
-        # process (its JWKS fetches) and in every worker, that must be the shared directory.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        if "prometheus_client" in sys.modules:
-            log.warning("prometheus_client was imported before the supervisor set it up: "
-                        "its own JWKS metrics will be missing", extra={"event": "metrics"})
-        from ..cluster.keyshare import STATE_FILE, KeyPublisher
-        from ..http.server import event_loop
-        from ..obs.metrics import Metrics
-
         sockets = bind_all(config.server.listen_addresses, config.server.unix_access)
         if sockets is None:
             return 1
@@ -318,12 +308,10 @@ class Supervisor:
         return process
 
     def _exited(self, slot: _Slot, process: asyncio.subprocess.Process, status: int) -> None:
-        from prometheus_client.multiprocess import mark_process_dead
-
         if slot.channel is not None:
             slot.channel.close()
         slot.process = slot.channel = None
-        mark_process_dead(process.pid, self._metrics.multiprocess_dir)  # type: ignore[no-untyped-call]
+        self._metrics.mark_process_dead(process.pid)
         level = logging.INFO if self._stopping.is_set() else logging.ERROR
         log.log(level, "worker exited", extra={
             "event": "worker_exit", "worker": slot.index, "worker_pid": process.pid,
