@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import os
 import sys
@@ -87,6 +86,8 @@ def _read_password(args: argparse.Namespace) -> bytes:
     if args.password_stdin:
         data = sys.stdin.buffer.read()
         return data.removesuffix(b"\n")
+    import getpass  # (not loaded by `serve`)
+
     first = getpass.getpass("New password: ")
     if getpass.getpass("Re-type new password: ") != first:
         raise ValueError("passwords do not match")

@@ -313,3 +313,12 @@ async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
 async def test_an_absolute_target_no_url_parser_reads_gets_401(server, target: bytes) -> None:
     head = await exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: authproxy\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401") and CHALLENGE in head
+
+
+@pytest.mark.parametrize("seconds", [0, 951782400, 1767225599.9, 4102444800])
+def test_the_date_header_is_what_the_email_package_writes(seconds: float) -> None:
+    from email.utils import formatdate
+
+    from authproxy.http.connection import http_date
+
+    assert http_date(seconds) == formatdate(int(seconds), usegmt=True)

@@ -7,11 +7,13 @@ import functools
 import ipaddress
 import logging
 import time
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 from urllib.parse import unquote
 
 from multidict import CIMultiDictProxy
-from yarl import URL
+
+if TYPE_CHECKING:
+    from yarl import URL
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -80,8 +80,20 @@ class HttpDate:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._text = formatdate(now, usegmt=True)
+            self._text = http_date(second)
         return self._text
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: float) -> str:
+    """RFC 9110's IMF-fixdate of a Unix time, in English whatever the locale (what
+    email.utils.formatdate(usegmt=True) writes, without loading the email package)."""
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def encode_response(status: int, headers: dict[str, str], body: bytes, date: str,

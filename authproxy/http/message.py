@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from multidict import CIMultiDictProxy
-from yarl import URL
+
+if TYPE_CHECKING:
+    from yarl import URL
 
 
 class Request:
@@ -37,9 +39,15 @@ class Request:
 
     @property
     def rel_url(self) -> URL:
-        """The target as a URL; ``raw_path`` is the path as sent, before decoding."""
+        """The target as a URL; ``raw_path`` is the path as sent, before decoding.
+
+        Only an odd target needs it (an absolute-form one, or a percent-encoded path or
+        query read decoded): yarl is imported then, not by every sidecar (1 MB idle).
+        """
         url = self._url
         if url is None:
+            from yarl import URL
+
             target = self.target
             if target.startswith("/"):
                 path, _, query = target.partition("?")
@@ -74,8 +82,10 @@ class Request:
     def path(self) -> str:
         """The path, percent-decoded."""
         target = self.target
-        if "%" not in target and target.startswith("/"):
-            return target.partition("?")[0].partition("#")[0]
+        if target.startswith("/"):
+            path = target.partition("?")[0].partition("#")[0]
+            if "%" not in path:
+                return path
         return self.rel_url.path
 
     @property

@@ -12,9 +12,12 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .prom import Counter, Family, Gauge, Histogram, Registry, render
-from .promfiles import ProcessFiles, merge
+
+if TYPE_CHECKING:
+    from .promfiles import ProcessFiles
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -148,7 +151,11 @@ class Metrics:
         )
         self.multiprocess_dir = multiprocess_dir
         self.pid = os.getpid() if pid is None else pid
-        self._files = ProcessFiles(multiprocess_dir) if multiprocess_dir else None
+        self._files: ProcessFiles | None = None
+        if multiprocess_dir:  # (one process never loads the files' code)
+            from .promfiles import ProcessFiles
+
+            self._files = ProcessFiles(multiprocess_dir)
         # Every family's name, kind, labels and buckets, without values: merged first, they
         # order the exposition, show the families no process has values of yet, and win over
         # a process that disagrees (another version, after an upgrade). Taken now, because
@@ -180,5 +187,7 @@ class Metrics:
         """The text exposition: of this process, or in multi-worker mode of every process
         (as of their last flush; it reads files, so call it off the event loop)."""
         if self._files is not None:
+            from .promfiles import merge
+
             return render(merge([self._shapes, *self._files.read_all()]))
         return render(self.registry.collect())
