@@ -8,6 +8,7 @@ tests run the real multi-worker service.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -18,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from authproxy.obs.metrics import Metrics
-from authproxy.obs.promfiles import ARCHIVE
+from authproxy.obs.promfiles import ARCHIVE, ProcessFiles
 
 from .conftest import write_users
 from .servers import free_port, start_authproxy
@@ -94,6 +95,35 @@ def test_a_scrape_tells_the_values_of_the_last_flush(tmp_path: Path) -> None:
     assert value(a, "authproxy_user_table_reloads_total", outcome="ok") == 2
     a.flush()
     assert value(a, "authproxy_user_table_reloads_total", outcome="ok") == 3
+
+
+async def test_the_flush_from_the_loop_writes_in_a_thread_and_a_cancel_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics(str(tmp_path), pid=PID_A)
+    metrics.record_decision("basic", "allow", "ok", 0.002)
+    started, release = threading.Event(), threading.Event()
+    writers: list[threading.Thread] = []
+    write = ProcessFiles.write
+
+    def held_write(files: object, pid: int, families: object) -> None:
+        writers.append(threading.current_thread())
+        started.set()
+        release.wait(10)
+        write(files, pid, families)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ProcessFiles, "write", held_write)
+    flushing = asyncio.create_task(metrics.flush_off_loop())
+    assert await asyncio.to_thread(started.wait, 10)
+    assert writers != [threading.main_thread()]  # not on the event loop's thread
+    metrics.record_decision("basic", "allow", "ok", 0.002)  # after the values were taken
+    flushing.cancel()
+    await asyncio.sleep(0.05)
+    assert not flushing.done()  # the cancelled flush waits for its write
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert value(metrics, "authproxy_decisions_total",
+                 scheme="basic", outcome="allow", reason="ok") == 1
 
 
 def test_a_dead_process_counts_keep_counting_and_its_gauges_vanish(tmp_path: Path) -> None:

@@ -64,8 +64,8 @@ def create_app(
     if worker is not None:
         # multi-worker mode: metrics reach the shared files once a second, and once more
         # after the last decision
-        app.cleanup_ctx.append(_background(partial(_every, METRICS_FLUSH_INTERVAL, metrics.flush),
-                                           then=metrics.flush))
+        app.cleanup_ctx.append(_background(
+            partial(_every, METRICS_FLUSH_INTERVAL, metrics.flush_off_loop), then=metrics.flush))
     app[METRICS] = metrics
     app[RELOADERS] = []
     executor = ThreadPoolExecutor(max_workers=hash_threads(),
@@ -189,10 +189,10 @@ def _executor_ctx(
     return ctx
 
 
-async def _every(seconds: float, action: Callable[[], None]) -> None:
+async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
     while True:
         await asyncio.sleep(seconds)
-        action()
+        await action()
 
 
 def _background(

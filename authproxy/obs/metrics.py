@@ -9,6 +9,7 @@ processes' values combine.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import os
 from collections.abc import Iterator
@@ -176,6 +177,19 @@ class Metrics:
         reads them directly."""
         if self._files is not None:
             self._files.write(self.pid, self.registry.collect())
+
+    async def flush_off_loop(self) -> None:
+        """:meth:`flush` from the event loop: the values are collected here (they change on
+        this thread) and the file is written in a thread. A cancellation waits for a write
+        under way, so that no later flush is overtaken by it."""
+        if self._files is not None:
+            write = asyncio.ensure_future(
+                asyncio.to_thread(self._files.write, self.pid, self.registry.collect()))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await write
+                raise
 
     def mark_process_dead(self, pid: int) -> None:
         """Multi-worker mode: the process ``pid`` has exited; its counts stay in the totals,

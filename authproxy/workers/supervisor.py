@@ -358,7 +358,7 @@ class Supervisor:
 
     async def _flush_metrics(self) -> None:
         while True:
-            self._metrics.flush()
+            await self._metrics.flush_off_loop()
             await asyncio.sleep(METRICS_FLUSH_INTERVAL)
 
     def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
