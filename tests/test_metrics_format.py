@@ -1,4 +1,4 @@
-"""Our text exposition (authproxy/obs/prom.py) against prometheus_client, its independent oracle:
+"""Our text exposition (authproxy/obs/promtext.py) against prometheus_client, its independent oracle:
 its parser reads back what we write, and its own writer writes the same lines for the same
 values (but the ``_created`` series, which we do not write)."""
 
@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from authproxy.obs import prom
 from authproxy.obs.metrics import LATENCY_BUCKETS, Metrics
-from authproxy.obs.prom import Counter, Gauge, Histogram, Registry, format_value, render
+from authproxy.obs.prom import Counter, Gauge, Histogram, Registry
+from authproxy.obs.promtext import format_value, render
 
 AWKWARD = ['plain', 'quote " inside', "back\\slash", "new\nline", 'all \\" \n of them', "",
            "ünïcödé ✓", "trailing \\"]

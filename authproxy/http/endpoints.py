@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from ..core.authn import SchemeChain
 from ..core.decider import NO_STORE
 from ..obs.metrics import Metrics
+from ..obs.promtext import CONTENT_TYPE
 from .message import Request, Response, json_response
 
 
@@ -30,5 +31,5 @@ def metrics_handler(metrics: Metrics) -> Callable[[Request], Awaitable[Response]
             body = await asyncio.to_thread(metrics.exposition)
         else:  # this process's own counters, which the event loop changes: read them here
             body = metrics.exposition()
-        return Response(200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}, body)
+        return Response(200, {"Content-Type": CONTENT_TYPE}, body)
     return exposition

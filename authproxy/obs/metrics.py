@@ -1,9 +1,9 @@
 """Prometheus metrics. Labels carry only fixed vocabularies: never a user name or a token.
 
-The metrics and the text format are our own (prom.py). With several worker processes
-(server.workers > 1) every process writes a snapshot of its values to a directory shared with
-its siblings once a second (promfiles.py), and any worker's /metrics adds them all up, as of
-each process's last flush. Counters and histograms are summed; gauges say in ``mode`` how live
+The metrics and the text format are our own (prom.py, promtext.py). With several worker
+processes (server.workers > 1) every process writes a snapshot of its values to a directory
+shared with its siblings once a second (promfiles.py), and any worker's /metrics adds them all
+up, as of each process's last flush. Counters and histograms are summed; gauges say in ``mode`` how live
 processes' values combine.
 """
 
@@ -15,7 +15,8 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .prom import Counter, Family, Gauge, Histogram, Registry, render
+from .prom import Counter, Gauge, Histogram, Registry
+from .promtext import Family, render
 
 if TYPE_CHECKING:
     from .promfiles import ProcessFiles

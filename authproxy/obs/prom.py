@@ -1,17 +1,12 @@
-"""Counters, gauges and histograms with fixed label names, and the Prometheus text format 0.0.4.
+"""Counters, gauges and histograms with fixed label names, and the registry of one app.
 
 Our own, on the standard library only: prometheus_client's package imports http.server,
-urllib, wsgiref, email and more, about 2 MB of every process's memory, for a format this module
-writes in a few lines. What it writes is what prometheus_client's ``generate_latest`` writes
-for the same values (the tests compare the two, and parse ours with prometheus_client's
-parser), with one difference: no ``_created`` series (the creation time of each counter and
-histogram), which nothing here reads and which prometheus_client's multiprocess mode, our
-mode with several workers, never wrote either.
+urllib, wsgiref, email and more, about 2 MB of every process's memory, for what this module and
+the text writer (promtext.py) do in a few lines.
 
-Every family is collected as a :class:`Family`: the form the text writer, the registry's
-:meth:`Registry.get_sample_value` and the shared files of multiprocess mode (promfiles.py)
-all take. Updates and collection run on one thread (the event loop's), so no lock is taken:
-multiprocess exposition, which runs in a thread of its own, reads files, never these objects.
+Every metric collects to :class:`~authproxy.obs.promtext.Family` objects. Updates and
+collection run on one thread (the event loop's), so no lock is taken: multiprocess exposition,
+which runs in a thread of its own, reads files, never these objects.
 """
 
 from __future__ import annotations
@@ -20,37 +15,12 @@ import bisect
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-Kind = Literal["counter", "gauge", "histogram"]
-# How the live processes' values of a gauge combine in multiprocess mode (promfiles.py).
-GaugeMode = Literal["livemax", "livemin", "livesum"]
-LabelValues = tuple[str, ...]
+from .promtext import Family, GaugeMode, Kind, LabelValues, samples
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-
-
-@dataclass(slots=True)
-class Family:
-    """One metric family's values.
-
-    ``name`` is the exposed name (a counter's ends in ``_total``). ``samples`` maps label
-    values (in the order of ``labelnames``) to one value for a counter or a gauge, or for a
-    histogram to one count per bucket (not cumulative: ``buckets`` are the upper bounds
-    without +Inf, whose count comes last) followed by the sum of the observations.
-    """
-
-    name: str
-    kind: Kind
-    doc: str
-    labelnames: LabelValues = ()
-    samples: dict[LabelValues, list[float]] = field(default_factory=dict)
-    buckets: tuple[float, ...] = ()
-    mode: GaugeMode = "livesum"
 
 
 class Collector(Protocol):
@@ -74,7 +44,7 @@ class Registry:
         exactly ``labels``; None if there is none."""
         wanted = sorted((labels or {}).items())
         for family in self.collect():
-            for sample, pairs, value in _samples(family):
+            for sample, pairs, value in samples(family):
                 if sample == name and pairs == wanted:
                     return value
         return None
@@ -257,62 +227,3 @@ class HistogramChild:
     def observe(self, value: float) -> None:
         self._values[bisect.bisect_left(self._buckets, value)] += 1
         self._values[-1] += value
-
-
-# -- the text format ---------------------------------------------------------------------------
-
-
-def format_value(value: float) -> str:
-    """A number as prometheus_client writes it: ``1.0``, ``+Inf``, ``-Inf``, ``NaN``, the repr
-    of a float, and an exponent from 10^7 up as Go writes it (``1.2e+07``)."""
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    text = repr(float(value))
-    dot = text.find(".")
-    if value > 0 and dot > 6:
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return text
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", r"\\").replace("\n", r"\n")
-
-
-def _escape_label(text: str) -> str:
-    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _samples(family: Family) -> Iterator[tuple[str, list[tuple[str, str]], float]]:
-    """(sample name, label pairs sorted by name, value) of every sample of ``family``."""
-    for key, values in family.samples.items():
-        pairs = list(zip(family.labelnames, key, strict=True))
-        if family.kind != "histogram":
-            yield family.name, sorted(pairs), values[0]
-            continue
-        cumulative = 0.0
-        for bound, count in zip((*family.buckets, math.inf), values, strict=False):
-            cumulative += count
-            yield (f"{family.name}_bucket", sorted([*pairs, ("le", format_value(bound))]),
-                   cumulative)
-        yield f"{family.name}_count", sorted(pairs), cumulative
-        yield f"{family.name}_sum", sorted(pairs), values[-1]
-
-
-def render(families: Iterable[Family]) -> bytes:
-    """The text exposition of ``families``, in their order (see CONTENT_TYPE)."""
-    lines = []
-    for family in families:
-        lines.append(f"# HELP {family.name} {_escape_help(family.doc)}\n"
-                     f"# TYPE {family.name} {family.kind}\n")
-        for name, pairs, value in _samples(family):
-            if pairs:
-                labels = ",".join(f'{label}="{_escape_label(text)}"' for label, text in pairs)
-                lines.append(f"{name}{{{labels}}} {format_value(value)}\n")
-            else:
-                lines.append(f"{name} {format_value(value)}\n")
-    return "".join(lines).encode()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, get_args
 
-from .prom import Family, GaugeMode, Kind
+from .promtext import Family, GaugeMode, Kind
 
 log = logging.getLogger("authproxy.metrics")
 
