@@ -3,8 +3,8 @@
 The metrics and the text format are our own (prom.py, promtext.py). With several worker
 processes (server.workers > 1) every process writes a snapshot of its values to a directory
 shared with its siblings once a second (promfiles.py), and any worker's /metrics adds them all
-up, as of each process's last flush. Counters and histograms are summed; gauges say in ``mode`` how live
-processes' values combine.
+up, as of each process's last flush. Counters and histograms are summed; gauges say in
+``mode`` how live processes' values combine.
 """
 
 from __future__ import annotations
