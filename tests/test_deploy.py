@@ -31,7 +31,7 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from authproxy.config import SHUTDOWN_TIMEOUT, load_config
 from authproxy.listen import parse_listen
