@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
+from authproxy.http.application import Application
 from authproxy.http.server import Server
 
 
@@ -40,4 +40,4 @@ class AppClient:
         await self.server.stop()
 
 
-ServeApp = Callable[[web.Application], Awaitable[AppClient]]
+ServeApp = Callable[[Application], Awaitable[AppClient]]

@@ -12,10 +12,10 @@ from typing import Any
 
 import bcrypt
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, settings
 
 from authproxy.config import Config, load_config
+from authproxy.http.application import Application
 from authproxy.http.server import start_server
 from authproxy.listen import ListenAddress, bind
 
@@ -67,7 +67,7 @@ async def serve() -> AsyncIterator[ServeApp]:
     stopped (drained, lifetimes ended) when the test ends."""
     clients: list[AppClient] = []
 
-    async def start(app: web.Application) -> AppClient:
+    async def start(app: Application) -> AppClient:
         sockets = bind(ListenAddress("127.0.0.1", 0))
         port = sockets[0].getsockname()[1]
         client = AppClient(await start_server(app, sockets), port)
@@ -126,8 +126,9 @@ def htpasswd(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-def write_users(path: Path, cost: int = 4, **users: str) -> Path:
-    """A bcrypt htpasswd file at ``path`` for ``users`` (name: password)."""
+def write_users(path: Path, cost: int = 4, /, **users: str) -> Path:
+    """A bcrypt htpasswd file at ``path`` for ``users`` (name: password). ``path`` and
+    ``cost`` are positional only, so that any name can be a user's."""
     path.write_text("".join(f"{u}:{bcrypt_hash(p, cost)}\n" for u, p in users.items()))
     return path
 

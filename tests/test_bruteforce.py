@@ -67,7 +67,7 @@ def authproxy_config(users: Path, **basic: Any) -> str:
 def guarded_site(
     tmp_path: Path, echo: EchoUpstream, cost: int = 4, **basic: Any
 ) -> Iterator[tuple[Authproxy, ProtectedSite]]:
-    users = write_users(tmp_path / "users", cost=cost, **PASSWORDS)
+    users = write_users(tmp_path / "users", cost, **PASSWORDS)
     with (start_authproxy(authproxy_config(users, **basic), [f"127.0.0.1:{free_port()}"],
                           tmp_path / "authproxy") as proxy,
           start_protected_site(proxy.tcp_address, echo.address, tmp_path / "nginx") as site):
