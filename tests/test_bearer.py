@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from authproxy.config import ConfigError, JwtConfig
+from authproxy.config import JwtConfig
+from authproxy.errors import ConfigError
 from authproxy.http.app import DECIDER
 from authproxy.jwt.claims import ClaimPolicy
 from authproxy.jwt.jose import DESCRIPTIONS

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from authproxy.core.identity import sendable_group
 from authproxy.htpasswd import groups as groups_module
 from tests.fuzz import groups
 
@@ -57,7 +58,7 @@ def _skipping_load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozense
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             group, colon, users = line.strip().partition(":")
-            if not colon or not groups_module.sendable_group(group.strip()):
+            if not colon or not sendable_group(group.strip()):
                 continue
             for user in users.split():
                 members.setdefault(user, set()).add(group.strip())

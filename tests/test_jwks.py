@@ -10,13 +10,14 @@ import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from authproxy.config import ConfigError
+from authproxy.errors import ConfigError
 from authproxy.http.app import KEY_SOURCE, RELOADERS
 from authproxy.jwt.jwks import JwksError, parse_jwks
+from authproxy.jwt.jwksfetch import HttpFetcher
 from authproxy.jwt.keysource import KeySource
 
 from .appclient import AppClient
@@ -38,7 +39,7 @@ pytest_plugins = ["tests.jwks_fixtures"]
 
 
 def source_of(client: AppClient) -> KeySource:
-    return client.app[KEY_SOURCE]  # type: ignore[index]
+    return client.app[KEY_SOURCE]
 
 
 async def status_of(client: AppClient, token: str) -> int:
@@ -150,7 +151,8 @@ async def test_a_failed_fetch_keeps_the_last_good_set(
 ) -> None:
     break_server, reason = FAILURES[failure]
     client = await start_app()
-    source_of(client).refresher.fetcher.client.timeout = 0.3  # for the "slow" case; after the start-up fetch
+    fetcher = cast(HttpFetcher, source_of(client).refresher.fetcher)
+    fetcher.client.timeout = 0.3  # for the "slow" case; after the start-up fetch
     token = mint(K1, clock.time())
     await break_server(jwks_server)
     with pytest.raises(JwksError) as caught:
@@ -257,7 +259,7 @@ async def test_a_slow_endpoint_holds_an_unknown_kid_no_longer_than_the_miss_wait
     assert loop.time() - started < 3  # the fetch itself is held until released
     assert jwks_server.fetches == 2
     jwks_server.release()
-    await eventually(lambda: source_of(client).ring.knows_kid(K2.kid), "the fetch landed")
+    await eventually(lambda: source_of(client).ring.knows_kid(K2.kid or ""), "the fetch landed")
     assert await status_of(client, mint(K2, clock.time(), sub="again")) == 200
     assert jwks_server.fetches == 2
 
@@ -379,7 +381,7 @@ async def test_the_load_log_line_lists_a_bounded_number_of_kids_cut_short(
         client = await start_app()
     [loaded] = [r.__dict__ for r in caplog.records if r.getMessage() == "JWKS loaded"]
     assert loaded["keys"] == 40
-    assert loaded["kids"] == [key.kid[:64] for key in keys[:32]]
+    assert loaded["kids"] == [(key.kid or "")[:64] for key in keys[:32]]
     assert source_of(client).ring.knows_kid(keys[-1].kid or "")
 
 
@@ -395,7 +397,9 @@ async def test_tls_is_verified_against_the_configured_ca(
     trustme.CA().cert_pem.write_to_path(str(other_ca))
     client = await start_app(jwks_ssl_ca_certificate=str(other_ca))
     assert not await ready(client)
-    assert (source_of(client).ring.endpoint.last_error or "").startswith("TLS")
+    endpoint = source_of(client).ring.endpoint
+    assert endpoint is not None
+    assert (endpoint.last_error or "").startswith("TLS")
     assert jwks_server.fetches == 0  # the handshake failed before any request
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from authproxy.jwt.jwksfetch import MAX_DOCUMENT_BYTES, JwksClient, JwksError, Request, tls_context
+from authproxy.jwt.jwks import JwksError
+from authproxy.jwt.jwksfetch import MAX_DOCUMENT_BYTES, JwksClient, Request, tls_context
 
 pytest_plugins = ["tests.jwks_fixtures"]
 

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwe, jwk
 
-from authproxy.config import ConfigError
 from authproxy.core.authn import MAX_AUTHORIZATION
+from authproxy.errors import ConfigError
 from authproxy.http.app import METRICS
 from authproxy.jwt.jose import DESCRIPTIONS, MAX_TOKEN_LENGTH, b64url_decode
 

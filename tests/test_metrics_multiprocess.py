@@ -22,10 +22,10 @@ from authproxy.obs.metrics import Metrics
 from authproxy.obs.promfiles import ARCHIVE, ProcessFiles
 
 from .conftest import write_users
+from .jwks_server import basic
 from .servers import free_port, start_authproxy
 from .test_workers import (
     PASSWORD,
-    basic,
     children,
     config_text,
     get,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,8 @@ def outcome(soak: ModuleType, state: object, credential: object, status: int, se
     return soak.Outcome("p", path, credential, state, sent, sent + 0.01, status)
 
 
-def first_state(soak: ModuleType) -> object:
+def first_state(soak: ModuleType) -> Any:
+    """A soak.State (Any: the module is loaded at run time, its classes unknown to mypy)."""
     return soak.State({"bob": "old"}, frozenset({"alice"}), "k1", frozenset({"k1"}))
 
 

@@ -10,10 +10,10 @@ import bcrypt
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
 
+from authproxy.errors import UserFileError
 from authproxy.htpasswd.users import (
     PasswordHash,
     PasswordMismatch,
-    UserFileError,
     UserTable,
     dummy_for,
     parse_hash,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from authproxy.core.authn import Unauthenticated
+from authproxy.errors import Unauthenticated
 from authproxy.schemes import basic as scheme
 
 
