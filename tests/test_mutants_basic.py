@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from jwcrypto import jwk
@@ -187,7 +187,7 @@ class CountingExecutor(ThreadPoolExecutor):
 
 def authenticator(config: Any, executor: Any, metrics: Metrics | None = None,
                   ) -> BasicAuthenticator:
-    return BasicAuthenticator(UserStore(config.basic.users_file, None), config.basic,
+    return BasicAuthenticator(UserStore(config.basic.users_file), config.basic,
                               executor, metrics or Metrics(), time.monotonic)
 
 
@@ -223,11 +223,12 @@ async def test_past_max_pending_verifications_a_new_one_is_refused_as_overloaded
         basic = authenticator(config, executor)
         steps = [basic.begin(asking(f"u{i}", "pw")) for i in range(MAX_PENDING + 1)]
         assert all(isinstance(step, PasswordVerification) for step in steps)
-        waiting = [asyncio.ensure_future(step.finish()) for step in steps[:MAX_PENDING]]
+        verifications = cast(list[PasswordVerification], steps)
+        waiting = [asyncio.ensure_future(step.finish()) for step in verifications[:MAX_PENDING]]
         await asyncio.sleep(0)  # each has started its verification: MAX_PENDING in flight
         try:
             with pytest.raises(Unauthenticated) as caught:
-                await asyncio.wait_for(steps[-1].finish(), 5)  # queued behind the gate: never
+                await asyncio.wait_for(verifications[-1].finish(), 5)  # queued behind the gate: never
             assert caught.value.reason == "overloaded"
         finally:
             gate.set()
