@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from authproxy.config import Config
 from authproxy.http.app import METRICS, create_app
 from authproxy.http.server import start_server
 from authproxy.listen import bind_all
@@ -44,7 +45,9 @@ def request(*headers: bytes) -> bytes:
 
 
 @pytest.fixture
-def edge(make_config, htpasswd, tmp_path: Path) -> Callable[..., Any]:
+def edge(
+    make_config: Callable[..., Config], htpasswd: Callable[..., Path], tmp_path: Path
+) -> Callable[..., Any]:
     """edge(**server_keys): the production server serving 127.0.0.1 with those [server] keys;
     yields {"port", "app", "runner"} (an async context manager)."""
 
@@ -93,7 +96,9 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
 
 
-async def test_a_head_not_finished_in_time_gets_its_connection_closed(edge) -> None:
+async def test_a_head_not_finished_in_time_gets_its_connection_closed(
+    edge: Callable[..., Any]
+) -> None:
     async with edge(header_timeout=1) as server:
         reader, writer = await server.connect()
         started = time.monotonic()
@@ -109,7 +114,9 @@ async def test_a_head_not_finished_in_time_gets_its_connection_closed(edge) -> N
         writer.close()
 
 
-async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(edge) -> None:
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(
+    edge: Callable[..., Any]
+) -> None:
     async with edge(keepalive_timeout=1) as server:
         reader, writer = await server.connect()  # sends nothing at all
         assert await closed_by_server(reader) == b""
@@ -120,7 +127,9 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(edge) ->
         writer.close()
 
 
-async def test_a_head_past_its_byte_cap_gets_401_and_lets_go_of_its_bytes(edge) -> None:
+async def test_a_head_past_its_byte_cap_gets_401_and_lets_go_of_its_bytes(
+    edge: Callable[..., Any]
+) -> None:
     async with edge(max_head_bytes=MIN_HEAD_BYTES) as server:
         reader, writer = await server.connect()
         writer.write(b"GET /auth HTTP/1.1\r\nHost: authproxy\r\n")
@@ -140,7 +149,9 @@ async def test_a_head_past_its_byte_cap_gets_401_and_lets_go_of_its_bytes(edge) 
         writer.close()
 
 
-async def test_a_closed_connection_lets_go_of_its_unfinished_head_at_once(edge) -> None:
+async def test_a_closed_connection_lets_go_of_its_unfinished_head_at_once(
+    edge: Callable[..., Any]
+) -> None:
     # The connection and its parser refer to each other; the collector runs rarely here
     # (GC_THRESHOLDS), so a cycle kept every abandoned head (up to max_head_bytes each) for
     # minutes: 200 connections x 1 MB left RSS +50 MB after they closed (bench_edge (a)).
@@ -163,7 +174,7 @@ async def test_a_closed_connection_lets_go_of_its_unfinished_head_at_once(edge) 
             gc.enable()
 
 
-async def test_a_client_that_half_closes_still_gets_its_answers(edge) -> None:
+async def test_a_client_that_half_closes_still_gets_its_answers(edge: Callable[..., Any]) -> None:
     # Sent, then shut for writing (as `nc -N` or a request piped in does): the answers that
     # need a hash verified come after the EOF, and must still be written.
     async with edge() as server:
@@ -179,7 +190,9 @@ async def test_a_client_that_half_closes_still_gets_its_answers(edge) -> None:
         writer.close()
 
 
-async def test_a_64k_authorization_is_still_refused_as_a_credential(edge) -> None:
+async def test_a_64k_authorization_is_still_refused_as_a_credential(
+    edge: Callable[..., Any]
+) -> None:
     """SPEC §7: under the smallest head cap allowed, a 64 kB header line reaches the
     decision (401 like a bad credential) rather than an edge bound."""
     async with edge(max_head_bytes=MIN_HEAD_BYTES) as server:
@@ -190,7 +203,7 @@ async def test_a_64k_authorization_is_still_refused_as_a_credential(edge) -> Non
         writer.close()
 
 
-async def test_heads_held_across_connections_are_bounded_in_total(edge) -> None:
+async def test_heads_held_across_connections_are_bounded_in_total(edge: Callable[..., Any]) -> None:
     async with edge(max_head_bytes=MIN_HEAD_BYTES, max_head_bytes_total=100_000) as server:
         partial = b"GET /auth HTTP/1.1\r\nHost: authproxy\r\nX-Filler: " + b"a" * 60_000
         first_reader, first = await server.connect()
@@ -210,7 +223,9 @@ async def test_heads_held_across_connections_are_bounded_in_total(edge) -> None:
             writer.close()
 
 
-async def test_connections_past_the_cap_are_closed_while_open_ones_are_answered(edge) -> None:
+async def test_connections_past_the_cap_are_closed_while_open_ones_are_answered(
+    edge: Callable[..., Any]
+) -> None:
     async with edge(max_connections=3) as server:
         open_ones = [await server.connect() for _ in range(3)]
         for reader, writer in open_ones:

@@ -12,15 +12,19 @@ import gc
 import re
 import socket
 import struct
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
 import authproxy
+from authproxy.config import Config
 from authproxy.core.decider import Answer, PendingDecision
 from authproxy.http.app import DECIDER, METRICS, create_app
+from authproxy.http.application import Application
 from authproxy.http.message import Request
-from authproxy.http.server import start_server
+from authproxy.http.server import Server, start_server
 from authproxy.listen import bind_all
 
 from .appclient import ServeApp
@@ -31,8 +35,18 @@ CHALLENGE = b'WWW-Authenticate: Basic realm="authproxy", charset="UTF-8"'
 GOOD = "Basic " + base64.b64encode(b"alice:wonderland").decode()
 
 
+class Served(TypedDict):
+    """The running server of the ``server`` fixture."""
+
+    port: int
+    sock: str
+    app: Application
+    server: Server
+
+
 @pytest.fixture
-async def server(make_config, htpasswd, tmp_path: Path):
+async def server(make_config: Callable[..., Config], htpasswd: Callable[..., Path],
+                 tmp_path: Path) -> AsyncIterator[Served]:
     port = free_port()
     sock = tmp_path / "authproxy.sock"
     config = make_config({
@@ -47,7 +61,9 @@ async def server(make_config, htpasswd, tmp_path: Path):
     await served.stop()
 
 
-async def exchange(server, raw: bytes, *, family: str = "ipv4", timeout: float = 5.0) -> bytes:
+async def exchange(
+    server: Served, raw: bytes, *, family: str = "ipv4", timeout: float = 5.0
+) -> bytes:
     """Send raw bytes, return the response head (status line and headers)."""
     if family == "unix":
         reader, writer = await asyncio.open_unix_connection(server["sock"])
@@ -74,7 +90,7 @@ def request(*headers: bytes, method: bytes = b"GET") -> bytes:
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6", "unix"])
-async def test_listens_on_tcp_v4_v6_and_unix(server, family: str) -> None:
+async def test_listens_on_tcp_v4_v6_and_unix(server: Served, family: str) -> None:
     head = await exchange(server, request(b"Authorization: " + GOOD.encode()), family=family)
     assert head.startswith(b"HTTP/1.1 200") and b"X-Auth-User: alice" in head
 
@@ -85,7 +101,7 @@ async def test_listens_on_tcp_v4_v6_and_unix(server, family: str) -> None:
     b"X-Original-URI: /a\x00b",
     b"Authorization: Basic " + b"A" * (2 << 20),  # past even our generous line limit
 ])
-async def test_parser_refusals_become_401_with_challenge(server, header: bytes) -> None:
+async def test_parser_refusals_become_401_with_challenge(server: Served, header: bytes) -> None:
     head = await exchange(server, request(header))
     assert head.startswith(b"HTTP/1.1 401") or head.startswith(b"HTTP/1.0 401"), head[:40]
     assert CHALLENGE in head
@@ -94,19 +110,19 @@ async def test_parser_refusals_become_401_with_challenge(server, header: bytes) 
         "authproxy_http_parse_errors_total") == 1
 
 
-async def test_obs_text_reaches_the_handler_and_is_refused(server) -> None:
+async def test_obs_text_reaches_the_handler_and_is_refused(server: Served) -> None:
     head = await exchange(server, request(b"Authorization: Basic \xff\xfe"))
     assert head.startswith(b"HTTP/1.1 401") and CHALLENGE in head
 
 
-async def test_64k_authorization_is_refused_as_a_credential(server) -> None:
+async def test_64k_authorization_is_refused_as_a_credential(server: Served) -> None:
     head = await exchange(server, request(b"Authorization: Basic " + b"QUFB" * 16384))
     assert head.startswith(b"HTTP/1.1 401") and CHALLENGE in head
     assert not server["app"][METRICS].registry.get_sample_value(
         "authproxy_http_parse_errors_total")
 
 
-async def test_announced_body_is_never_waited_for(server) -> None:
+async def test_announced_body_is_never_waited_for(server: Served) -> None:
     # A body of 1 MB is announced and never sent: the decision must not wait for it.
     raw = request(b"Authorization: " + GOOD.encode(), b"Content-Length: 1048576", method=b"POST")
     head = await exchange(server, raw, timeout=3)
@@ -114,7 +130,7 @@ async def test_announced_body_is_never_waited_for(server) -> None:
     assert b"Connection: close" in head  # no lingering to drain a body we ignore
 
 
-async def test_chunked_request_without_body_does_not_hang(server) -> None:
+async def test_chunked_request_without_body_does_not_hang(server: Served) -> None:
     raw = request(b"Authorization: " + GOOD.encode(), b"Transfer-Encoding: chunked")
     head = await exchange(server, raw, timeout=3)
     assert head.startswith(b"HTTP/1.1 200")
@@ -136,7 +152,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes
     return int(head.split()[1]), head, body
 
 
-async def test_pipelined_requests_are_answered_in_order(server) -> None:
+async def test_pipelined_requests_are_answered_in_order(server: Served) -> None:
     """Requests answered at once wait behind one that needs a hash (or another route)."""
     await exchange(server, request(b"Authorization: " + GOOD.encode()))  # alice remembered
     reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
@@ -158,7 +174,7 @@ async def test_pipelined_requests_are_answered_in_order(server) -> None:
 
 
 async def test_decisions_needing_no_wait_are_answered_without_waiting(
-    server, monkeypatch: pytest.MonkeyPatch
+    server: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decider = server["app"][DECIDER]
     waited_for: list[str] = []
@@ -192,7 +208,9 @@ async def test_decisions_needing_no_wait_are_answered_without_waiting(
     b"GET /auth HTTP/1.0\r\nAuthorization: " + GOOD.encode() + b"\r\n\r\n",
     request(b"Authorization: " + GOOD.encode(), b"Connection: close"),
 ])
-async def test_a_request_that_closes_the_connection_gets_it_closed(server, raw: bytes) -> None:
+async def test_a_request_that_closes_the_connection_gets_it_closed(
+    server: Served, raw: bytes
+) -> None:
     await exchange(server, request(b"Authorization: " + GOOD.encode()))  # alice remembered
     reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
     try:
@@ -204,7 +222,7 @@ async def test_a_request_that_closes_the_connection_gets_it_closed(server, raw: 
         writer.close()
 
 
-async def test_a_client_gone_mid_pipeline_leaves_no_request_half_started(server) -> None:
+async def test_a_client_gone_mid_pipeline_leaves_no_request_half_started(server: Served) -> None:
     """A client that resets the connection with requests still unanswered: the answer
     written at once fails, and the request left for aiohttp (here /healthz) must not be
     taken up after the connection is gone (aiohttp would build it without a parser)."""
@@ -252,7 +270,7 @@ def test_no_private_part_of_aiohttp_is_used_and_its_pin_is_below_the_next_major(
 
 
 async def test_the_in_process_client_meets_the_production_edge(
-    serve: ServeApp, make_config, htpasswd
+    serve: ServeApp, make_config: Callable[..., Config], htpasswd: Callable[..., Path]
 ) -> None:
     """The fixture the in-process tests share serves the app as `authproxy serve` does: a
     request its parser refuses is our 401 with the challenge, not a framework's 400."""
@@ -270,7 +288,9 @@ async def test_the_in_process_client_meets_the_production_edge(
     assert CHALLENGE in second[1] and server_names(second[1]) == [b"authproxy"]
 
 
-async def test_a_request_with_a_body_is_answered_and_what_follows_is_not_read(server) -> None:
+async def test_a_request_with_a_body_is_answered_and_what_follows_is_not_read(
+    server: Served
+) -> None:
     """The body is never read, so nothing after it can be told from body bytes: the
     connection closes after the answer, and a request smuggled in the body is not answered."""
     smuggled = request(b"Authorization: " + GOOD.encode())
@@ -286,7 +306,7 @@ async def test_a_request_with_a_body_is_answered_and_what_follows_is_not_read(se
         writer.close()
 
 
-async def test_other_routes_answer_head_404_and_405_naming_the_service(server) -> None:
+async def test_other_routes_answer_head_404_and_405_naming_the_service(server: Served) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server["port"])
     try:
         answers = []
@@ -310,7 +330,9 @@ async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("target", [b"http://[bad/auth", b"http://h:99999/auth"])
-async def test_an_absolute_target_no_url_parser_reads_gets_401(server, target: bytes) -> None:
+async def test_an_absolute_target_no_url_parser_reads_gets_401(
+    server: Served, target: bytes
+) -> None:
     head = await exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: authproxy\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401") and CHALLENGE in head
 
