@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,14 @@ from argon2 import PasswordHasher
 from multidict import CIMultiDict, CIMultiDictProxy
 from passlib.hash import sha512_crypt
 
+from authproxy.config import Config
 from authproxy.core import lockout as lockout_module
 from authproxy.core.lockout import Attempt, FailureTracker, Lockout
 from authproxy.core.origin import Origin, address_key
 from authproxy.htpasswd.users import UserTable, cost_class, parse_hash
 from authproxy.http.app import USER_STORE, create_app
 
+from .appclient import ServeApp
 from .conftest import APACHE_APR1, bcrypt_hash, toml_text, write_users
 from .jwks_server import FakeClock
 from .servers import (
@@ -112,7 +114,9 @@ def decisions(proxy: Authproxy, count: int = 0) -> list[dict[str, Any]]:
 # -- rule 1: a ban is never a cheaper oracle than no ban -----------------------------------------
 
 
-def test_a_banned_address_cannot_try_a_remembered_password(tmp_path, echo_upstream) -> None:
+def test_a_banned_address_cannot_try_a_remembered_password(
+    tmp_path: Path, echo_upstream: EchoUpstream
+) -> None:
     """Before: a banned address still got answers from the remembered passwords, at no hash
     and no count: 40,000 guesses in 3.4 s, and the right one got 200."""
     with guarded_site(tmp_path, echo_upstream) as (proxy, site):
@@ -130,7 +134,7 @@ def test_a_banned_address_cannot_try_a_remembered_password(tmp_path, echo_upstre
 
 @pytest.mark.parametrize("cache_ttl", [300, 0])
 def test_a_user_banned_by_strangers_works_from_its_known_address_only(
-    tmp_path, echo_upstream, cache_ttl: int
+    tmp_path: Path, echo_upstream: EchoUpstream, cache_ttl: int
 ) -> None:
     """Before: with passwords remembered, a stranger could still try the banned user's
     remembered password (200 when right); without, the owner was locked out (rule 4)."""
@@ -145,7 +149,9 @@ def test_a_user_banned_by_strangers_works_from_its_known_address_only(
         assert through(site, "alice", "wrong", OWNER) == 401  # still a password check there
 
 
-def test_refusals_for_a_banned_user_count_against_the_address(tmp_path, echo_upstream) -> None:
+def test_refusals_for_a_banned_user_count_against_the_address(
+    tmp_path: Path, echo_upstream: EchoUpstream
+) -> None:
     """Rule 3: a distributed guesser's addresses get banned in turn."""
     with guarded_site(tmp_path, echo_upstream) as (proxy, site):
         first, second = "127.0.0.20", "127.0.0.21"
@@ -162,7 +168,9 @@ def test_refusals_for_a_banned_user_count_against_the_address(tmp_path, echo_ups
 # -- rule 2: attempts reserved on arrival --------------------------------------------------------
 
 
-def test_a_concurrent_burst_gets_no_more_hashes_than_max_failures(tmp_path, echo_upstream) -> None:
+def test_a_concurrent_burst_gets_no_more_hashes_than_max_failures(
+    tmp_path: Path, echo_upstream: EchoUpstream
+) -> None:
     """Before: the ban was checked on arrival and counted after the hash, so 100 concurrent
     guesses from one address were all hashed."""
     burst = 40
@@ -195,8 +203,9 @@ def unix_request(path: str, headers: list[tuple[str, str]]) -> int:
         connection.close()
 
 
-def test_nginx_on_a_unix_socket_lets_no_client_choose_its_address(tmp_path,
-                                                                  echo_upstream) -> None:
+def test_nginx_on_a_unix_socket_lets_no_client_choose_its_address(
+    tmp_path: Path, echo_upstream: EchoUpstream
+) -> None:
     """nginx listening on a unix socket sends ``X-Real-IP: unix:``. Before: authproxy then
     believed the client's own X-Forwarded-For, or, without one, made nginx's address the key,
     so that guesses for unknown users locked out the whole site."""
@@ -232,7 +241,7 @@ def test_nginx_on_a_unix_socket_lets_no_client_choose_its_address(tmp_path,
 @pytest.mark.parametrize("forwarded", [[], [("X-Real-IP", "127.0.0.1")]],
                          ids=["nothing", "a-trusted-proxy"])
 def test_a_proxy_that_sends_no_client_address_is_never_banned(
-    tmp_path, forwarded: list[tuple[str, str]]
+    tmp_path: Path, forwarded: list[tuple[str, str]]
 ) -> None:
     """A trusted proxy that forwards no address (no X-Real-IP, no X-Forwarded-For), or names a
     trusted proxy as the client (a TLS terminator on loopback in front of nginx): before,
@@ -259,7 +268,7 @@ def worker_pids(proxy: Authproxy) -> set[int]:
             if '"event":"start"' in line and '"worker"' in line}
 
 
-def test_bans_and_known_addresses_survive_a_restart_of_every_worker(tmp_path) -> None:
+def test_bans_and_known_addresses_survive_a_restart_of_every_worker(tmp_path: Path) -> None:
     """Before: after both workers were SIGKILLed, a banned user got 200 again."""
     users = write_users(tmp_path / "users", **PASSWORDS)
     config = toml_text({
@@ -355,7 +364,7 @@ def test_client_address_keys(address: str, key: str) -> None:
 
 
 async def test_a_wrong_password_for_a_cheap_hash_takes_as_long_as_the_costliest(
-    serve, make_config, tmp_path: Path
+    serve: ServeApp, make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
     """Before: a wrong password for an apr1 user answered in 1.5 ms, an unknown user (a
     dummy bcrypt) in 60 ms, an argon2id user in 104 ms: the time told who exists."""
@@ -384,7 +393,7 @@ def basic_header(user: str, password: str) -> str:
 
 
 async def test_a_failure_holds_a_hash_thread_as_long_as_the_costliest_and_says_no_less(
-    serve, make_config, tmp_path: Path
+    serve: ServeApp, make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
     """The floor is kept in the hash thread, not on the event loop: concurrent guesses for a
     cheap hash queue as a costly hash's would. And /metrics observes the time held, so its

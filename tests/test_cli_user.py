@@ -19,7 +19,9 @@ def run(argv: list[str], stdin: bytes, monkeypatch: pytest.MonkeyPatch) -> int:
     return main(argv)
 
 
-def test_add_list_replace_delete(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_add_list_replace_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "users"
     assert run(["user", "add", str(path), "alice", "--password-stdin"], b"s3cret\n", monkeypatch) == 0
     assert path.stat().st_mode & 0o777 == 0o640
@@ -37,7 +39,7 @@ def test_add_list_replace_delete(tmp_path: Path, monkeypatch, capsys) -> None:
     assert UserTable.load(path).users() == {"alice"}
 
 
-def test_argon2id_on_request(tmp_path: Path, monkeypatch) -> None:
+def test_argon2id_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "users"
     argv = ["user", "add", str(path), "carol", "--scheme", "argon2id", "--password-stdin"]
     assert run(argv, b"pw\n", monkeypatch) == 0
@@ -46,14 +48,18 @@ def test_argon2id_on_request(tmp_path: Path, monkeypatch) -> None:
     entry.verify(b"pw")
 
 
-def test_bad_user_names_are_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_bad_user_names_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "users"
     assert run(["user", "add", str(path), "a:b", "--password-stdin"], b"pw", monkeypatch) == 1
     assert "authproxy:" in capsys.readouterr().err
     assert not path.exists()
 
 
-def test_password_never_echoed(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_password_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "users"
     assert run(["user", "add", str(path), "dave", "--password-stdin"], b"hunter2-secret\n",
                monkeypatch) == 0
@@ -68,7 +74,9 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert caught.value.code == 2
 
 
-def test_dev_issuer_refuses_to_serve_on_a_unix_socket(tmp_path: Path, capsys) -> None:
+def test_dev_issuer_refuses_to_serve_on_a_unix_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Its URL goes into tokens and the JWKS location: it must be HOST:PORT (before, a unix
     address made it serve on every interface, at a random port)."""
     argv = ["dev-issuer", "serve", "--dir", str(tmp_path), "--listen", f"unix:{tmp_path}/i.sock"]

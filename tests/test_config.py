@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from authproxy.errors import ConfigError
 from authproxy.listen import ListenAddress, parse_listen
 
 
-def test_defaults_and_file_values(make_config, htpasswd) -> None:
+def test_defaults_and_file_values(
+    make_config: Callable[..., Config], htpasswd: Callable[..., Path]
+) -> None:
     users = htpasswd(alice="pw")
     config = make_config({"basic": {"users_file": str(users), "cache_ttl": 30},
                           "server": {"realm": "corp", "workers": 2}})
@@ -29,7 +32,9 @@ def test_defaults_and_file_values(make_config, htpasswd) -> None:
     assert config.server.listen_addresses == (ListenAddress(host="127.0.0.1", port=9180),)
 
 
-def test_environment_overrides_file_and_splits_lists(make_config, htpasswd) -> None:
+def test_environment_overrides_file_and_splits_lists(
+    make_config: Callable[..., Config], htpasswd: Callable[..., Path]
+) -> None:
     users = htpasswd(alice="pw")
     config = make_config(
         {"basic": {"users_file": "/nonexistent"}},
@@ -50,7 +55,7 @@ def test_environment_overrides_file_and_splits_lists(make_config, htpasswd) -> N
     assert [str(a) for a in config.server.listen_addresses] == ["127.0.0.1:1", "unix:/run/a.sock"]
 
 
-def test_every_problem_reported_at_once(make_config, tmp_path: Path) -> None:
+def test_every_problem_reported_at_once(make_config: Callable[..., Config], tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         make_config(
             {
@@ -69,12 +74,14 @@ def test_every_problem_reported_at_once(make_config, tmp_path: Path) -> None:
         assert expected in text, expected
 
 
-def test_no_scheme_configured_is_an_error(make_config) -> None:
+def test_no_scheme_configured_is_an_error(make_config: Callable[..., Config]) -> None:
     with pytest.raises(ConfigError, match="no authentication scheme configured"):
         make_config({"server": {"realm": "x"}})
 
 
-def test_listen_flag_replaces_configured_list(tmp_path: Path, htpasswd) -> None:
+def test_listen_flag_replaces_configured_list(
+    tmp_path: Path, htpasswd: Callable[..., Path]
+) -> None:
     path = tmp_path / "c.toml"
     path.write_text(f'[server]\nlisten = ["127.0.0.1:1"]\n[basic]\nusers_file = "{htpasswd(a="b")}"\n')
     config = load_config(str(path), environ={}, listen=["[::1]:8080"])
@@ -88,7 +95,9 @@ def test_bad_listen_addresses(text: str) -> None:
         parse_listen(text)
 
 
-def test_check_config_exit_codes(tmp_path: Path, htpasswd, capsys) -> None:
+def test_check_config_exit_codes(
+    tmp_path: Path, htpasswd: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "good.toml"
     good.write_text(f'[basic]\nusers_file = "{htpasswd(alice="x")}"\n')
     assert main(["check-config", "--config", str(good)]) == 0
@@ -108,7 +117,9 @@ def test_check_config_exit_codes(tmp_path: Path, htpasswd, capsys) -> None:
     assert "broken.htpasswd:2" in err and "tooshort" not in err
 
 
-def test_check_config_reads_authproxy_config_env(tmp_path: Path, htpasswd, monkeypatch) -> None:
+def test_check_config_reads_authproxy_config_env(
+    tmp_path: Path, htpasswd: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "env.toml"
     path.write_text(f'[basic]\nusers_file = "{htpasswd(alice="x")}"\n')
     monkeypatch.setenv("AUTHPROXY_CONFIG", str(path))
@@ -125,7 +136,9 @@ def test_check_config_reads_authproxy_config_env(tmp_path: Path, htpasswd, monke
     {"jwks_file": "/dev/null"},
     {"jwks_endpoint": "https://idp.example/jwks", "insecure_skip_issuer_and_audience": False},
 ])
-def test_jwt_checking_neither_issuer_nor_audience_is_an_error(make_config, jwt) -> None:
+def test_jwt_checking_neither_issuer_nor_audience_is_an_error(
+    make_config: Callable[..., Config], jwt: dict[str, Any]
+) -> None:
     with pytest.raises(ConfigError) as caught:
         make_config({"jwt": jwt})
     assert any("jwt.insecure_skip_issuer_and_audience" in p for p in caught.value.problems)
@@ -137,7 +150,9 @@ def test_jwt_checking_neither_issuer_nor_audience_is_an_error(make_config, jwt) 
     {"issuer": "https://idp.example"},  # discovery: the issuer is checked
     {"jwks_endpoint": "https://idp.example/jwks", "insecure_skip_issuer_and_audience": True},
 ])
-def test_jwt_checking_issuer_or_audience_or_opting_out_loads(make_config, jwt) -> None:
+def test_jwt_checking_issuer_or_audience_or_opting_out_loads(
+    make_config: Callable[..., Config], jwt: dict[str, Any]
+) -> None:
     assert make_config({"jwt": jwt}).jwt.enabled
 
 
@@ -158,7 +173,10 @@ def test_the_opt_out_is_warned_about_at_start(tmp_path: Path) -> None:
     (["basic:root", "bearer:ops-bot", "bearer:urn:svc:deploy"],
      {("basic", "root"), ("bearer", "ops-bot"), ("bearer", "urn:svc:deploy")}),
 ])
-def test_admin_users_name_their_scheme(make_config, htpasswd, users, principals) -> None:
+def test_admin_users_name_their_scheme(
+    make_config: Callable[..., Config], htpasswd: Callable[..., Path], users: list[str],
+    principals: set[tuple[str, str]]
+) -> None:
     config = make_config({"basic": {"users_file": str(htpasswd(root="pw"))},
                           "admin": {"users": users}})
     assert config.admin.principals == principals
@@ -166,7 +184,7 @@ def test_admin_users_name_their_scheme(make_config, htpasswd, users, principals)
 
 @pytest.mark.parametrize("entry", ["ldap:root", "Bearer:ops-bot", "bearer:", "basic:", ""])
 def test_an_admin_entry_with_an_unknown_scheme_or_no_name_is_an_error(
-    make_config, htpasswd, entry: str
+    make_config: Callable[..., Config], htpasswd: Callable[..., Path], entry: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
         make_config({"basic": {"users_file": str(htpasswd(root="pw"))},
@@ -212,7 +230,9 @@ def test_a_value_of_the_wrong_type_is_named_with_its_key(
 
 
 @pytest.mark.parametrize(("workers", "count"), [(2, 2), ('"3"', 3), ('"auto"', os.cpu_count())])
-def test_workers_is_a_number_or_auto(tmp_path: Path, htpasswd, workers, count) -> None:
+def test_workers_is_a_number_or_auto(
+    tmp_path: Path, htpasswd: Callable[..., Path], workers: int | str, count: int | None
+) -> None:
     path = tmp_path / "w.toml"
     path.write_text(f'[server]\nworkers = {workers}\n[basic]\nusers_file = "{htpasswd(a="b")}"\n')
     assert load_config(str(path), environ={}).worker_count == count
@@ -228,7 +248,8 @@ def test_workers_is_a_number_or_auto(tmp_path: Path, htpasswd, workers, count) -
     ("AUTHPROXY_SERVER_WORKERS", "3", lambda c: c.worker_count, 3),
 ])
 def test_an_environment_override_of_each_kind(
-    tmp_path: Path, htpasswd, name: str, value: str, read, expected
+    tmp_path: Path, htpasswd: Callable[..., Path], name: str, value: str,
+    read: Callable[[Config], object], expected: object
 ) -> None:
     path = tmp_path / "env.toml"
     path.write_text('[server]\nallow_preflight = false\nnginx_cache_hint = true\nrealm = "file"\n'
@@ -251,7 +272,9 @@ def test_a_bad_environment_override_is_named_by_its_variable(
     assert f"{name}: {problem}" in "\n".join(problems), problems
 
 
-def test_the_listen_flag_wins_over_the_environment(tmp_path: Path, htpasswd) -> None:
+def test_the_listen_flag_wins_over_the_environment(
+    tmp_path: Path, htpasswd: Callable[..., Path]
+) -> None:
     path = tmp_path / "c.toml"
     path.write_text(f'[basic]\nusers_file = "{htpasswd(a="b")}"\n')
     config = load_config(str(path), environ={"AUTHPROXY_SERVER_LISTEN": "127.0.0.1:2"},
@@ -326,7 +349,7 @@ def test_jwt_issuers_are_validated_like_jwt_then_refused_as_not_supported_yet(
 
 @pytest.mark.parametrize("hint", [float, dict[str, str], list[str], str | None, tuple[int, ...],
                                   tuple[str, str], Path])
-def test_a_field_of_a_type_without_a_coercion_fails_when_the_schema_is_built(hint) -> None:
+def test_a_field_of_a_type_without_a_coercion_fails_when_the_schema_is_built(hint: object) -> None:
     new = make_dataclass("New", [("value", hint, field(default=None, metadata=key("new")))],
                          frozen=True, slots=True)
     with pytest.raises(TypeError, match=r"New\.value: no coercion for the type"):
