@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,7 +121,7 @@ def test_a_bad_file_at_start_up_is_a_configuration_error(
 # -- reloads ----------------------------------------------------------------------------------
 
 
-def reload_lines(proxy: Authproxy, outcome: str) -> list[dict[str, object]]:
+def reload_lines(proxy: Authproxy, outcome: str) -> list[dict[str, Any]]:
     return [e for e in events(proxy, "users_reload") if e.get("outcome") == outcome]
 
 

@@ -13,6 +13,7 @@ import itertools
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,11 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return samples(metrics).get((name, tuple(sorted(labels.items()))))
 
 
+def reading(value: float) -> Callable[[], float]:
+    """A gauge's function that reads ``value``."""
+    return lambda: value
+
+
 def two_processes(directory: Path) -> tuple[Metrics, Metrics]:
     """Two processes' metrics in ``directory``, flushed: decisions, a labelled counter, the
     hash histogram and one gauge of each mode, with different values in each."""
@@ -58,9 +64,9 @@ def two_processes(directory: Path) -> tuple[Metrics, Metrics]:
         metrics.cache_lookups("basic", "hit").inc()
         metrics.user_reloads.labels("ok").inc()
         metrics.hash_seconds.observe(0.03)
-        metrics.bans_in_force.set_function(lambda bans=bans: bans)  # livemax
-        metrics.jwks_keys.labels("file").set_function(lambda keys=keys: keys)  # livemin
-        metrics.connections_open.set_function(lambda c=connections: c)  # livesum
+        metrics.bans_in_force.set_function(reading(bans))  # livemax
+        metrics.jwks_keys.labels("file").set_function(reading(keys))  # livemin
+        metrics.connections_open.set_function(reading(connections))  # livesum
         metrics.flush()
     return a, b
 

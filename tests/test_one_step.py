@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,7 +89,7 @@ class CountingBearer(BearerAuthenticator):
 
 
 @pytest.fixture
-def basic_config(make_config: Any, htpasswd: Any) -> Config:
+def basic_config(make_config: Callable[..., Config], htpasswd: Callable[..., Path]) -> Config:
     return make_config({"basic": {"users_file": str(htpasswd(alice="wonderland"))}})
 
 

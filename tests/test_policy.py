@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ INVALID_POLICIES = [
 
 
 @pytest.fixture
-def users(tmp_path: Path, htpasswd: Any) -> Path:
+def users(tmp_path: Path, htpasswd: Callable[..., Path]) -> Path:
     (tmp_path / "groups").write_text("staff: bob\n")
     return htpasswd(alice="alicepw", bob="bobpw")  # alice: no groups
 
@@ -118,7 +119,7 @@ async def test_every_listed_scope_is_required(app: Any, clock: FakeClock, query:
 # -- claim.<path> --------------------------------------------------------------------------
 
 
-CLAIMS = {
+CLAIMS: dict[str, Any] = {
     "email_verified": True, "tier": 3, "amr": ["pwd", "mfa"],
     "realm_access": {"roles": ["viewer", "admin"]}, "https://example.com/roles": ["ops"],
     "a.b": "top-level", "a": {"b": "nested"},

@@ -540,16 +540,17 @@ async def test_misses_and_jwks_setup_ask_the_supervisor(
                 fresh connections, until every worker has answered (at most 10 batches)."""
                 seen = len(events(proxy, "decision"))
                 headers = {"Authorization": f"Bearer {token}"}
-                sent, pids = 0, set()
+                sent, pids = 0, set[int]()
                 while pids != workers and sent < 160:
                     statuses = await asyncio.gather(*(
                         fetch_status(session, address, "/auth", headers) for _ in range(16)))
                     assert {status for status, _ in statuses} == {expected}
                     sent += 16
                     # decision lines are written in batches (at most 0.1 s late)
-                    await asyncio.to_thread(
-                        until, lambda n=seen + sent: len(events(proxy, "decision")) >= n,
-                        "the decision lines")
+                    def logged(n: int = seen + sent) -> bool:
+                        return len(events(proxy, "decision")) >= n
+
+                    await asyncio.to_thread(until, logged, "the decision lines")
                     pids = {e["pid"] for e in events(proxy, "decision")[seen:]}
                 return pids
 
