@@ -103,7 +103,8 @@ def test_the_exposition_parses_back_to_the_families_and_values_written() -> None
 
 @pytest.mark.parametrize("value", [*NUMBERS, math.nan, 1e7, 9999999.0, 5e-324, 1.7976931348623157e308])
 def test_numbers_are_written_as_prometheus_client_writes_them(value: float) -> None:
-    assert format_value(value) == prometheus_client.utils.floatToGoString(value)
+    go_string = prometheus_client.utils.floatToGoString(value)  # type: ignore[no-untyped-call]
+    assert format_value(value) == go_string
 
 
 def test_the_app_metrics_write_what_prometheus_client_would() -> None:
