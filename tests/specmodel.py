@@ -13,7 +13,7 @@ listed scope, any listed group, any listed user, and each claim equal to one of 
 or, a list, containing one; a Basic user has no claims.
 
 Where SPEC is silent, the model says what authproxy does today (README, "Per-location
-policy", documents the first three):
+policy", documents the claim spellings and that a query that is not UTF-8 is invalid):
 
 - the query is application/x-www-form-urlencoded: ``+`` is a space, ``%XX`` a byte, the
   result UTF-8 (a ``%XX`` spelling that is not UTF-8 is invalid), and an empty field between
@@ -23,13 +23,14 @@ policy", documents the first three):
 - a boolean or integer claim matches its JSON spelling (``claim.email_verified=true``,
   ``claim.level=3``); floats, objects and null match nothing;
 - tabs count with spaces around an item, and a value of only spaces and tabs is empty
-  (``group=staff%09`` is ``staff``; ``group=%09`` is invalid). SPEC says "spaces"; no
-  user or group an identity carries can hold a tab (a control character refuses the
-  identity), so only a claim value could tell the two readings apart. Within ``scope``,
-  items split on spaces alone, so a tab stays part of a scope;
-- a raw byte that is not UTF-8 reaches the policy as a lone surrogate (the edge decodes
-  the target with surrogateescape) and is kept as a character, not refused: it can then
-  only name a user, group or scope no identity has.
+  (``group=staff%09`` is ``staff``; ``group=%09`` is invalid). SPEC says "spaces"; read
+  strictly, ``group=staff%09`` would name a group no identity can carry (a control
+  character refuses the identity) and ``group=%09`` would be valid (401 without
+  credentials, not 403); ``claim.role=admin%09`` matches ``"admin"``, not ``"admin\\t"``.
+  Within ``scope``, items split on spaces alone, so a tab stays part of a scope;
+- a raw byte that is not UTF-8 (the edge decodes the target with surrogateescape) is kept
+  as a lone surrogate, not refused as README's "not UTF-8" would have it: it can name no
+  user, group or scope an identity can carry, only a claim value spelled ``"\\udc80"``.
 """
 
 from __future__ import annotations
