@@ -14,7 +14,8 @@ contract), with other implementations doing the cryptography:
   the pinned algorithms, ``exp``/``nbf``/``iat`` with the leeway, ``iss`` and ``aud``; the
   contract's own rules (strict base64url and JSON, NumericDates that are numbers, no
   ``crit``, a string ``kid`` whose key's ``alg`` is the token's) are checked here first;
-- the policy grammar of SPEC §8.2, parsed here from its text.
+- the policy of SPEC §8.2 as tests/specmodel.py reads it from SPEC's text (the one model
+  of it in the tests, which the policy fuzz target checks authproxy's parser against).
 
 Nothing from ``authproxy`` is imported: a bug shared by the oracle and the service would
 hide itself.
@@ -29,12 +30,12 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import jwt as pyjwt
 from passlib.hash import ldap_salted_sha1
 
-SCHEMES = ("basic", "bearer")  # in the order the challenge names them
+from .specmodel import InvalidPolicy, read_policy
+
 MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z (SPEC §7: beyond it, 401)
 MAX_KIDLESS_CANDIDATES = 8
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -66,107 +67,6 @@ class Who:
         return {"X-Auth-User": self.user, "X-Auth-Method": self.method,
                 "X-Auth-Subject": self.subject, "X-Auth-Groups": ",".join(sorted(self.groups)),
                 "X-Auth-Scopes": " ".join(sorted(self.scopes))}
-
-
-# -- the policy (SPEC §8.2) ---------------------------------------------------------------
-
-
-class NotAPolicy(ValueError):
-    """A query string outside the grammar: every request under it gets 403."""
-
-
-@dataclass(frozen=True, slots=True)
-class Requirements:
-    scopes: frozenset[str] = frozenset()
-    groups: frozenset[str] = frozenset()
-    users: frozenset[str] = frozenset()
-    schemes: frozenset[str] = frozenset()
-    claims: tuple[tuple[str, frozenset[str]], ...] = ()
-
-    def allowed(self) -> tuple[str, ...]:
-        return tuple(s for s in SCHEMES if not self.schemes or s in self.schemes)
-
-    def admits(self, who: Who) -> bool:
-        """Keys combine, all must hold: every scope, any group, any user, every claim."""
-        return ((not self.users or who.user in self.users)
-                and (not self.groups or bool(self.groups & who.groups))
-                and self.scopes <= who.scopes
-                and all(who.claims is not None and _claim_holds(who.claims, path, wanted)
-                        for path, wanted in self.claims))
-
-
-def _form_decode(text: str) -> str:
-    """A query-string component: ``+`` is a space, %XX a byte, the whole UTF-8."""
-    try:
-        return unquote_to_bytes(text.replace("+", " ")).decode("utf-8")
-    except UnicodeDecodeError:
-        raise NotAPolicy("not UTF-8") from None
-
-
-def _list(value: str, *, spaces: bool) -> frozenset[str]:
-    """Comma-separated items (``spaces``: space-separated too), spaces around each ignored;
-    an empty item is not the grammar."""
-    items: set[str] = set()
-    for part in value.split(","):
-        words = part.split(" ") if spaces else [part.strip(" ")]
-        if not any(words):
-            raise NotAPolicy("empty item")
-        items.update(w for w in words if w)
-    return frozenset(items)
-
-
-def parse_policy(query: str) -> Requirements:
-    """The requirements of an auth URL's query string; raise NotAPolicy."""
-    lists: dict[str, frozenset[str]] = {}
-    claims: list[tuple[str, frozenset[str]]] = []
-    seen: set[str] = set()
-    for pair in query.split("&") if query else ():
-        raw_key, _, raw_value = pair.partition("=")
-        key, value = _form_decode(raw_key), _form_decode(raw_value)
-        if key in seen:
-            raise NotAPolicy("repeated key")
-        seen.add(key)
-        if not value.strip(" "):
-            raise NotAPolicy("empty value")
-        if key.startswith("claim.") and key != "claim.":
-            claims.append((key[len("claim."):], _list(value, spaces=False)))
-        elif key in ("scope", "group", "user", "scheme"):
-            lists[key] = _list(value, spaces=key == "scope")
-        else:
-            raise NotAPolicy(f"unknown key {key!r}")
-    if not lists.get("scheme", frozenset()) <= set(SCHEMES):
-        raise NotAPolicy("unknown scheme")
-    return Requirements(scopes=lists.get("scope", frozenset()),
-                        groups=lists.get("group", frozenset()),
-                        users=lists.get("user", frozenset()),
-                        schemes=lists.get("scheme", frozenset()), claims=tuple(claims))
-
-
-def _claim_at(claims: Mapping[str, Any], path: str) -> Any:
-    """SPEC §8.3: a top-level claim of that exact name, else a dotted path."""
-    if path in claims:
-        return claims[path]
-    value: Any = claims
-    for name in path.split("."):
-        if not isinstance(value, dict) or name not in value:
-            return None
-        value = value[name]
-    return value
-
-
-def _json_spelling(value: Any) -> str | None:
-    """Strings as they are, booleans and integers by their JSON spelling."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or isinstance(value, int):
-        return json.dumps(value)
-    return None
-
-
-def _claim_holds(claims: Mapping[str, Any], path: str, wanted: frozenset[str]) -> bool:
-    value = _claim_at(claims, path)
-    values = value if isinstance(value, list) else [value]
-    return any(_json_spelling(v) in wanted for v in values)
 
 
 # -- Basic ---------------------------------------------------------------------------------
@@ -386,8 +286,8 @@ class Oracle:
         """The answer to one request with this ``Authorization`` (None: none sent) at a
         location whose policy query string is ``policy``."""
         try:
-            requirements = parse_policy(policy)
-        except NotAPolicy:
+            requirements = read_policy(policy)
+        except InvalidPolicy:
             return Expected(403)  # before any credential is looked at
         allowed = requirements.allowed()
         refused = Expected(401, challenge=allowed)

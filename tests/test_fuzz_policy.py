@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +17,7 @@ from authproxy.core import policy as policy_module
 from authproxy.core.identity import Identity
 from tests.fuzz import policy
 from tests.planted import assert_caught
+from tests.specmodel import LIST_KEYS, InvalidPolicy, read_policy
 
 from .jwks_server import K1, FakeClock, StartApp, basic, bearer, mint
 
@@ -23,9 +26,13 @@ pytest_plugins = ["tests.jwks_fixtures"]
 USERS = ["alice", "bob", "carol", "dave"]
 GROUPS = ["staff", "ops", "a%2Cb", "b"]  # "a%2Cb" literally: a name with a percent sign
 SCOPES = ["read", "write", "admin"]
+# Claim values a token may carry, and how a policy names them: booleans and integers by
+# their JSON spelling (README; SPEC is silent).
+ROLES: list[str | int] = ["admin", "dev", True, 3]
+ROLE_NAMES = ["admin", "dev", "true", "3"]
 VALUES = {"user": USERS, "group": GROUPS, "scope": SCOPES,
           "scheme": ["basic", "bearer", "Bearer", "kerberos"],
-          "claim.role": ["admin", "dev"], "claim.realm.role": ["admin", "dev"]}
+          "claim.role": ROLE_NAMES, "claim.realm.role": ROLE_NAMES}
 FAULTY_KEYS = ["groups", "Scope", "role", "claim.", "", "scope "]
 BASIC_USERS = {"alice": ["staff"], "bob": ["staff", "a%2Cb"], "carol": []}  # password = name
 
@@ -60,13 +67,12 @@ identities = st.builds(
         claims={} if method == "basic" else {"role": role, "realm": {"role": role}}),
     st.sampled_from(["basic", "bearer"]), st.sampled_from(USERS),
     st.sets(st.sampled_from(GROUPS)), st.sets(st.sampled_from(SCOPES)),
-    st.sampled_from(["admin", "dev", ["dev", "admin"]]))
+    st.one_of(st.sampled_from(ROLES), st.lists(st.sampled_from(ROLES), max_size=2)))
 
 
 def identity_line(identity: Identity) -> str:
-    claims = ";".join(f"{k}={v}" for k, v in identity.claims.items() if isinstance(v, str))
     return "|".join([identity.method, identity.user, ",".join(identity.groups),
-                     " ".join(identity.scopes), claims])
+                     " ".join(identity.scopes), json.dumps(dict(identity.claims))])
 
 
 @given(st.binary(max_size=200))
@@ -84,6 +90,8 @@ def test_policy_alphabet(text: str) -> None:
                                       scopes=frozenset({"read"})))
 @example("groups=staff", Identity(user="alice", method="basic", groups=frozenset({"staff"})))
 @example("group=staff&group=ops", Identity(user="a", method="basic", groups=frozenset({"ops"})))
+@example("claim.role=3", Identity(user="a", method="bearer", claims={"role": [True, 3]}))
+@example("claim.role=true", Identity(user="a", method="bearer", claims={"role": 1}))
 def test_queries_and_identities(query: str, identity: Identity) -> None:
     policy.check_policy(query, identity)
     policy.check(f"{query}\n{identity_line(identity)}".encode())
@@ -108,13 +116,23 @@ def test_a_planted_check_that_ignores_scopes_is_caught(monkeypatch: Any) -> None
 
 
 def test_a_planted_parser_that_ignores_unknown_keys_is_caught(monkeypatch: Any) -> None:
-    real = policy_module.parse_qsl
+    real = urllib.parse.parse_qsl  # what authproxy.core.policy parses queries with
 
     def known_pairs_only(query: str, **kwargs: Any) -> list[tuple[str, str]]:
         return [(k, v) for k, v in real(query, **kwargs)
-                if k in policy.LIST_KEYS or k.startswith("claim.")]
+                if k in LIST_KEYS or k.startswith("claim.")]
 
     monkeypatch.setattr(policy_module, "parse_qsl", known_pairs_only)
+    assert_caught(test_queries_and_identities)
+
+
+def test_a_planted_claim_match_on_strings_only_is_caught(monkeypatch: Any) -> None:
+    """A claim of ``true`` or ``3`` no longer matching its JSON spelling."""
+    def strings_only(value: Any, wanted: frozenset[str]) -> bool:
+        values = value if isinstance(value, list) else [value]
+        return any(isinstance(v, str) and v in wanted for v in values)
+
+    monkeypatch.setattr(policy_module, "claim_matches", strings_only)
     assert_caught(test_queries_and_identities)
 
 
@@ -125,12 +143,12 @@ def expected_status(query: str, method: str | None, identity: Identity | None) -
     """SPEC §4 and §8.2: an invalid policy 403 for everyone; no credentials, or a scheme the
     location does not accept, 401; then 200 exactly when the policy's predicate admits."""
     try:
-        spec = policy.read_policy(query)
-    except policy.Invalid:
+        spec = read_policy(query)
+    except InvalidPolicy:
         return 403
-    if identity is None or (spec.schemes and method not in spec.schemes):
+    if identity is None or method not in spec.allowed():
         return 401
-    return 200 if policy.admits(spec, identity) else 403
+    return 200 if spec.admits(identity) else 403
 
 
 async def test_random_policies_and_identities_through_the_server(
@@ -154,14 +172,14 @@ async def test_random_policies_and_identities_through_the_server(
         st.tuples(st.just("basic"), st.sampled_from(list(BASIC_USERS)), st.just(()),
                   st.just(()), st.just("")),
         st.tuples(st.just("bearer"), st.sampled_from(USERS), st.sets(st.sampled_from(GROUPS)),
-                  st.sets(st.sampled_from(SCOPES)), st.sampled_from(["admin", "dev"])))
+                  st.sets(st.sampled_from(SCOPES)), st.sampled_from(ROLES)))
 
     asked: list[int] = []
 
     @settings(max_examples=150)
     @given(queries(), credentials)
     @example("group=a%252Cb", ("bearer", "dave", {"b"}, set(), "dev"))  # a literal "%2C"
-    def decide(query: str, credential: tuple[str, str, Any, Any, str]) -> None:
+    def decide(query: str, credential: tuple[str, str, Any, Any, str | int]) -> None:
         method, user, groups, scopes, role = credential
         identity: Identity | None = None
         headers: dict[str, str] = {}
