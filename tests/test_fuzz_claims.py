@@ -56,6 +56,8 @@ def test_raw_bytes(data: bytes) -> None:
                      "nbf": NOW + 61}).encode())  # nbf just past the leeway
 @example(json.dumps({"exp": NOW - 30, "aud": "api", "iss": ISSUER, "sub": "a",
                      "email": "a"}).encode())  # expired, within the 60 s leeway
+@example(json.dumps({"exp": NOW + 30, "aud": "api", "iss": ISSUER, "sub": 0,
+                     "email": "a"}).encode())  # a sub that is no string, the user from email
 def test_payloads(payload: bytes) -> None:
     claims.check(payload)
 

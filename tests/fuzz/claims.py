@@ -78,7 +78,9 @@ def expected(claims: Any, config: JwtConfig) -> dict[str, Any]:
     user = claims.get(config.jwks_username_field)
     if not isinstance(user, str) or not user:
         raise Invalid("no user")
-    subject = claims["sub"] if isinstance(claims.get("sub"), str) else ""
+    if "sub" in claims and not isinstance(claims["sub"], str):
+        raise Invalid("sub not a StringOrURI")  # RFC 7519 §4.1.2, whichever claim names the user
+    subject = claims.get("sub", "")
     scopes: set[str] = set()
     for name in ("scope", "scp"):
         if name in claims:
