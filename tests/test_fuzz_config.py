@@ -9,13 +9,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from authproxy import config as config_module
 from tests.conftest import toml_text, write_users
 from tests.fuzz import config
+from tests.planted import assert_caught
 
 ROOT = Path(__file__).parent.parent
 
@@ -113,5 +113,4 @@ def _without_cross_checks(found: config_module.Config) -> list[str]:
 
 def test_a_planted_missing_cross_check_is_caught(monkeypatch: Any) -> None:
     monkeypatch.setattr(config_module, "_cross_checks", _without_cross_checks)
-    with pytest.raises(AssertionError):
-        test_mutated_examples()
+    assert_caught(test_mutated_examples)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from authproxy.core.decider import Answer, Decider
 from tests.fuzz import edge
+from tests.planted import assert_caught
 from tests.servers import Authproxy, free_port, start_authproxy
 
 CREDENTIALS = [
@@ -157,5 +158,4 @@ def _refuse_with_400(self: Decider) -> Answer:
 
 def test_a_planted_400_for_bad_http_is_caught(monkeypatch: Any) -> None:
     monkeypatch.setattr(Decider, "refuse_unparseable", _refuse_with_400)
-    with pytest.raises(AssertionError):
-        test_conversations_in_memory()
+    assert_caught(test_conversations_in_memory)

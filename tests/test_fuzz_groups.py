@@ -5,13 +5,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from authproxy.core.identity import sendable_group
 from authproxy.htpasswd import groups as groups_module
 from tests.fuzz import groups
+from tests.planted import assert_caught
 
 names = st.one_of(st.sampled_from(["admins", "ops", "alice", "bob"]),
                   st.text("ab,:# \t\x00\x01\x7f\x85\u00a0\u2028", max_size=4),
@@ -67,5 +67,4 @@ def _skipping_load_groups(path: str | os.PathLike[str]) -> Mapping[str, frozense
 
 def test_a_planted_partial_groups_file_is_caught(monkeypatch: Any) -> None:
     monkeypatch.setattr(groups_module, "load_groups", _skipping_load_groups)
-    with pytest.raises(AssertionError):
-        test_grammar_files()
+    assert_caught(test_grammar_files)
