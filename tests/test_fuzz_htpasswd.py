@@ -100,6 +100,8 @@ def test_raw_bytes(data: bytes) -> None:
 @given(htpasswd_files())
 @example(b"ali\x01ce:{SHA}GpHWL3ymc5liWkNopqtdSjuqYHM=")  # loaded a user X-Auth-User can't carry
 @example(b"al\rice:{SHA}GpHWL3ymc5liWkNopqtdSjuqYHM=")  # ... a lone CR inside a line
+@example(b"alice:$5$saltsaltsaltsaltsalt")  # a SHA-crypt setting, no checksum: passlib
+@example(b"alice:$6$rounds=10$abc")  # ... read it leniently and warned (PasslibHashWarning)
 def test_grammar_files(data: bytes) -> None:
     htpasswd.check(data)
 

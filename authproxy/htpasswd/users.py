@@ -139,6 +139,13 @@ def _well_formed(scheme: str, text: str) -> bool:
     if scheme == "argon2id":
         return _argon2id_well_formed(text)
     if scheme in _PASSLIB:
+        # Only a hash with its checksum ($id$[rounds=N$]salt$checksum): without one, passlib
+        # reads salt and rounds leniently (a setting, not a hash), with a PasslibHashWarning.
+        fields = text.split("$")[2:]
+        if fields and fields[0].startswith("rounds="):
+            fields = fields[1:]
+        if len(fields) != 2 or not fields[1]:
+            return False
         try:
             return _PASSLIB[scheme].from_string(text).checksum is not None
         except ValueError:
