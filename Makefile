@@ -15,7 +15,7 @@ test: lint
 	$(VENV)/bin/python -m pytest -q
 
 # Types (mypy --strict, tests and benchmarks too), style (ruff) and the layering of the package
-# (import-linter). The modules mypy leaves alone for now are in pyproject.toml's overrides.
+# (import-linter).
 lint: deps
 	$(VENV)/bin/ruff check authproxy tests bench
 	$(VENV)/bin/mypy authproxy tests bench
