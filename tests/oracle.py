@@ -2,7 +2,8 @@
 
 ``python -m tests.oracle --requests N --seed S`` sends N generated requests through a real
 nginx to a real ``authproxy serve`` and compares every answer with this module's prediction
-(tests/oracle_traffic.py makes the traffic and runs the comparison).
+(tests/oracle_world.py sets up users, keys and locations, tests/oracle_traffic.py makes
+the traffic and tests/oracle_run.py runs the comparison).
 
 The prediction is rebuilt from the contract (SPEC §4, §7, §8.2 and the README's decision
 contract), with other implementations doing the cryptography:
@@ -307,6 +308,6 @@ class Oracle:
 
 
 if __name__ == "__main__":
-    from .oracle_traffic import main
+    from .oracle_run import main
 
     raise SystemExit(main())

@@ -25,7 +25,8 @@ from authproxy.jwt import claims as claims_module
 from authproxy.schemes import basic as basic_module
 
 from .appclient import ServeApp
-from .oracle_traffic import Report, make_world, oracle_service, oracle_site, run_traffic
+from .oracle_run import Report, oracle_service, oracle_site, run_traffic
+from .oracle_world import make_world
 
 REQUESTS = 2000  # the clean run, in make test (about 5 s)
 PLANTED_REQUESTS = 400  # each planted bug must be found within this many
