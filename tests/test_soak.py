@@ -13,16 +13,18 @@ from typing import Any
 
 import pytest
 
-SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SOAK = BENCH / "soak.py"
 
 
 @pytest.fixture(scope="module")
 def soak() -> ModuleType:
-    """bench/soak.py as a module (bench/ is not a package: it is run by hand)."""
-    spec = importlib.util.spec_from_file_location("soak", SOAK)
+    """bench/soak_model.py, the soak's judge, as a module (bench/ is not a package: it is run
+    by hand)."""
+    spec = importlib.util.spec_from_file_location("soak_model", BENCH / "soak_model.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = module  # dataclasses look their module up by name
+    sys.modules["soak_model"] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
