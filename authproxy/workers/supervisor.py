@@ -311,7 +311,9 @@ class Supervisor:
         if slot.channel is not None:
             slot.channel.close()
         slot.process = slot.channel = None
-        self._metrics.mark_process_dead(process.pid)
+        # in a thread: the fold waits for its exclusive lock while a worker's scrape reads the
+        # files, and writes the archive; the event loop keeps answering heartbeats meanwhile
+        self._start(asyncio.to_thread(self._metrics.mark_process_dead, process.pid))
         level = logging.INFO if self._stopping.is_set() else logging.ERROR
         log.log(level, "worker exited", extra={
             "event": "worker_exit", "worker": slot.index, "worker_pid": process.pid,
