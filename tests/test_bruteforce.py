@@ -352,8 +352,10 @@ def test_a_settled_attempt_is_released_once() -> None:
     ("192.0.2.7", "192.0.2.7"),
     ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
     ("2001:db8:1:2::ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
     ("::ffff:192.0.2.7", "192.0.2.7"),
     ("unix:", ""),
+    ("x", ""),
     ("", ""),
 ])
 def test_client_address_keys(address: str, key: str) -> None:

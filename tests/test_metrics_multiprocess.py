@@ -287,7 +287,6 @@ def test_families_that_disagree_between_processes_are_not_mixed(tmp_path: Path) 
         ' "labelnames": ["outcome"], "buckets": [], "mode": "livesum",'
         ' "samples": [[["ok"], [100]]]}]')
     assert value(a, "authproxy_user_table_reloads_total", outcome="ok") == 2
-    assert value(a, "authproxy_user_table_reloads_total", outcome="ok") == 2
 
 
 # -- the real service --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import logging
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from authproxy.core.origin import Client, Origin, address_key, envoy_original_uri
+from authproxy.core.origin import Client, Origin, envoy_original_uri
 from authproxy.http.message import Request
 
 PROXIES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
@@ -91,14 +91,6 @@ def test_no_client_address_is_warned_once_a_minute(caplog: pytest.LogCaptureFixt
     assert [getattr(r, "peer", "") for r in caplog.records] == ["unix"]
 
 
-@pytest.mark.parametrize(("address", "key"), [
-    ("192.0.2.7", "192.0.2.7"),
-    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),
-    ("x", ""),
-])
-def test_address_keys(address: str, key: str) -> None:
-    assert address_key(address) == key
 
 
 def test_an_address_of_64_characters_is_believed() -> None:
