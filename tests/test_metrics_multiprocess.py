@@ -13,7 +13,8 @@ import itertools
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,30 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
 def reading(value: float) -> Callable[[], float]:
     """A gauge's function that reads ``value``."""
     return lambda: value
+
+
+@contextmanager
+def scraping(metrics: Metrics, name: str, **labels: str) -> Iterator[list[float]]:
+    """The values of ``name`` that another thread scrapes in a loop while the block runs."""
+    seen: list[float] = []
+    done = threading.Event()
+
+    def scrape_in_a_loop() -> None:
+        while not done.is_set():
+            seen.append(value(metrics, name, **labels) or 0)
+
+    thread = threading.Thread(target=scrape_in_a_loop)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+
+
+def never_down(seen: list[float]) -> bool:
+    """Whether a counter's scrapes never went down (Prometheus would read a restart)."""
+    return all(before <= after for before, after in itertools.pairwise(seen))
 
 
 def two_processes(directory: Path) -> tuple[Metrics, Metrics]:
@@ -175,28 +200,15 @@ def test_a_counter_never_goes_down_while_a_scrape_races_the_folds(tmp_path: Path
     another thread scrapes in a loop: every scrape sees each count once, never in both the
     dead file and the archive, never in neither."""
     scraper = Metrics(str(tmp_path), pid=PID_A)
-    seen: list[float] = []
-    done = threading.Event()
-
-    def scrape_in_a_loop() -> None:
-        while not done.is_set():
-            seen.append(value(scraper, "authproxy_worker_restarts_total", reason="exited") or 0)
-
-    thread = threading.Thread(target=scrape_in_a_loop)
-    thread.start()
     rounds = 300
-    try:
+    with scraping(scraper, "authproxy_worker_restarts_total", reason="exited") as seen:
         for pid in range(5_000_000, 5_000_000 + rounds):
             process = Metrics(str(tmp_path), pid=pid)
             process.worker_restarts.labels("exited").inc()
             process.flush()
             scraper.mark_process_dead(pid)
-    finally:
-        done.set()
-        thread.join()
     assert len(set(seen)) > 10, "the scrapes did not overlap the folds"
-    assert all(before <= after for before, after in itertools.pairwise(seen)), [
-        (before, after) for before, after in itertools.pairwise(seen) if before > after]
+    assert never_down(seen)
     assert value(scraper, "authproxy_worker_restarts_total", reason="exited") == rounds
 
 
@@ -209,24 +221,12 @@ def test_a_scrape_never_reads_half_a_snapshot(tmp_path: Path,
     for source in range(30):  # a snapshot of some size, as a busy worker's
         writer.jwks_fetches.labels(f"source-{source}", "refresh", "ok").inc()
     writer.flush()
-    seen: list[float] = []
-    done = threading.Event()
-
-    def scrape_in_a_loop() -> None:
-        while not done.is_set():
-            seen.append(value(scraper, "authproxy_user_table_reloads_total", outcome="ok") or 0)
-
-    thread = threading.Thread(target=scrape_in_a_loop)
-    thread.start()
-    try:
+    with scraping(scraper, "authproxy_user_table_reloads_total", outcome="ok") as seen:
         for _ in range(1000):
             writer.user_reloads.labels("ok").inc()
             writer.flush()
-    finally:
-        done.set()
-        thread.join()
     assert len(set(seen)) > 10, "the scrapes did not overlap the writes"
-    assert all(before <= after for before, after in itertools.pairwise(seen))
+    assert never_down(seen)
     assert not [r for r in caplog.records if r.name == "authproxy.metrics"]
 
 
