@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jwcrypto import jwk
 
 from .conftest import toml_text, write_users
+from .jwks_server import K1
 
 BUILD_APP = """
 import sys
@@ -31,9 +31,8 @@ def loaded_packages(config: Path) -> set[str]:
 
 @pytest.fixture
 def jwks_file(tmp_path: Path) -> Path:
-    key = jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")
     path = tmp_path / "jwks.json"
-    path.write_text(json.dumps({"keys": [json.loads(key.export_public())]}))
+    path.write_text(json.dumps({"keys": [K1.public_jwk]}))
     return path
 
 

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import pytest
-from jwcrypto import jwk
 
 from authproxy.core.authn import AuthRequest, parse_authorization
 from authproxy.core.identity import Identity
@@ -34,7 +33,7 @@ from authproxy.schemes.basic import (
     decode_basic,
 )
 
-from .jwks_server import basic
+from .jwks_server import K1, basic
 
 
 def encoded(raw: bytes) -> str:
@@ -151,8 +150,7 @@ async def test_credentials_with_a_byte_that_is_not_utf8_are_malformed_not_an_err
 async def test_a_token_in_basic_that_is_not_ascii_is_malformed(
     serve: Any, make_config: Any, tmp_path: Any,
 ) -> None:
-    key = jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")
-    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [json.loads(key.export_public())]}))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [K1.public_jwk]}))
     client = await serve(create_app(make_config({"jwt": {
         "jwks_file": str(tmp_path / "jwks.json"), "accept_in_basic": True,
         "jwks_require_audience": ["app"]}})))
